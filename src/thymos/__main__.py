@@ -1,0 +1,5 @@
+"""`python -m thymos` is the `thymos` command."""
+
+from thymos.cli import main
+
+main()

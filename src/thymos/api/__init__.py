@@ -1,0 +1,11 @@
+"""The HTTP surface: the app factory, one module per route group, one error envelope.
+
+**Architecture Invariant:** route handlers parse, call one runtime method and map the result;
+no handler holds business logic or writes the ledger.
+"""
+
+from ._app import create_app
+from ._errors import STATUS_OF
+from ._limits import BODY_BYTES_MAX
+
+__all__ = ["BODY_BYTES_MAX", "STATUS_OF", "create_app"]

@@ -1,0 +1,82 @@
+"""Request and response models of the HTTP surface (pydantic at the edge only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from thymos.cognition import SCRIPT_ELEMENTS_MAX
+from thymos.core import Budget, RunStatus
+from thymos.runtime import MAX_STEPS_DEFAULT, MAX_STEPS_MAX, TASK_CHARS_MAX, StartRun
+
+TOOL_SCOPES_MAX = 256
+
+
+class _Strict(BaseModel):
+    # Unknown fields are errors (a typo is not a silent default); no type coercion.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CognitionBody(_Strict):
+    provider: str = Field("mock", min_length=1, max_length=64)
+    model: str | None = Field(None, max_length=200)
+    base_url: str | None = Field(None, max_length=2000)
+    script: list[dict[str, Any]] | None = Field(None, max_length=SCRIPT_ELEMENTS_MAX)
+
+
+class BudgetBody(_Strict):
+    tokens: int | None = Field(None, ge=0)
+    tool_calls: int | None = Field(None, ge=0)
+    usd_millicents: int | None = Field(None, ge=0)
+    wall_clock_ms: int | None = Field(None, ge=1)
+
+
+class CreateRunBody(_Strict):
+    task: str = Field(..., min_length=1, max_length=TASK_CHARS_MAX)
+    max_steps: int = Field(MAX_STEPS_DEFAULT, ge=1, le=MAX_STEPS_MAX)
+    tool_scopes: list[str] | None = Field(None, max_length=TOOL_SCOPES_MAX)
+    cognition: CognitionBody = Field(default_factory=lambda: CognitionBody())
+    budget: BudgetBody | None = None
+
+    def to_request(self) -> StartRun:
+        budget = self.budget or BudgetBody()
+        return StartRun(
+            task=self.task,
+            max_steps=self.max_steps,
+            tool_scopes=self.tool_scopes,
+            provider=self.cognition.provider,
+            model=self.cognition.model,
+            script=self.cognition.script,
+            budget=Budget(budget.tokens, budget.tool_calls, budget.usd_millicents, budget.wall_clock_ms),
+        )
+
+
+class RunCreated(BaseModel):
+    run_id: str
+    task: str
+    status: RunStatus
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope, "description": description}
+    for status, description in (
+        (400, "Malformed request (bad JSON, bad query value)"),
+        (404, "Unknown or not visible"),
+        (409, "Conflicts with the current state"),
+        (413, "Body too large"),
+        (422, "Well-formed but invalid"),
+        (429, "Rate or capacity limit (see Retry-After)"),
+        (503, "Shutting down or not ready"),
+    )
+}

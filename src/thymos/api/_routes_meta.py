@@ -1,0 +1,36 @@
+"""`/health`, `/ready`, `/tools`: facts about the server itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from thymos.core import ErrorCode
+
+from ._deps import runtime_of
+from ._errors import error_response
+
+router = APIRouter(tags=["server"])
+
+
+@router.get("/health", summary="Liveness plus the runtime facts an operator should not have to infer")
+async def health(request: Request) -> dict[str, Any]:
+    return runtime_of(request).health()
+
+
+@router.get("/ready", summary="200 when the ledger answers and the server is not shutting down")
+async def ready(request: Request) -> Response:
+    runtime = runtime_of(request)
+    if not runtime.accepting:
+        return error_response(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+    if not await runtime.ready():
+        return error_response(ErrorCode.NOT_READY, "the ledger backend does not answer")
+    return Response(b'{"status":"ready"}', media_type="application/json")
+
+
+@router.get("/tools", summary="Every registered capability")
+async def tools(request: Request) -> dict[str, Any]:
+    specs = runtime_of(request).tools.specs()
+    return {"tools": [spec.as_dict() for spec in specs.values()]}

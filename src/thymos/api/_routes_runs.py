@@ -1,0 +1,130 @@
+"""Run routes: create, list, read, execution session, world, replay and ledger export.
+
+Each handler parses, calls one runtime method, and maps the result.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from starlette.responses import Response, StreamingResponse
+
+from thymos.core import ErrorCode, RunStatus, ThymosError, is_run_id
+from thymos.runtime import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX
+
+from ._caller import Caller, current_caller
+from ._deps import runtime_of
+from ._body import parse_body, request_body_schema
+from ._models import ERROR_RESPONSES, CreateRunBody, RunCreated
+
+router = APIRouter(tags=["runs"], responses=ERROR_RESPONSES)
+
+IDEMPOTENCY_KEY_CHARS_MAX = 200
+CallerDep = Annotated[Caller, Depends(current_caller)]
+
+
+@router.post(
+    "/runs",
+    status_code=202,
+    response_model=RunCreated,
+    summary="Start a new run",
+    openapi_extra=request_body_schema(CreateRunBody),
+)
+async def create_run(
+    request: Request,
+    caller: CallerDep,
+    idempotency_key: Annotated[str | None, Header(max_length=IDEMPOTENCY_KEY_CHARS_MAX)] = None,
+) -> Any:
+    body = await parse_body(request, CreateRunBody)
+    record, _ = await runtime_of(request).start_run(
+        body.to_request(), tenant=caller.tenant, idempotency_key=idempotency_key
+    )
+    return {"run_id": record.run_id, "task": record.spec["task"], "status": record.status}
+
+
+def encode_cursor(run_id: str) -> str:
+    return base64.urlsafe_b64encode(run_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        value = ""
+    if not is_run_id(value):
+        raise ThymosError(ErrorCode.INVALID_CURSOR, "cursor is not one this server issued")
+    return value
+
+
+@router.get("/runs", summary="List visible runs, newest first")
+async def list_runs(
+    request: Request,
+    caller: CallerDep,
+    status: RunStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = PAGE_LIMIT_DEFAULT,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict[str, Any]:
+    before = decode_cursor(cursor) if cursor else None
+    runs = await runtime_of(request).list_runs(
+        tenant=caller.tenant, status=status.value if status else None, before=before, limit=limit + 1
+    )
+    next_cursor = encode_cursor(runs[limit - 1]["run_id"]) if len(runs) > limit else None
+    return {"runs": runs[:limit], "next_cursor": next_cursor}
+
+
+@router.get("/runs/{run_id}", summary="The persisted run record and summary")
+async def get_run(run_id: str, request: Request, caller: CallerDep) -> dict[str, Any]:
+    return await runtime_of(request).get_run(run_id, caller.tenant)
+
+
+@router.get("/runs/{run_id}/execution", summary="The live execution session")
+async def execution(run_id: str, request: Request, caller: CallerDep) -> dict[str, Any]:
+    return await runtime_of(request).execution(run_id, caller.tenant)
+
+
+@router.get("/runs/{run_id}/world", summary="The current projected world of the run")
+async def world(run_id: str, request: Request, caller: CallerDep) -> dict[str, Any]:
+    return await runtime_of(request).world(run_id, caller.tenant, None)
+
+
+@router.get("/runs/{run_id}/world/at", summary="The world replayed up to a sequence number")
+async def world_at(
+    run_id: str, request: Request, caller: CallerDep, seq: Annotated[str, Query(max_length=30)]
+) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    try:
+        at = int(seq)
+    except ValueError:
+        view = await runtime.get_run(run_id, caller.tenant)
+        head = view["summary"]["head_seq"]
+        raise ThymosError(ErrorCode.SEQ_OUT_OF_RANGE, f"seq must be a whole number between 0 and {head}", {"head": head}) from None
+    return await runtime.world(run_id, caller.tenant, at)
+
+
+@router.get("/runs/{run_id}/replay", summary="Verify the ledger and fold it into a replay report")
+async def replay(
+    run_id: str,
+    request: Request,
+    caller: CallerDep,
+    require_compiler: Annotated[str | None, Query(max_length=200)] = None,
+    require_policy: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict[str, Any]:
+    return await runtime_of(request).replay(
+        run_id, caller.tenant, require_compiler=require_compiler, require_policy=require_policy
+    )
+
+
+@router.get(
+    "/runs/{run_id}/ledger",
+    summary="The run's ledger as JSON Lines of canonical envelopes",
+    response_class=Response,
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+)
+async def ledger(
+    run_id: str, request: Request, caller: CallerDep, after_seq: Annotated[int, Query(ge=-1)] = -1
+) -> Response:
+    chunks = await runtime_of(request).export(run_id, caller.tenant, after_seq)
+    return StreamingResponse(chunks, media_type="application/x-ndjson")

@@ -1,0 +1,65 @@
+"""The `thymos` command line: `serve`, `bench`, and (later) client commands."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from thymos import __version__
+from thymos.settings import SettingsError, load_settings, parse_addr
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Thymos: a governed agent runtime.")
+
+
+@app.command("serve")
+def serve_command(
+    addr: Annotated[str | None, typer.Option(help="HOST:PORT to bind (THYMOS_ADDR; default 127.0.0.1:3001)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Where the ledger lives (THYMOS_DATA_DIR; default ./.thymos)")] = None,
+    workspace: Annotated[Path | None, typer.Option(help="The folder file tools may read (THYMOS_WORKSPACE; default .)")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow an open server on a non-loopback address")] = False,
+) -> None:
+    """Run the Thymos server."""
+    try:
+        host = port = None
+        if addr is not None:
+            host, port = parse_addr(addr)
+        settings = load_settings(
+            host=host, port=port, data_dir=data_dir, workspace=workspace, insecure=insecure or None
+        )
+    except SettingsError as exc:
+        typer.echo(f"thymos: {exc}", err=True)
+        raise typer.Exit(2) from None
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    from ._serve import serve
+
+    serve(settings)
+
+
+@app.command("bench")
+def bench_command(
+    entries: Annotated[int, typer.Option(help="Ledger length for the replay and flatness figures")] = 100_000,
+    runs: Annotated[int, typer.Option(help="End-to-end mock runs over HTTP")] = 400,
+    clients: Annotated[int, typer.Option(help="Concurrent HTTP clients")] = 16,
+) -> None:
+    """Measure replay rate, governance overhead per intent and end-to-end runs per second."""
+    from thymos.bench import main as bench_main
+
+    bench_main(entries=entries, runs=runs, clients=clients)
+
+
+@app.command("version")
+def version_command() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,66 @@
+"""`thymos serve`: run the server, and shut it down gracefully on SIGTERM or SIGINT.
+
+The first signal stops new runs (503), lets active runs reach a safe point within the grace
+period, records the rest as interrupted, ends the streams, then lets uvicorn close and exit 0.
+A second signal forces the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import FrameType
+
+import uvicorn
+
+from thymos.api import create_app
+from thymos.runtime import Runtime
+from thymos.settings import Settings
+
+log = logging.getLogger("thymos.serve")
+
+
+class GracefulServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, settings: Settings) -> None:
+        super().__init__(config)
+        self._settings = settings
+        self._draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)  # type: ignore[arg-type]
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining or self._loop is None:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drain_task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        app = self.config.app
+        runtime: Runtime | None = getattr(getattr(app, "state", None), "runtime", None)
+        if runtime is not None:
+            log.info("shutting down: no new runs; %.1fs for active runs to reach a safe point", self._settings.shutdown_grace_s)
+            await runtime.shutdown(self._settings.shutdown_grace_s)
+        self.should_exit = True
+
+
+def serve(settings: Settings) -> None:
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        access_log=False,
+    )
+    server = GracefulServer(config, settings)
+    server.run()

@@ -1,0 +1,65 @@
+"""One root error type with stable codes.
+
+Every operating error (bad input, a refusal, a missing run) is a `ThymosError` carrying a code from
+`ErrorCode`; the HTTP layer maps codes to statuses and the one JSON envelope. A broken invariant is
+not a `ThymosError`: it is a bug and raises `AssertionError` loudly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    """Stable, snake_case codes clients may match on. Never renamed once published."""
+
+    # 400: the request does not parse.
+    MALFORMED_JSON = "malformed_json"
+    MALFORMED_REQUEST = "malformed_request"
+    INVALID_QUERY = "invalid_query"
+    SEQ_OUT_OF_RANGE = "seq_out_of_range"
+    INVALID_CURSOR = "invalid_cursor"
+    # 401/403: identity and permission.
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    # 404/405.
+    NOT_FOUND = "not_found"
+    RUN_NOT_FOUND = "run_not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    # 409: conflicts with the current state.
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    SEQ_CONFLICT = "seq_conflict"
+    LEDGER_CORRUPT = "ledger_corrupt"
+    RUN_NOT_ACTIVE = "run_not_active"
+    # 413.
+    BODY_TOO_LARGE = "body_too_large"
+    # 422: well-formed but invalid.
+    INVALID_REQUEST = "invalid_request"
+    UNKNOWN_TOOL_SCOPE = "unknown_tool_scope"
+    UNKNOWN_PROVIDER = "unknown_provider"
+    INVALID_SCRIPT = "invalid_script"
+    # 429.
+    RATE_LIMITED = "rate_limited"
+    CAPACITY_EXHAUSTED = "capacity_exhausted"
+    # 503.
+    SHUTTING_DOWN = "shutting_down"
+    NOT_READY = "not_ready"
+    # 500: only ever a bug.
+    INTERNAL = "internal_error"
+
+
+class ThymosError(Exception):
+    """An operating error with a stable code, a sentence for a person, and optional details."""
+
+    def __init__(
+        self, code: ErrorCode, message: str, details: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+
+    def __repr__(self) -> str:
+        return f"ThymosError({self.code.value!r}, {self.message!r})"

@@ -1,0 +1,214 @@
+"""Ledger entries: kinds, the canonical envelope, sealing and chain verification.
+
+An envelope is the whole canonical record of one entry:
+
+    {"v": 1, "run": RUN_ID, "seq": N, "parent": ID_OF_SEQ_N-1 | null,
+     "kind": KIND, "time": RFC3339, "body": {...}}
+
+Its id is BLAKE3 of its RFC 8785 bytes, which are stored verbatim. Verification hashes the stored
+bytes (it never re-serialises), checks seq continuity, the parent link and that the envelope names
+its run and seq, and reports the first failure by seq.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from ._canonical import CANONICAL_VERSION, canonical_bytes
+from ._ids import blake3_hex, is_hex64
+
+ENVELOPE_FIELDS = ("v", "run", "seq", "parent", "kind", "time", "body")
+
+
+class EntryKind(StrEnum):
+    """Every kind of decision the ledger records (invariant 3). Never renamed once written."""
+
+    RUN_STARTED = "run_started"
+    TURN = "turn"
+    INTENT = "intent"
+    REJECTION = "rejection"
+    SUSPENSION = "suspension"
+    APPROVAL = "approval"
+    EXECUTION_STARTED = "execution_started"
+    COMMIT = "commit"
+    TOOL_FAILURE = "tool_failure"
+    CANCELLATION = "cancellation"
+    RESUMPTION = "resumption"
+    DELEGATION = "delegation"
+    RUN_ENDED = "run_ended"
+
+
+KNOWN_KINDS = frozenset(kind.value for kind in EntryKind)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One sealed ledger entry: its canonical bytes and the fields parsed from them."""
+
+    run_id: str
+    seq: int
+    id: str
+    parent: str | None
+    kind: str
+    time: str
+    body: Mapping[str, Any]
+    raw: bytes = field(repr=False)
+
+    def as_public(self) -> dict[str, Any]:
+        """The entry as streams and listings show it."""
+        return {
+            "run_id": self.run_id,
+            "seq": self.seq,
+            "id": self.id,
+            "parent": self.parent,
+            "kind": self.kind,
+            "created_at": self.time,
+            "payload": self.body,
+        }
+
+
+def seal(
+    *, run_id: str, seq: int, parent: str | None, kind: EntryKind, time: str, body: Mapping[str, Any]
+) -> Entry:
+    """Build the canonical envelope for a new entry and compute its id."""
+    assert seq >= 0, "seq is never negative"
+    assert (seq == 0) == (parent is None), "only seq 0 has no parent"
+    envelope = {
+        "v": CANONICAL_VERSION,
+        "run": run_id,
+        "seq": seq,
+        "parent": parent,
+        "kind": kind.value,
+        "time": time,
+        "body": body,
+    }
+    raw = canonical_bytes(envelope)
+    return Entry(
+        run_id=run_id,
+        seq=seq,
+        id=blake3_hex(raw),
+        parent=parent,
+        kind=kind.value,
+        time=time,
+        body=body,
+        raw=raw,
+    )
+
+
+class CorruptEntry(ValueError):
+    """Stored bytes that do not parse as an envelope of the expected run and seq."""
+
+    def __init__(self, seq: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.seq = seq
+        self.code = code
+        self.message = message
+
+
+def parse_envelope(raw: bytes, *, run_id: str, seq: int) -> Entry:
+    """Parse stored bytes into an `Entry`, checking the envelope's shape (not the chain)."""
+    try:
+        envelope = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptEntry(seq, "malformed_entry", f"entry {seq} is not valid JSON") from exc
+    if not isinstance(envelope, dict) or tuple(sorted(envelope)) != tuple(sorted(ENVELOPE_FIELDS)):
+        raise CorruptEntry(seq, "malformed_entry", f"entry {seq} does not have the envelope fields")
+    if envelope["v"] != CANONICAL_VERSION:
+        raise CorruptEntry(seq, "unknown_version", f"entry {seq} has format version {envelope['v']!r}")
+    if envelope["run"] != run_id:
+        raise CorruptEntry(seq, "run_mismatch", f"entry {seq} names another run")
+    if envelope["seq"] != seq:
+        raise CorruptEntry(seq, "seq_mismatch", f"entry stored at seq {seq} names seq {envelope['seq']!r}")
+    parent = envelope["parent"]
+    if not (parent is None or (isinstance(parent, str) and is_hex64(parent))):
+        raise CorruptEntry(seq, "malformed_entry", f"entry {seq} has a malformed parent id")
+    if not isinstance(envelope["kind"], str) or not isinstance(envelope["time"], str):
+        raise CorruptEntry(seq, "malformed_entry", f"entry {seq} has a malformed kind or time")
+    if not isinstance(envelope["body"], dict):
+        raise CorruptEntry(seq, "malformed_entry", f"entry {seq} has a body that is not an object")
+    return Entry(
+        run_id=run_id,
+        seq=seq,
+        id=blake3_hex(raw),
+        parent=parent,
+        kind=envelope["kind"],
+        time=envelope["time"],
+        body=envelope["body"],
+        raw=raw,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """A row as storage holds it: the seq and id columns beside the verbatim envelope bytes."""
+
+    seq: int
+    id: str
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChainFailure:
+    seq: int
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "code": self.code, "message": self.message}
+
+
+@dataclass(slots=True)
+class ChainVerifier:
+    """Verifies a run's rows in seq order, one at a time, in constant memory.
+
+    Feed rows with `check`; it returns the parsed entry when the row is sound (so callers can fold
+    it) and records a `ChainFailure` otherwise. After a failure the chain is broken: later rows are
+    still parsed where possible, but only the first failure is authoritative.
+    """
+
+    run_id: str
+    expected_seq: int = 0
+    previous_id: str | None = None
+    failures: list[ChainFailure] = field(default_factory=list)
+    count: int = 0
+
+    def check(self, row: StoredRow) -> Entry | None:
+        self.count += 1
+        seq = self.expected_seq
+        self.expected_seq = row.seq + 1
+        if row.seq != seq:
+            code = "seq_gap" if row.seq > seq else "seq_mismatch"
+            self._fail(seq, code, f"expected seq {seq}, found seq {row.seq}")
+        actual_id = blake3_hex(row.raw)
+        if actual_id != row.id:
+            self._fail(row.seq, "hash_mismatch", f"entry {row.seq} does not hash to its stored id")
+        try:
+            entry = parse_envelope(row.raw, run_id=self.run_id, seq=row.seq)
+        except CorruptEntry as exc:
+            self._fail(exc.seq, exc.code, exc.message)
+            self.previous_id = actual_id
+            return None
+        if entry.parent != self.previous_id:
+            self._fail(row.seq, "parent_mismatch", f"entry {row.seq} does not link to the entry before it")
+        self.previous_id = actual_id
+        return entry
+
+    def _fail(self, seq: int, code: str, message: str) -> None:
+        self.failures.append(ChainFailure(seq, code, message))
+
+    @property
+    def verified(self) -> bool:
+        return not self.failures
+
+
+def verify_rows(run_id: str, rows: Iterable[StoredRow]) -> list[ChainFailure]:
+    """Verify a whole chain; the empty list means every hash, link and seq is sound."""
+    verifier = ChainVerifier(run_id)
+    for row in rows:
+        verifier.check(row)
+    return verifier.failures

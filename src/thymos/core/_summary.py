@@ -1,0 +1,135 @@
+"""The run summary: counters, status and a short log, folded from ledger entries.
+
+The run record, the execution session and `GET /runs` all show this fold. It is updated one
+entry at a time (O(1) per entry) and stored beside the ledger in the same transaction, so the
+stored summary never disagrees with the entries it was folded from.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._ledger import Entry, EntryKind
+from ._model import RunStatus, Usage
+
+LOG_LINES_MAX = 50
+"""The execution session shows recent activity; the ledger has the rest."""
+
+LOG_TEXT_CHARS_MAX = 200
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= LOG_TEXT_CHARS_MAX else text[: LOG_TEXT_CHARS_MAX - 1] + "…"
+
+
+@dataclass(slots=True)
+class RunSummary:
+    status: RunStatus = RunStatus.RUNNING
+    terminated_by: str | None = None
+    final_answer: str | None = None
+    error: str | None = None
+    steps_executed: int = 0
+    intents_submitted: int = 0
+    commits: int = 0
+    rejections: int = 0
+    failures: int = 0
+    usage: Usage = field(default_factory=Usage)
+    head_seq: int = -1
+    head_id: str | None = None
+    log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LOG_LINES_MAX))
+
+    def fold(self, entry: Entry) -> None:
+        """Account for one entry, in seq order."""
+        assert entry.seq == self.head_seq + 1, "summary folds entries in seq order"
+        self.head_seq, self.head_id = entry.seq, entry.id
+        body = entry.body
+        kind = entry.kind
+        text = ""
+        if kind == EntryKind.RUN_STARTED:
+            text = _clip(str(body.get("task", "")))
+        elif kind == EntryKind.TURN:
+            self.steps_executed += 1
+            usage = body.get("usage") or {}
+            self.usage = self.usage.plus(
+                Usage(int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)))
+            )
+            text = _clip(str(body.get("text") or f"step {body.get('step')}"))
+        elif kind == EntryKind.INTENT:
+            self.intents_submitted += 1
+            text = f"{body.get('tool')} proposed"
+        elif kind == EntryKind.REJECTION:
+            self.rejections += 1
+            text = f"{body.get('tool')} rejected: {body.get('reason')}"
+        elif kind == EntryKind.COMMIT:
+            self.commits += 1
+            self.usage = self.usage.with_tool_call()
+            text = f"{body.get('tool')} committed"
+        elif kind == EntryKind.TOOL_FAILURE:
+            self.failures += 1
+            self.usage = self.usage.with_tool_call()
+            error = body.get("error") or {}
+            text = _clip(f"{body.get('tool')} failed: {error.get('message', '')}")
+        elif kind == EntryKind.RUN_ENDED:
+            self.status = RunStatus(body["status"])
+            self.terminated_by = body.get("terminated_by")
+            self.final_answer = body.get("final_answer")
+            self.error = body.get("error")
+            text = f"run {self.status.value} ({self.terminated_by})"
+        elif kind == EntryKind.RESUMPTION:
+            self.status = RunStatus.RUNNING
+            self.terminated_by = None
+            self.error = None
+            text = "run resumed"
+        self.log.append({"seq": entry.seq, "kind": kind, "at": entry.time, "text": text})
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "steps_executed": self.steps_executed,
+            "intents_submitted": self.intents_submitted,
+            "commits": self.commits,
+            "rejections": self.rejections,
+            "failures": self.failures,
+            "tool_calls": self.usage.tool_calls,
+            "input_tokens": self.usage.input_tokens,
+            "output_tokens": self.usage.output_tokens,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "terminated_by": self.terminated_by,
+            "final_answer": self.final_answer,
+            "error": self.error,
+            "steps_executed": self.steps_executed,
+            "intents_submitted": self.intents_submitted,
+            "commits": self.commits,
+            "rejections": self.rejections,
+            "failures": self.failures,
+            "usage": self.usage.as_dict(),
+            "head_seq": self.head_seq,
+            "head_id": self.head_id,
+            "log": list(self.log),
+        }
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> RunSummary:
+        usage = data.get("usage") or {}
+        summary = RunSummary(
+            status=RunStatus(data["status"]),
+            terminated_by=data.get("terminated_by"),
+            final_answer=data.get("final_answer"),
+            error=data.get("error"),
+            steps_executed=data["steps_executed"],
+            intents_submitted=data["intents_submitted"],
+            commits=data["commits"],
+            rejections=data["rejections"],
+            failures=data["failures"],
+            usage=Usage(**usage),
+            head_seq=data["head_seq"],
+            head_id=data.get("head_id"),
+        )
+        summary.log.extend(data.get("log") or [])
+        return summary

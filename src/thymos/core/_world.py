@@ -1,0 +1,223 @@
+"""The world: resources changed only by commit deltas, and its order-independent hash.
+
+A resource is `{kind, id, version, value}`. Deltas are `create` (the resource must be absent;
+version 1), `replace` (the expected version must match; version + 1) and `retract` (the expected
+version must match; the resource is gone). A delta that does not apply is a `DeltaConflict`.
+
+The world hash is the same whichever way the world was reached: it depends only on the set of
+resources. It is maintained incrementally with a lattice hash (LtHash16: 1024 lanes of 16 bits,
+each resource contributes BLAKE3-XOF(2048 bytes) of its canonical form, lanes add modulo 2**16),
+so applying a delta costs O(1) whatever the size of the world. The published `world_hash` is
+BLAKE3 of the 2048-byte lattice state. Lane arithmetic is done on one Python integer with
+SWAR masks: no per-lane loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import blake3
+import orjson
+
+from ._canonical import canonical_bytes
+
+LANES = 1024
+LANE_BITS = 16
+DIGEST_BYTES = LANES * LANE_BITS // 8
+_HIGH = int.from_bytes(b"\x00\x80" * LANES, "little")  # the top bit of every 16-bit lane
+_LOW = int.from_bytes(b"\xff\x7f" * LANES, "little")  # every bit but the top one
+
+
+def _lanes_add(a: int, b: int) -> int:
+    """Lane-wise (a + b) mod 2**16, carries never crossing lanes."""
+    return ((a & _LOW) + (b & _LOW)) ^ ((a ^ b) & _HIGH)
+
+
+def _lanes_sub(a: int, b: int) -> int:
+    """Lane-wise (a - b) mod 2**16."""
+    return ((a | _HIGH) - (b & _LOW)) ^ ((a ^ ~b) & _HIGH)
+
+
+WORLD_MAX_KEY_CHARS = 512
+"""Resource kinds and ids are names, not payloads; a bound keeps indexes and logs sane."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    kind: str
+    id: str
+    version: int
+    value: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "id": self.id, "version": self.version, "value": self.value}
+
+
+def _element(resource: Resource) -> int:
+    data = canonical_bytes([resource.kind, resource.id, resource.version, resource.value])
+    return int.from_bytes(blake3.blake3(data).digest(length=DIGEST_BYTES), "little")
+
+
+class DeltaConflict(ValueError):
+    """A delta that does not apply to the world as it stands."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """One change to one resource. `op` is `create`, `replace` or `retract`."""
+
+    op: str
+    kind: str
+    id: str
+    value: Any = None
+    expected_version: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"op": self.op, "kind": self.kind, "id": self.id}
+        if self.op != "retract":
+            out["value"] = self.value
+        if self.op != "create":
+            out["expected_version"] = self.expected_version
+        return out
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> Delta:
+        """Parse a recorded delta; `DeltaConflict` if it is malformed."""
+        op = data.get("op")
+        kind, ident = data.get("kind"), data.get("id")
+        if op not in ("create", "replace", "retract"):
+            raise DeltaConflict(f"unknown delta op {op!r}")
+        if not isinstance(kind, str) or not isinstance(ident, str):
+            raise DeltaConflict("a delta needs a string kind and id")
+        expected = data.get("expected_version")
+        if op != "create" and (not isinstance(expected, int) or isinstance(expected, bool)):
+            raise DeltaConflict(f"a {op} delta needs an integer expected_version")
+        return Delta(op, kind, ident, data.get("value"), expected if op != "create" else None)
+
+
+class World:
+    """A mutable projection of resources with an incrementally maintained hash."""
+
+    __slots__ = ("_lattice", "_resources")
+
+    def __init__(self) -> None:
+        self._resources: dict[tuple[str, str], Resource] = {}
+        self._lattice = 0
+
+    def __len__(self) -> int:
+        return len(self._resources)
+
+    def get(self, kind: str, ident: str) -> Resource | None:
+        return self._resources.get((kind, ident))
+
+    def resources(self) -> Iterator[Resource]:
+        """Resources in a stable order: by kind, then id."""
+        for key in sorted(self._resources):
+            yield self._resources[key]
+
+    @property
+    def hash(self) -> str:
+        return blake3.blake3(self._lattice.to_bytes(DIGEST_BYTES, "little")).hexdigest()
+
+    def check(self, delta: Delta) -> None:
+        """Raise `DeltaConflict` unless `delta` applies to the world as it stands."""
+        if len(delta.kind) > WORLD_MAX_KEY_CHARS or len(delta.id) > WORLD_MAX_KEY_CHARS:
+            raise DeltaConflict("resource kind and id are limited to 512 characters")
+        current = self._resources.get((delta.kind, delta.id))
+        if delta.op == "create":
+            if current is not None:
+                raise DeltaConflict(f"{delta.kind}/{delta.id} already exists")
+            canonical_bytes(delta.value)  # the value must have a canonical form
+        elif current is None:
+            raise DeltaConflict(f"{delta.kind}/{delta.id} does not exist")
+        elif current.version != delta.expected_version:
+            raise DeltaConflict(
+                f"{delta.kind}/{delta.id} is at version {current.version}, not {delta.expected_version}"
+            )
+        elif delta.op == "replace":
+            canonical_bytes(delta.value)
+
+    def apply(self, delta: Delta) -> None:
+        """Apply one delta, or raise `DeltaConflict` and change nothing."""
+        self.check(delta)
+        key = (delta.kind, delta.id)
+        current = self._resources.get(key)
+        if current is not None:
+            self._lattice = _lanes_sub(self._lattice, _element(current))
+        if delta.op == "retract":
+            del self._resources[key]
+            return
+        version = 1 if current is None else current.version + 1
+        new = Resource(delta.kind, delta.id, version, delta.value)
+        self._resources[key] = new
+        self._lattice = _lanes_add(self._lattice, _element(new))
+
+    def check_all(self, deltas: Iterable[Delta]) -> None:
+        """Raise `DeltaConflict` unless all deltas apply in order; the world is not changed."""
+        staged = list(deltas)
+        if len(staged) == 1:
+            self.check(staged[0])
+        elif staged:
+            self.copy().apply_all(staged)
+
+    def apply_all(self, deltas: Iterable[Delta]) -> None:
+        """Apply deltas atomically: all of them, or (on a conflict) none."""
+        staged = list(deltas)
+        probe = self.copy() if len(staged) > 1 else self
+        for delta in staged:
+            probe.check(delta)
+            if probe is not self:
+                probe.apply(delta)
+        if probe is self:
+            for delta in staged:
+                self.apply(delta)
+        else:
+            self._resources, self._lattice = probe._resources, probe._lattice
+
+    def copy(self) -> World:
+        other = World()
+        other._resources = dict(self._resources)
+        other._lattice = self._lattice
+        return other
+
+    def snapshot(self) -> bytes:
+        """A checkpoint: every resource and the lattice state, as JSON bytes."""
+        return orjson.dumps(
+            {
+                "lattice": self._lattice.to_bytes(DIGEST_BYTES, "little").hex(),
+                "resources": [r.as_dict() for r in self._resources.values()],
+            }
+        )
+
+    @staticmethod
+    def restore(data: bytes) -> World:
+        parsed = orjson.loads(data)
+        world = World()
+        for item in parsed["resources"]:
+            resource = Resource(item["kind"], item["id"], item["version"], item["value"])
+            world._resources[(resource.kind, resource.id)] = resource
+        world._lattice = int.from_bytes(bytes.fromhex(parsed["lattice"]), "little")
+        return world
+
+    @staticmethod
+    def from_resources(resources: Iterable[Resource]) -> World:
+        """Build a world directly from a set of resources (a fold from nothing)."""
+        world = World()
+        for resource in resources:
+            world._resources[(resource.kind, resource.id)] = resource
+            world._lattice = _lanes_add(world._lattice, _element(resource))
+        return world
+
+
+def deltas_of(body: Mapping[str, Any]) -> list[Delta]:
+    """The deltas a commit body records."""
+    raw = body.get("deltas", [])
+    if not isinstance(raw, list):
+        raise DeltaConflict("a commit's deltas must be a list")
+    return [Delta.from_dict(item) if isinstance(item, dict) else _bad() for item in raw]
+
+
+def _bad() -> Delta:
+    raise DeltaConflict("a delta must be an object")

@@ -1,0 +1,115 @@
+"""Replay: verify a run's trajectory from the ledger alone and fold its commits into a world.
+
+It never calls a model or a tool (invariant 5). It checks every hash, parent link and seq; that
+the ledger is as long as the run record says; that every decision refers to an undecided intent
+of the run; that every commit's tool was within the run's authority; that every commit's deltas
+apply; and, on request, the compiler version and policy-set hash of every decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from thymos.core import ChainVerifier, DeltaConflict, Entry, EntryKind, StoredRow, World, deltas_of
+from thymos.storage import LedgerStore, RunRecord
+
+from ._limits import REPLAY_PAGE_ROWS
+
+DECISION_KINDS = frozenset({EntryKind.REJECTION, EntryKind.COMMIT, EntryKind.TOOL_FAILURE})
+FAILURES_SHOWN_MAX = 100
+
+
+@dataclass(slots=True)
+class _Replayer:
+    run_id: str
+    require_compiler: str | None
+    require_policy: str | None
+    verifier: ChainVerifier
+    world: World = field(default_factory=World)
+    kinds: Counter[str] = field(default_factory=Counter)
+    compilers: set[str] = field(default_factory=set)
+    policies: set[str] = field(default_factory=set)
+    authorised_tools: frozenset[str] | None = None
+    undecided: set[str] = field(default_factory=set)
+    head_id: str | None = None
+    head_seq: int = -1
+
+    def page(self, rows: list[StoredRow]) -> None:
+        for row in rows:
+            entry = self.verifier.check(row)
+            self.head_seq, self.head_id = row.seq, row.id
+            if entry is not None:
+                self._decision_checks(entry)
+
+    def _fail(self, seq: int, code: str, message: str) -> None:
+        self.verifier._fail(seq, code, message)
+
+    def _decision_checks(self, entry: Entry) -> None:
+        self.kinds[entry.kind] += 1
+        body = entry.body
+        if entry.kind == EntryKind.RUN_STARTED:
+            tools = body.get("tools")
+            self.authorised_tools = frozenset(tools) if isinstance(tools, list) else frozenset()
+        elif entry.kind == EntryKind.INTENT:
+            self.undecided.add(entry.id)
+        elif entry.kind in DECISION_KINDS:
+            ref = body.get("intent")
+            if ref not in self.undecided:
+                self._fail(entry.seq, "orphan_decision", f"entry {entry.seq} decides an intent that is not pending")
+            self.undecided.discard(ref)  # type: ignore[arg-type]
+            compiler = body.get("compiler")
+            if isinstance(compiler, str):
+                self.compilers.add(compiler)
+            if self.require_compiler is not None and compiler != self.require_compiler:
+                self._fail(entry.seq, "compiler_mismatch", f"entry {entry.seq} was decided by {compiler!r}, not {self.require_compiler!r}")
+            policy = body.get("policy_hash")
+            if isinstance(policy, str):
+                self.policies.add(policy)
+            if self.require_policy is not None and policy != self.require_policy:
+                self._fail(entry.seq, "policy_mismatch", f"entry {entry.seq} was decided under policy {policy!r}, not {self.require_policy!r}")
+            if entry.kind == EntryKind.COMMIT:
+                if self.authorised_tools is None or body.get("tool") not in self.authorised_tools:
+                    self._fail(entry.seq, "unauthorised_commit", f"entry {entry.seq} commits a tool outside the run's authority")
+                try:
+                    self.world.apply_all(deltas_of(body))
+                except (DeltaConflict, ValueError) as exc:
+                    self._fail(entry.seq, "delta_conflict", f"entry {entry.seq} has deltas that do not apply: {exc}")
+
+
+async def replay_report(
+    store: LedgerStore, record: RunRecord, *, require_compiler: str | None, require_policy: str | None
+) -> dict[str, Any]:
+    replayer = _Replayer(record.run_id, require_compiler, require_policy, ChainVerifier(record.run_id))
+    after = -1
+    while True:
+        rows = await store.read_rows(record.run_id, after_seq=after, limit=REPLAY_PAGE_ROWS)
+        if not rows:
+            break
+        # Hashing and parsing a page is CPU work: do it off the event loop.
+        await asyncio.to_thread(replayer.page, rows)
+        after = rows[-1].seq
+    recorded_head = int(record.summary["head_seq"])
+    if replayer.head_seq < recorded_head:
+        replayer._fail(
+            replayer.head_seq + 1,
+            "missing_entries",
+            f"the run record's head is seq {recorded_head} but the ledger ends at seq {replayer.head_seq}",
+        )
+    elif record.summary.get("head_id") not in (None, replayer.head_id) and replayer.head_seq == recorded_head:
+        replayer._fail(recorded_head, "head_mismatch", f"entry {recorded_head} is not the head the run record names")
+    failures = sorted(replayer.verifier.failures, key=lambda f: f.seq)
+    return {
+        "run_id": record.run_id,
+        "verified": not failures,
+        "entries": replayer.verifier.count,
+        "kinds": dict(sorted(replayer.kinds.items())),
+        "head_seq": replayer.head_seq,
+        "head_id": replayer.head_id,
+        "world_hash": replayer.world.hash,
+        "compiler_versions": sorted(replayer.compilers),
+        "policy_hashes": sorted(replayer.policies),
+        "failures": [f.as_dict() for f in failures[:FAILURES_SHOWN_MAX]],
+    }

@@ -1,0 +1,28 @@
+"""What callers ask of the runtime, as plain data (the HTTP layer converts from pydantic)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from thymos.core import Budget
+
+TASK_CHARS_MAX = 20_000
+"""A task is an instruction, not a document; tools read documents."""
+
+MAX_STEPS_MAX = 1000
+"""A run longer than this is a loop, not a task; resume can extend a run that needs more."""
+
+MAX_STEPS_DEFAULT = 24
+
+
+@dataclass(frozen=True, slots=True)
+class StartRun:
+    task: str
+    max_steps: int = MAX_STEPS_DEFAULT
+    tool_scopes: Sequence[str] | None = None
+    provider: str = "mock"
+    model: str | None = None
+    script: Sequence[Mapping[str, Any]] | None = None
+    budget: Budget = field(default_factory=Budget)

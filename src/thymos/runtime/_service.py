@@ -1,0 +1,505 @@
+"""The runtime service: starts runs, owns their actors, and answers every read about them.
+
+Route handlers call one method here each. Active runs are held in `_active` (one actor task,
+its trajectory and its feeds); finished runs are read from storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thymos import __version__
+from thymos.cognition import PROVIDERS, CognitionEvent, create_provider, validate_script
+from thymos.core import (
+    ChainVerifier,
+    CorruptEntry,
+    Entry,
+    EntryKind,
+    ErrorCode,
+    NotCanonicalizable,
+    RunSpec,
+    RunStatus,
+    RunSummary,
+    TerminatedBy,
+    ThymosError,
+    World,
+    blake3_hex,
+    canonical_bytes,
+    deltas_of,
+    is_run_id,
+    parse_envelope,
+    rfc3339_from_us,
+    seal,
+    uuid7,
+)
+from thymos.governance import ToolCatalog
+from thymos.storage import LedgerStore, RunRecord
+from thymos.tools import READ_ONLY_DEFAULT_SCOPES, ToolRegistry
+
+from ._actor import ActorDeps, RunActor
+from ._clock import Clock, SystemClock, system_random
+from ._feeds import Cell, Feed
+from ._limits import REPLAY_PAGE_ROWS, RUNS_ACTIVE_MAX, SUBSCRIBERS_PER_RUN_MAX
+from ._replay import replay_report
+from ._requests import StartRun
+from ._state import RunState
+from ._trajectory import Trajectory
+
+log = logging.getLogger("thymos.runtime")
+
+DEFAULT_TENANT = "default"
+
+
+@dataclass(slots=True)
+class ActiveRun:
+    run_id: str
+    tenant: str
+    actor: RunActor
+    entries: Feed[Entry]
+    cognition: Feed[CognitionEvent]
+    snapshot: Cell[dict[str, Any]]
+    task: asyncio.Task[None] | None = None
+    subscribers: int = 0
+    record: RunRecord | None = None
+
+
+@dataclass(slots=True)
+class RuntimeConfig:
+    workspace: Path
+    mode: str = "reference"
+    default_provider: str = "mock"
+
+
+@dataclass(slots=True)
+class _Subscription:
+    active: ActiveRun | None
+    released: bool = field(default=False)
+
+
+class Runtime:
+    def __init__(
+        self,
+        *,
+        store: LedgerStore,
+        tools: ToolRegistry,
+        config: RuntimeConfig,
+        clock: Clock | None = None,
+        random: Callable[[int], bytes] = system_random,
+    ) -> None:
+        self.store = store
+        self.tools = tools
+        self.catalog = ToolCatalog(tools.specs())
+        self.config = config
+        self.clock = clock or SystemClock()
+        self._random = random
+        self._active: dict[str, ActiveRun] = {}
+        self._idempotency_lock = asyncio.Lock()
+        self.accepting = True
+        self.closed = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Record runs left active by a previous process as interrupted. Returns how many."""
+        count = 0
+        for record in await self.store.runs_with_status([RunStatus.RUNNING.value, RunStatus.WAITING_APPROVAL.value]):
+            try:
+                state = await self._load_state(record)
+            except ThymosError as exc:
+                log.error("run %s cannot be recovered: %s", record.run_id, exc.message)
+                continue
+            trajectory = Trajectory(
+                run_id=record.run_id, store=self.store, state=state, clock=self.clock, entries=Feed(), on_change=lambda: None
+            )
+            body = {
+                "status": RunStatus.FAILED.value,
+                "terminated_by": TerminatedBy.INTERRUPTED.value,
+                "final_answer": None,
+                "error": "the server stopped while the run was active",
+            }
+            await trajectory.append([(EntryKind.RUN_ENDED, body)])
+            count += 1
+        return count
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop accepting runs, let active runs reach a safe point, record the rest interrupted."""
+        self.accepting = False
+        for active in list(self._active.values()):
+            active.actor.request_stop(TerminatedBy.INTERRUPTED, "the server is shutting down")
+        tasks = [a.task for a in self._active.values() if a.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=max(1.0, grace_s))
+        self.closed.set()
+        for active in list(self._active.values()):
+            self._close_feeds(active)
+
+    # -- starting runs -----------------------------------------------------------------------
+
+    def resolve_scopes(self, scopes: list[str] | None) -> tuple[list[str], list[str]]:
+        """(scopes as given, the registered tools they cover); 422 for a scope matching nothing."""
+        given = list(READ_ONLY_DEFAULT_SCOPES) if scopes is None else list(scopes)
+        tools: list[str] = []
+        unknown = []
+        for scope in given:
+            matched = self.tools.match(scope)
+            if not matched:
+                unknown.append(scope)
+            tools.extend(name for name in matched if name not in tools)
+        if unknown:
+            raise ThymosError(
+                ErrorCode.UNKNOWN_TOOL_SCOPE,
+                f"tool scope {unknown[0]!r} matches no registered capability",
+                {"unknown_scopes": unknown, "registered": self.tools.match("*")},
+            )
+        return given, sorted(tools)
+
+    async def start_run(
+        self, request: StartRun, *, tenant: str, idempotency_key: str | None = None
+    ) -> tuple[RunRecord, bool]:
+        """Start a run. Returns (record, created); `created` is False for an idempotent replay."""
+        if not self.accepting:
+            raise ThymosError(ErrorCode.SHUTTING_DOWN, "the server is shutting down and accepts no new runs")
+        spec = self._spec(request, tenant)
+        if idempotency_key is None:
+            return await self._create(spec, None), True
+        body_hash = blake3_hex(canonical_bytes(spec.as_body()))
+        async with self._idempotency_lock:
+            hit = await self.store.find_idempotency(tenant, idempotency_key)
+            if hit is not None:
+                if hit.body_hash != body_hash:
+                    raise ThymosError(
+                        ErrorCode.IDEMPOTENCY_CONFLICT,
+                        "this Idempotency-Key was used with a different request body",
+                        {"run_id": hit.run_id},
+                    )
+                record = await self.store.get_run(hit.run_id)
+                assert record is not None, "an idempotency row always names a stored run"
+                return record, False
+            return await self._create(spec, (idempotency_key, body_hash)), True
+
+    def _spec(self, request: StartRun, tenant: str) -> RunSpec:
+        if not request.task.strip():
+            raise ThymosError(ErrorCode.INVALID_REQUEST, "task must not be empty", {"field": "task"})
+        scopes, tools = self.resolve_scopes(None if request.tool_scopes is None else list(request.tool_scopes))
+        if request.provider not in PROVIDERS:
+            raise ThymosError(
+                ErrorCode.UNKNOWN_PROVIDER,
+                f"cognition provider {request.provider!r} is not available in this build",
+                {"available": list(PROVIDERS)},
+            )
+        script = None
+        if request.script is not None:
+            if request.provider != "mock":
+                raise ThymosError(ErrorCode.INVALID_SCRIPT, "cognition.script is only for the mock provider")
+            problems = validate_script(list(request.script))
+            if problems:
+                raise ThymosError(ErrorCode.INVALID_SCRIPT, problems[0], {"problems": problems[:20]})
+            script = tuple(request.script)
+        spec = RunSpec(
+            task=request.task,
+            max_steps=request.max_steps,
+            tool_scopes=tuple(scopes),
+            tools=tuple(tools),
+            provider=request.provider,
+            model=request.model,
+            script=script,
+            budget=request.budget,
+            tenant=tenant,
+        )
+        try:
+            canonical_bytes(spec.as_body())
+        except NotCanonicalizable as exc:
+            raise ThymosError(ErrorCode.INVALID_REQUEST, f"the request has a value with no canonical JSON form: {exc}") from exc
+        return spec
+
+    async def _create(self, spec: RunSpec, idempotency: tuple[str, str] | None) -> RunRecord:
+        if len(self._active) >= RUNS_ACTIVE_MAX:
+            raise ThymosError(
+                ErrorCode.CAPACITY_EXHAUSTED,
+                f"this server already runs {RUNS_ACTIVE_MAX} runs; retry shortly",
+                {"retry_after_s": 1},
+            )
+        now_us = self.clock.now_us()
+        run_id = uuid7(now_us // 1000, self._random(10))
+        now = rfc3339_from_us(now_us)
+        first = seal(run_id=run_id, seq=0, parent=None, kind=EntryKind.RUN_STARTED, time=now, body=spec.as_body())
+        state = RunState(spec)
+        state.fold(first)
+        record = RunRecord(run_id, spec.tenant, RunStatus.RUNNING.value, now, now, spec.as_body(), state.summary.as_dict())
+        await self.store.create_run(record, first, idempotency)
+        self._launch(record, state, first)
+        return record
+
+    def _launch(self, record: RunRecord, state: RunState, *already: Entry) -> ActiveRun:
+        entries: Feed[Entry] = Feed(first_id=0)
+        for entry in already:
+            entries.publish(entry, entry.seq)
+        cognition: Feed[CognitionEvent] = Feed()
+        snapshot: Cell[dict[str, Any]] = Cell({})
+        holder: list[ActiveRun] = []
+
+        def changed() -> None:
+            if holder:
+                holder[0].snapshot.set(self._execution_of(holder[0]))
+
+        trajectory = Trajectory(
+            run_id=record.run_id, store=self.store, state=state, clock=self.clock, entries=entries, on_change=changed
+        )
+        provider = create_provider(state.spec.provider, model=state.spec.model, script=state.spec.script)
+        deps = ActorDeps(self.catalog, self.tools, self.config.workspace, self.clock, cognition)
+        actor = RunActor(trajectory, provider, deps, changed)
+        active = ActiveRun(record.run_id, record.tenant, actor, entries, cognition, snapshot, record=record)
+        holder.append(active)
+        snapshot.set(self._execution_of(active))
+        self._active[record.run_id] = active
+        active.task = asyncio.create_task(self._drive(active), name=f"run-{record.run_id}")
+        return active
+
+    async def _drive(self, active: ActiveRun) -> None:
+        try:
+            await active.actor.run()
+        finally:
+            self._active.pop(active.run_id, None)
+            self._close_feeds(active)
+
+    def _close_feeds(self, active: ActiveRun) -> None:
+        active.snapshot.set(self._execution_of(active))
+        active.entries.close()
+        active.cognition.close()
+        active.snapshot.close()
+
+    # -- reading runs ------------------------------------------------------------------------
+
+    async def visible_record(self, run_id: str, tenant: str | None) -> RunRecord:
+        """The run's record if this caller may see it; otherwise 404 exactly as for no run."""
+        record = await self.store.get_run(run_id) if is_run_id(run_id) else None
+        if record is None or (tenant is not None and record.tenant != tenant):
+            raise ThymosError(ErrorCode.RUN_NOT_FOUND, f"no run {run_id} is visible to this caller")
+        return record
+
+    async def get_run(self, run_id: str, tenant: str | None) -> dict[str, Any]:
+        return run_view(await self.visible_record(run_id, tenant))
+
+    async def list_runs(
+        self, *, tenant: str | None, status: str | None, before: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        records = await self.store.list_runs(tenant=tenant, status=status, before=before, limit=limit)
+        return [run_view(record) for record in records]
+
+    async def execution(self, run_id: str, tenant: str | None) -> dict[str, Any]:
+        record = await self.visible_record(run_id, tenant)
+        active = self._active.get(run_id)
+        if active is not None:
+            return active.snapshot.value
+        return execution_view(record, RunSummary.from_dict(record.summary), phase="finished", active_tool=None, step=None)
+
+    def _execution_of(self, active: ActiveRun) -> dict[str, Any]:
+        assert active.record is not None
+        view = active.actor.view
+        summary = active.actor.trajectory.state.summary
+        phase = "finished" if summary.status.terminal else view.phase
+        return execution_view(active.record, summary, phase=phase, active_tool=view.active_tool, step=view.current_step)
+
+    def active(self, run_id: str) -> ActiveRun | None:
+        return self._active.get(run_id)
+
+    def subscribe(self, run_id: str) -> _Subscription:
+        """Count a stream subscriber against the per-run limit (release with `unsubscribe`)."""
+        active = self._active.get(run_id)
+        if active is not None:
+            if active.subscribers >= SUBSCRIBERS_PER_RUN_MAX:
+                raise ThymosError(
+                    ErrorCode.CAPACITY_EXHAUSTED,
+                    f"run {run_id} already has {SUBSCRIBERS_PER_RUN_MAX} stream subscribers",
+                    {"retry_after_s": 5},
+                )
+            active.subscribers += 1
+        return _Subscription(active)
+
+    @staticmethod
+    def unsubscribe(subscription: _Subscription) -> None:
+        if subscription.active is not None and not subscription.released:
+            subscription.active.subscribers -= 1
+            subscription.released = True
+
+    # -- world, replay, export ---------------------------------------------------------------
+
+    async def world(self, run_id: str, tenant: str | None, at_seq: int | None) -> dict[str, Any]:
+        record = await self.visible_record(run_id, tenant)
+        active = self._active.get(run_id)
+        head = active.actor.trajectory.head_seq if active else int(record.summary["head_seq"])
+        seq = head if at_seq is None else at_seq
+        if seq < 0 or seq > head:
+            raise ThymosError(
+                ErrorCode.SEQ_OUT_OF_RANGE, f"seq must be between 0 and the head, {head}", {"head": head}
+            )
+        if active is not None and seq == active.actor.trajectory.head_seq:
+            world = active.actor.trajectory.state.world
+        else:
+            world = await self.world_at(run_id, seq)
+        return {
+            "run_id": run_id,
+            "seq": seq,
+            "world_hash": world.hash,
+            "resources": [r.as_dict() for r in world.resources()],
+        }
+
+    async def world_at(self, run_id: str, seq: int) -> World:
+        """The world after entry `seq`, folded from the nearest checkpoint at or before it."""
+        checkpoint = await self.store.latest_checkpoint(run_id, at_or_before=seq)
+        world = World.restore(checkpoint.world) if checkpoint else World()
+        start = checkpoint.seq if checkpoint else -1
+        rows = await self.store.read_rows_range(run_id, after_seq=start, upto_seq=seq)
+        for row in rows:
+            try:
+                entry = parse_envelope(row.raw, run_id=run_id, seq=row.seq)
+                if entry.kind == EntryKind.COMMIT:
+                    world.apply_all(deltas_of(entry.body))
+            except (CorruptEntry, ValueError) as exc:
+                raise ThymosError(
+                    ErrorCode.LEDGER_CORRUPT,
+                    f"the ledger of run {run_id} is damaged at seq {row.seq}; GET /runs/{run_id}/replay says more",
+                    {"seq": row.seq},
+                ) from exc
+        return world
+
+    async def replay(
+        self, run_id: str, tenant: str | None, *, require_compiler: str | None, require_policy: str | None
+    ) -> dict[str, Any]:
+        record = await self.visible_record(run_id, tenant)
+        report = await replay_report(
+            self.store, record, require_compiler=require_compiler, require_policy=require_policy
+        )
+        try:
+            live = await self.world(run_id, tenant, None)
+            live_hash: str | None = live["world_hash"]
+        except ThymosError:
+            live_hash = None
+        report["live_world_hash"] = live_hash
+        report["world_matches"] = live_hash is not None and live_hash == report["world_hash"]
+        return report
+
+    async def export(self, run_id: str, tenant: str | None, after_seq: int) -> AsyncIterator[bytes]:
+        """The run's stored envelopes as JSON Lines, verbatim, in seq order."""
+        await self.visible_record(run_id, tenant)
+        return self._export(run_id, after_seq)
+
+    async def _export(self, run_id: str, after_seq: int) -> AsyncIterator[bytes]:
+        while True:
+            rows = await self.store.read_rows(run_id, after_seq=after_seq, limit=REPLAY_PAGE_ROWS)
+            if not rows:
+                return
+            yield b"".join(row.raw + b"\n" for row in rows)
+            after_seq = rows[-1].seq
+
+    async def _load_state(self, record: RunRecord) -> RunState:
+        """Fold a stored run's whole ledger into its state, verifying the chain as it goes."""
+        spec = RunSpec.from_body(record.spec)
+        state = RunState(spec)
+        verifier = ChainVerifier(record.run_id)
+        after = -1
+        while True:
+            rows = await self.store.read_rows(record.run_id, after_seq=after, limit=REPLAY_PAGE_ROWS)
+            if not rows:
+                break
+            for row in rows:
+                entry = verifier.check(row)
+                if entry is None or not verifier.verified:
+                    failure = verifier.failures[0]
+                    raise ThymosError(ErrorCode.LEDGER_CORRUPT, failure.message, failure.as_dict())
+                state.fold(entry)
+            after = rows[-1].seq
+        state.last_checkpoint_seq = state.summary.head_seq
+        return state
+
+    # -- facts for /health -------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "mode": self.config.mode,
+            "default_provider": self.config.default_provider,
+            "cognition_live": False,
+            "ledger": self.store.backend,
+            "shutdown": not self.accepting,
+            "version": __version__,
+        }
+
+    async def ready(self) -> bool:
+        return self.accepting and await self.store.ping()
+
+
+def run_view(record: RunRecord) -> dict[str, Any]:
+    """The run record as `GET /runs/:id` and `GET /runs` show it."""
+    spec, summary = record.spec, record.summary
+    cognition = spec.get("cognition", {})
+    view: dict[str, Any] = {
+        "run_id": record.run_id,
+        "task": spec["task"],
+        "status": record.status,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "tenant": record.tenant,
+        "max_steps": spec["max_steps"],
+        "tool_scopes": spec["tool_scopes"],
+        "tools": spec["tools"],
+        "cognition": {"provider": cognition.get("provider"), "model": cognition.get("model")},
+        "budget": spec.get("budget"),
+        "usage": summary.get("usage"),
+        "parent_run_id": None,
+        "branch_of": None,
+        "summary": {
+            "steps_executed": summary["steps_executed"],
+            "intents_submitted": summary["intents_submitted"],
+            "commits": summary["commits"],
+            "rejections": summary["rejections"],
+            "failures": summary["failures"],
+            "final_answer": summary.get("final_answer"),
+            "terminated_by": summary.get("terminated_by"),
+            "error": summary.get("error"),
+            "head_seq": summary["head_seq"],
+            "head_id": summary.get("head_id"),
+        },
+    }
+    return view
+
+
+def execution_view(
+    record: RunRecord, summary: RunSummary, *, phase: str, active_tool: str | None, step: int | None
+) -> dict[str, Any]:
+    """The execution session: the operator-facing truth about a run, live or finished."""
+    status = summary.status
+    if status.terminal:
+        operator_state = "done"
+    elif status is RunStatus.WAITING_APPROVAL:
+        operator_state = "approval_required"
+    else:
+        operator_state = "watching"
+    return {
+        "run_id": record.run_id,
+        "task": record.spec["task"],
+        "status": status.value,
+        "phase": phase,
+        "operator_state": operator_state,
+        "current_step": step if step is not None else summary.steps_executed,
+        "max_steps": record.spec["max_steps"],
+        "active_tool": active_tool,
+        "final_answer": summary.final_answer,
+        "terminated_by": summary.terminated_by,
+        "error": summary.error,
+        "counters": summary.counters(),
+        "usage": summary.usage.as_dict(),
+        "pending_approvals": [],
+        "head_seq": summary.head_seq,
+        "log": list(summary.log),
+    }
+

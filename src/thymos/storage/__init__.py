@@ -1,0 +1,27 @@
+"""Ledger storage: the async contract and its backends (SQLite today).
+
+**Architecture Invariant:** nothing above this package writes SQL; nothing in it decides what an
+entry means. Entries are stored as the canonical bytes they were sealed with.
+"""
+
+from ._contract import (
+    Checkpoint,
+    IdempotencyHit,
+    LedgerStore,
+    RunRecord,
+    RunUpdate,
+    SeqConflict,
+    StorageError,
+)
+from ._sqlite import SqliteLedgerStore
+
+__all__ = [
+    "Checkpoint",
+    "IdempotencyHit",
+    "LedgerStore",
+    "RunRecord",
+    "RunUpdate",
+    "SeqConflict",
+    "SqliteLedgerStore",
+    "StorageError",
+]

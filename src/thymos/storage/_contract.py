@@ -1,0 +1,119 @@
+"""The ledger storage contract: one async interface, one module per backend.
+
+Every backend guarantees: appends are atomic (a batch of entries and the run's updated summary and
+checkpoint land together or not at all); `(run_id, seq)` is unique, so a second writer can never
+fork a chain (`SeqConflict`); stored envelope bytes come back verbatim; a read after an
+acknowledged append sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from thymos.core import Entry, ErrorCode, StoredRow, ThymosError
+
+
+class StorageError(ThymosError):
+    """The backend failed (it is away, full, or refused); chained from the driver's error."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.NOT_READY, message)
+
+
+class SeqConflict(ThymosError):
+    """Another append already holds one of these `(run_id, seq)` slots."""
+
+    def __init__(self, run_id: str, seq: int) -> None:
+        super().__init__(ErrorCode.SEQ_CONFLICT, f"run {run_id} already has an entry at seq {seq}", {"seq": seq})
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """The stored row of a run: identity, status and the summary folded from its ledger."""
+
+    run_id: str
+    tenant: str
+    status: str
+    created_at: str
+    updated_at: str
+    spec: dict[str, Any]
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A snapshot of a run's world as of `seq` (every commit up to and including it)."""
+
+    run_id: str
+    seq: int
+    world: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RunUpdate:
+    """What changes on the run row with an append."""
+
+    status: str
+    updated_at: str
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyHit:
+    body_hash: str
+    run_id: str
+
+
+class LedgerStore(Protocol):
+    """The one async storage interface (SQLite today; PostgreSQL slots in with the same contract)."""
+
+    backend: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    async def create_run(
+        self,
+        record: RunRecord,
+        first: Entry,
+        idempotency: tuple[str, str] | None = None,
+    ) -> None:
+        """Insert the run row and its seq-0 entry atomically. `idempotency` is (key, body_hash)."""
+        ...
+
+    async def append(
+        self,
+        run_id: str,
+        entries: Sequence[Entry],
+        update: RunUpdate,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        """Append entries (consecutive seqs) and update the run row, atomically."""
+        ...
+
+    async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    async def list_runs(
+        self, *, tenant: str | None, status: str | None, before: str | None, limit: int
+    ) -> list[RunRecord]:
+        """Runs newest first (by run id, which sorts by creation time), older than `before`."""
+        ...
+
+    async def runs_with_status(self, statuses: Sequence[str]) -> list[RunRecord]: ...
+
+    async def read_rows(self, run_id: str, *, after_seq: int, limit: int) -> list[StoredRow]:
+        """Stored rows with seq > after_seq, in seq order."""
+        ...
+
+    async def read_rows_range(self, run_id: str, *, after_seq: int, upto_seq: int) -> list[StoredRow]:
+        """Stored rows with after_seq < seq <= upto_seq, in seq order."""
+        ...
+
+    async def latest_checkpoint(self, run_id: str, *, at_or_before: int) -> Checkpoint | None: ...
+
+    async def find_idempotency(self, tenant: str, key: str) -> IdempotencyHit | None: ...

@@ -1,0 +1,44 @@
+"""Schema migrations: an ordered list per dialect, applied once each, never renumbered."""
+
+from __future__ import annotations
+
+SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # Version 1: runs, their ledger entries, world checkpoints, idempotency keys.
+        """CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            spec BLOB NOT NULL,
+            summary BLOB NOT NULL
+        )""",
+        "CREATE INDEX runs_by_tenant ON runs (tenant, run_id)",
+        "CREATE INDEX runs_by_status ON runs (status)",
+        # The envelope is the canonical bytes, stored verbatim; id, kind and created_at are
+        # copies for indexing and are checked against the bytes by verification.
+        """CREATE TABLE entries (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            seq INTEGER NOT NULL,
+            id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            envelope BLOB NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE checkpoints (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            seq INTEGER NOT NULL,
+            world BLOB NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE idempotency (
+            tenant TEXT NOT NULL,
+            key TEXT NOT NULL,
+            body_hash TEXT NOT NULL,
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            PRIMARY KEY (tenant, key)
+        )""",
+    ),
+)

@@ -1,0 +1,363 @@
+"""The embedded SQLite backend: one writer thread grouping appends, a few reader threads.
+
+Concurrent runs submit appends to a queue; the writer thread takes everything waiting, runs it in
+one transaction (each submission inside its own savepoint, so one conflict fails only its own
+caller) and resolves each caller's future. Readers use their own connections on a small pool;
+WAL lets them read while the writer writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from thymos.core import Entry, StoredRow
+
+from ._contract import (
+    Checkpoint,
+    IdempotencyHit,
+    RunRecord,
+    RunUpdate,
+    SeqConflict,
+    StorageError,
+)
+from ._migrations import SQLITE_MIGRATIONS
+
+T = TypeVar("T")
+
+WRITE_GROUP_MAX = 256
+"""Submissions grouped into one transaction; bounds how long one transaction holds the lock."""
+
+READER_THREADS = 4
+
+_PRAGMAS = (
+    # WAL lets readers proceed while the single writer commits.
+    "PRAGMA journal_mode=WAL",
+    # NORMAL: a commit survives a crash of the process (the WAL is in the OS); only a power loss
+    # can lose the last transactions, never corrupt the file. THYMOS_SQLITE_SYNCHRONOUS=full
+    # trades a disk flush per transaction for power-loss durability.
+    "PRAGMA synchronous={synchronous}",
+    # Readers and a second process wait for the lock instead of failing at once.
+    "PRAGMA busy_timeout=10000",
+    "PRAGMA foreign_keys=ON",
+)
+
+
+@dataclass(slots=True)
+class _Job:
+    work: Callable[[sqlite3.Connection], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves so the writer controls transactions.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    for pragma in _PRAGMAS:
+        conn.execute(pragma.format(synchronous=synchronous))
+    return conn
+
+
+def _record(row: sqlite3.Row | tuple[Any, ...]) -> RunRecord:
+    run_id, tenant, status, created_at, updated_at, spec, summary = row
+    return RunRecord(run_id, tenant, status, created_at, updated_at, orjson.loads(spec), orjson.loads(summary))
+
+
+_RUN_COLUMNS = "run_id, tenant, status, created_at, updated_at, spec, summary"
+
+
+class SqliteLedgerStore:
+    backend = "sqlite"
+
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = _connect(self._path, self._synchronous)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the SQLite ledger at {self._path}: {exc}") from exc
+        self._migrate(conn)
+        self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="thymos-sqlite-writer", daemon=True)
+        self._writer.start()
+        self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="thymos-sqlite-reader")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+            self._readers = None
+        with self._conns_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        current = row[0] if row and row[0] is not None else 0
+        for version, statements in enumerate(SQLITE_MIGRATIONS, start=1):
+            if version <= current:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            conn.execute("COMMIT")
+
+    # -- the writer --------------------------------------------------------------------------
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                job = self._queue.get()
+                if job is None:
+                    return
+                group = [job]
+                stop = False
+                while len(group) < WRITE_GROUP_MAX:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    group.append(more)
+                self._run_group(conn, group)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _run_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
+        results: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in group:
+                conn.execute("SAVEPOINT job")
+                try:
+                    value = job.work(conn)
+                except BaseException as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    results.append((job, None, exc))
+                else:
+                    conn.execute("RELEASE job")
+                    results.append((job, value, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            failure = StorageError(f"the SQLite transaction failed: {exc}")
+            failure.__cause__ = exc
+            results = [(job, None, failure) for job in group]
+        for job, value, error in results:
+            job.loop.call_soon_threadsafe(_settle, job.future, value, error)
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None:
+            raise StorageError("the ledger is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Job(work, loop, future))
+        return await future
+
+    # -- readers -----------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self._path, self._synchronous)
+            self._local.conn = conn
+            with self._conns_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._readers is None:
+            raise StorageError("the ledger is closed")
+        loop = asyncio.get_running_loop()
+
+        def run() -> T:
+            try:
+                return work(self._reader())
+            except sqlite3.Error as exc:
+                raise StorageError(f"a SQLite read failed: {exc}") from exc
+
+        return await loop.run_in_executor(self._readers, run)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._read(lambda c: c.execute("SELECT 1").fetchone()[0] == 1))
+        except StorageError:
+            return False
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def create_run(
+        self, record: RunRecord, first: Entry, idempotency: tuple[str, str] | None = None
+    ) -> None:
+        assert first.seq == 0 and first.run_id == record.run_id
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.run_id,
+                    record.tenant,
+                    record.status,
+                    record.created_at,
+                    record.updated_at,
+                    orjson.dumps(record.spec),
+                    orjson.dumps(record.summary),
+                ),
+            )
+            _insert_entries(conn, record.run_id, [first])
+            if idempotency is not None:
+                conn.execute(
+                    "INSERT INTO idempotency (tenant, key, body_hash, run_id) VALUES (?, ?, ?, ?)",
+                    (record.tenant, idempotency[0], idempotency[1], record.run_id),
+                )
+
+        await self._write(work)
+
+    async def append(
+        self,
+        run_id: str,
+        entries: Sequence[Entry],
+        update: RunUpdate,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            _insert_entries(conn, run_id, entries)
+            conn.execute(
+                "UPDATE runs SET status = ?, updated_at = ?, summary = ? WHERE run_id = ?",
+                (update.status, update.updated_at, orjson.dumps(update.summary), run_id),
+            )
+            if checkpoint is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO checkpoints (run_id, seq, world) VALUES (?, ?, ?)",
+                    (run_id, checkpoint.seq, checkpoint.world),
+                )
+
+        await self._write(work)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        def work(conn: sqlite3.Connection) -> RunRecord | None:
+            row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            return _record(row) if row else None
+
+        return await self._read(work)
+
+    async def list_runs(
+        self, *, tenant: str | None, status: str | None, before: str | None, limit: int
+    ) -> list[RunRecord]:
+        clauses, params = [], []
+        if tenant is not None:
+            clauses.append("tenant = ?")
+            params.append(tenant)
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        if before is not None:
+            clauses.append("run_id < ?")
+            params.append(before)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY run_id DESC LIMIT ?"
+
+        def work(conn: sqlite3.Connection) -> list[RunRecord]:
+            return [_record(row) for row in conn.execute(sql, (*params, limit))]
+
+        return await self._read(work)
+
+    async def runs_with_status(self, statuses: Sequence[str]) -> list[RunRecord]:
+        marks = ", ".join("?" for _ in statuses)
+
+        def work(conn: sqlite3.Connection) -> list[RunRecord]:
+            sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ({marks}) ORDER BY run_id"
+            return [_record(row) for row in conn.execute(sql, tuple(statuses))]
+
+        return await self._read(work)
+
+    async def read_rows(self, run_id: str, *, after_seq: int, limit: int) -> list[StoredRow]:
+        def work(conn: sqlite3.Connection) -> list[StoredRow]:
+            cursor = conn.execute(
+                "SELECT seq, id, envelope FROM entries WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (run_id, after_seq, limit),
+            )
+            return [StoredRow(seq, ident, bytes(raw)) for seq, ident, raw in cursor]
+
+        return await self._read(work)
+
+    async def read_rows_range(self, run_id: str, *, after_seq: int, upto_seq: int) -> list[StoredRow]:
+        def work(conn: sqlite3.Connection) -> list[StoredRow]:
+            cursor = conn.execute(
+                "SELECT seq, id, envelope FROM entries WHERE run_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
+                (run_id, after_seq, upto_seq),
+            )
+            return [StoredRow(seq, ident, bytes(raw)) for seq, ident, raw in cursor]
+
+        return await self._read(work)
+
+    async def latest_checkpoint(self, run_id: str, *, at_or_before: int) -> Checkpoint | None:
+        def work(conn: sqlite3.Connection) -> Checkpoint | None:
+            row = conn.execute(
+                "SELECT seq, world FROM checkpoints WHERE run_id = ? AND seq <= ? ORDER BY seq DESC LIMIT 1",
+                (run_id, at_or_before),
+            ).fetchone()
+            return Checkpoint(run_id, row[0], bytes(row[1])) if row else None
+
+        return await self._read(work)
+
+    async def find_idempotency(self, tenant: str, key: str) -> IdempotencyHit | None:
+        def work(conn: sqlite3.Connection) -> IdempotencyHit | None:
+            row = conn.execute(
+                "SELECT body_hash, run_id FROM idempotency WHERE tenant = ? AND key = ?", (tenant, key)
+            ).fetchone()
+            return IdempotencyHit(row[0], row[1]) if row else None
+
+        return await self._read(work)
+
+
+def _insert_entries(conn: sqlite3.Connection, run_id: str, entries: Sequence[Entry]) -> None:
+    try:
+        conn.executemany(
+            "INSERT INTO entries (run_id, seq, id, kind, created_at, envelope) VALUES (?, ?, ?, ?, ?, ?)",
+            [(run_id, e.seq, e.id, e.kind, e.time, e.raw) for e in entries],
+        )
+    except sqlite3.IntegrityError as exc:
+        raise SeqConflict(run_id, entries[0].seq) from exc
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled; the write happened or not, the ledger says which
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)

@@ -1,0 +1,36 @@
+"""Tools: the one contract, the registry, and the built-in capabilities (one module per tool).
+
+**Architecture Invariant:** a tool returns an output and proposed deltas; it never writes the
+ledger or the world. File tools never leave the workspace.
+"""
+
+from ._contract import Tool, ToolContext, ToolFailure, ToolOutcome, ToolRegistry, WorldView
+from ._fs_read import FsRead
+from ._grep import Grep
+from ._kv import KvGet, KvSet
+from ._repo_map import RepoMap
+
+READ_ONLY_DEFAULT_SCOPES = ("repo_map", "fs_read", "grep", "kv_get")
+"""What a run gets when it names no tool scopes: the read-only built-in tools."""
+
+
+def builtin_tools() -> ToolRegistry:
+    """A registry holding the built-in tools."""
+    return ToolRegistry([RepoMap(), FsRead(), Grep(), KvGet(), KvSet()])
+
+
+__all__ = [
+    "READ_ONLY_DEFAULT_SCOPES",
+    "FsRead",
+    "Grep",
+    "KvGet",
+    "KvSet",
+    "RepoMap",
+    "Tool",
+    "ToolContext",
+    "ToolFailure",
+    "ToolOutcome",
+    "ToolRegistry",
+    "WorldView",
+    "builtin_tools",
+]

@@ -1,0 +1,76 @@
+"""The one contract every tool meets, and the registry that holds them.
+
+A tool is given a read-only view of the world and its workspace; it returns an output (JSON) and
+the deltas it proposes. It never writes the ledger or the world itself: the runtime commits.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from thymos.core import Delta, Resource, ToolSpec
+
+
+class WorldView(Protocol):
+    """Read access to the world as it stands before this call."""
+
+    def get(self, kind: str, ident: str) -> Resource | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    run_id: str
+    workspace: Path
+    world: WorldView
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutcome:
+    output: Any
+    deltas: tuple[Delta, ...] = ()
+
+
+class ToolFailure(Exception):
+    """The tool ran and failed in a way cognition should hear about (recorded as tool_failure)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Tool(Protocol):
+    @property
+    def spec(self) -> ToolSpec: ...
+
+    async def run(self, args: Mapping[str, Any], ctx: ToolContext) -> ToolOutcome: ...
+
+
+class ToolRegistry:
+    """Registered capabilities by name; scopes are exact names or globs over these names."""
+
+    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+        self._tools: dict[str, Tool] = {}
+        for tool in tools:
+            self.register(tool)
+
+    def register(self, tool: Tool) -> None:
+        name = tool.spec.name
+        assert name not in self._tools, f"tool {name} registered twice"
+        self._tools[name] = tool
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def specs(self) -> dict[str, ToolSpec]:
+        return {name: tool.spec for name, tool in sorted(self._tools.items())}
+
+    def match(self, scope: str) -> list[str]:
+        """Registered names a scope covers (an exact name or a glob such as `fs_*`)."""
+        if scope in self._tools:
+            return [scope]
+        return sorted(name for name in self._tools if fnmatch.fnmatchcase(name, scope))
