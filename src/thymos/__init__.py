@@ -1,2 +1,3 @@
 """Thymos: a governed agent runtime."""
+
 __version__ = "0.1.0"

@@ -46,7 +46,6 @@ class Settings:
         return self.data_dir / "ledger.sqlite3"
 
 
-
 def parse_addr(text: str) -> tuple[str, int]:
     host, sep, port = text.strip().rpartition(":")
     if not sep or not host:
@@ -113,7 +112,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         values["postgres_url"] = source["THYMOS_POSTGRES_URL"]
     if "THYMOS_SQLITE_SYNCHRONOUS" in source:
         values["sqlite_synchronous"] = source["THYMOS_SQLITE_SYNCHRONOUS"].upper()
-    for name, key in (("shutdown_grace_s", "THYMOS_SHUTDOWN_GRACE_S"), ("keepalive_s", "THYMOS_SSE_KEEPALIVE_S")):
+    for name, key in (
+        ("shutdown_grace_s", "THYMOS_SHUTDOWN_GRACE_S"),
+        ("keepalive_s", "THYMOS_SSE_KEEPALIVE_S"),
+    ):
         if key in source:
             try:
                 values[name] = float(source[key])

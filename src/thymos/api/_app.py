@@ -17,8 +17,8 @@ from thymos.tools import builtin_tools
 
 from . import _errors
 from ._body import schema_components
-from ._models import CreateRunBody
 from ._limits import BodyLimit
+from ._models import CreateRunBody
 from ._routes_meta import router as meta_router
 from ._routes_runs import router as runs_router
 from ._routes_streams import router as streams_router
@@ -28,7 +28,9 @@ log = logging.getLogger("thymos.api")
 
 def open_store(settings: Settings) -> LedgerStore:
     if settings.postgres_url:
-        log.warning("THYMOS_POSTGRES_URL is set but this build has no PostgreSQL backend; using SQLite")
+        log.warning(
+            "THYMOS_POSTGRES_URL is set but this build has no PostgreSQL backend; using SQLite"
+        )
     return SqliteLedgerStore(settings.sqlite_path, synchronous=settings.sqlite_synchronous)
 
 
@@ -40,7 +42,11 @@ def create_app(settings: Settings) -> FastAPI:
         runtime = Runtime(
             store=store,
             tools=builtin_tools(),
-            config=RuntimeConfig(workspace=settings.workspace, mode=settings.mode, default_provider=settings.default_provider),
+            config=RuntimeConfig(
+                workspace=settings.workspace,
+                mode=settings.mode,
+                default_provider=settings.default_provider,
+            ),
         )
         recovered = await runtime.recover()
         if recovered:
@@ -78,7 +84,9 @@ def _add_body_schemas(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = generate()
-            document.setdefault("components", {}).setdefault("schemas", {}).update(schema_components(CreateRunBody))
+            document.setdefault("components", {}).setdefault("schemas", {}).update(
+                schema_components(CreateRunBody)
+            )
             app.openapi_schema = document
         return app.openapi_schema
 

@@ -25,18 +25,23 @@ async def parse_body(request: Request, model: type[M]) -> M:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ThymosError(ErrorCode.MALFORMED_JSON, f"the request body is not valid JSON: {exc}") from None
+        raise ThymosError(
+            ErrorCode.MALFORMED_JSON, f"the request body is not valid JSON: {exc}"
+        ) from None
     if not isinstance(data, dict):
         raise ThymosError(ErrorCode.MALFORMED_REQUEST, "the request body must be a JSON object")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         errors = [
-            {"loc": [str(p) for p in e["loc"]], "message": e["msg"], "type": e["type"]} for e in exc.errors()[:20]
+            {"loc": [str(p) for p in e["loc"]], "message": e["msg"], "type": e["type"]}
+            for e in exc.errors()[:20]
         ]
         first = errors[0]
         where = ".".join(first["loc"]) or "body"
-        raise ThymosError(ErrorCode.INVALID_REQUEST, f"{where}: {first['message']}", {"errors": errors}) from None
+        raise ThymosError(
+            ErrorCode.INVALID_REQUEST, f"{where}: {first['message']}", {"errors": errors}
+        ) from None
 
 
 def request_body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -44,7 +49,9 @@ def request_body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": {"$ref": SCHEMA_REF.format(model=model.__name__)}}},
+            "content": {
+                "application/json": {"schema": {"$ref": SCHEMA_REF.format(model=model.__name__)}}
+            },
         }
     }
 

@@ -48,7 +48,10 @@ STATUS_OF: dict[ErrorCode, int] = {
 
 
 def error_response(
-    code: ErrorCode, message: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    code: ErrorCode,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     error: dict[str, Any] = {"code": code.value, "message": message}
     if details:
@@ -58,13 +61,22 @@ def error_response(
     if status in (429, 503) and "Retry-After" not in out_headers:
         retry = (details or {}).get("retry_after_s", 1)
         out_headers["Retry-After"] = str(retry)
-    return Response(orjson.dumps({"error": error}), status_code=status, media_type="application/json", headers=out_headers)
+    return Response(
+        orjson.dumps({"error": error}),
+        status_code=status,
+        media_type="application/json",
+        headers=out_headers,
+    )
 
 
 def _validation_details(exc: RequestValidationError) -> tuple[ErrorCode, str, dict[str, Any]]:
     errors = exc.errors()
     shown = [
-        {"loc": [str(p) for p in e.get("loc", ())], "message": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        {
+            "loc": [str(p) for p in e.get("loc", ())],
+            "message": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
         for e in errors[:20]
     ]
     first = errors[0] if errors else {}
@@ -73,11 +85,21 @@ def _validation_details(exc: RequestValidationError) -> tuple[ErrorCode, str, di
         return ErrorCode.MALFORMED_JSON, "the request body is not valid JSON", {"errors": shown}
     if loc and loc[0] in ("query", "header", "path"):
         where = ".".join(loc[1:])
-        return ErrorCode.INVALID_QUERY, f"parameter {where!r}: {first.get('msg')}", {"errors": shown}
+        return (
+            ErrorCode.INVALID_QUERY,
+            f"parameter {where!r}: {first.get('msg')}",
+            {"errors": shown},
+        )
     where = ".".join(loc[1:]) if loc and loc[0] == "body" else ".".join(loc)
     message = f"{where or 'body'}: {first.get('msg')}" if first else "the request is invalid"
-    if first.get("type") == "model_attributes_type" or (first.get("type") == "dict_type" and len(loc) <= 1):
-        return ErrorCode.MALFORMED_REQUEST, "the request body must be a JSON object", {"errors": shown}
+    if first.get("type") == "model_attributes_type" or (
+        first.get("type") == "dict_type" and len(loc) <= 1
+    ):
+        return (
+            ErrorCode.MALFORMED_REQUEST,
+            "the request body must be a JSON object",
+            {"errors": shown},
+        )
     return ErrorCode.INVALID_REQUEST, message, {"errors": shown}
 
 
@@ -97,7 +119,9 @@ def install(app: FastAPI) -> None:
             return error_response(ErrorCode.NOT_FOUND, "there is no such route")
         if exc.status_code == 405:
             return error_response(
-                ErrorCode.METHOD_NOT_ALLOWED, "this route does not take that method", headers=dict(exc.headers or {})
+                ErrorCode.METHOD_NOT_ALLOWED,
+                "this route does not take that method",
+                headers=dict(exc.headers or {}),
             )
         if exc.status_code == 400:
             return error_response(ErrorCode.MALFORMED_REQUEST, str(exc.detail))
@@ -105,7 +129,9 @@ def install(app: FastAPI) -> None:
         return error_response(ErrorCode.INTERNAL, "an internal error occurred")
 
     async def on_bug(request: Request, exc: Exception) -> Response:
-        log.exception("bug: unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        log.exception(
+            "bug: unhandled error on %s %s", request.method, request.url.path, exc_info=exc
+        )
         return error_response(ErrorCode.INTERNAL, "an internal error occurred; it has been logged")
 
     app.add_exception_handler(ThymosError, on_thymos)

@@ -27,7 +27,9 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = error_response(ErrorCode.BODY_TOO_LARGE, f"the request body is over {self.limit} bytes")
+        too_large = error_response(
+            ErrorCode.BODY_TOO_LARGE, f"the request body is over {self.limit} bytes"
+        )
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:

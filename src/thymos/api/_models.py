@@ -48,7 +48,9 @@ class CreateRunBody(_Strict):
             provider=self.cognition.provider,
             model=self.cognition.model,
             script=self.cognition.script,
-            budget=Budget(budget.tokens, budget.tool_calls, budget.usd_millicents, budget.wall_clock_ms),
+            budget=Budget(
+                budget.tokens, budget.tool_calls, budget.usd_millicents, budget.wall_clock_ms
+            ),
         )
 
 

@@ -15,7 +15,9 @@ from ._errors import error_response
 router = APIRouter(tags=["server"])
 
 
-@router.get("/health", summary="Liveness plus the runtime facts an operator should not have to infer")
+@router.get(
+    "/health", summary="Liveness plus the runtime facts an operator should not have to infer"
+)
 async def health(request: Request) -> dict[str, Any]:
     return runtime_of(request).health()
 

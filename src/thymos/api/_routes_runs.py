@@ -15,9 +15,9 @@ from starlette.responses import Response, StreamingResponse
 from thymos.core import ErrorCode, RunStatus, ThymosError, is_run_id
 from thymos.runtime import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX
 
+from ._body import parse_body, request_body_schema
 from ._caller import Caller, current_caller
 from ._deps import runtime_of
-from ._body import parse_body, request_body_schema
 from ._models import ERROR_RESPONSES, CreateRunBody, RunCreated
 
 router = APIRouter(tags=["runs"], responses=ERROR_RESPONSES)
@@ -69,7 +69,10 @@ async def list_runs(
 ) -> dict[str, Any]:
     before = decode_cursor(cursor) if cursor else None
     runs = await runtime_of(request).list_runs(
-        tenant=caller.tenant, status=status.value if status else None, before=before, limit=limit + 1
+        tenant=caller.tenant,
+        status=status.value if status else None,
+        before=before,
+        limit=limit + 1,
     )
     next_cursor = encode_cursor(runs[limit - 1]["run_id"]) if len(runs) > limit else None
     return {"runs": runs[:limit], "next_cursor": next_cursor}
@@ -100,7 +103,11 @@ async def world_at(
     except ValueError:
         view = await runtime.get_run(run_id, caller.tenant)
         head = view["summary"]["head_seq"]
-        raise ThymosError(ErrorCode.SEQ_OUT_OF_RANGE, f"seq must be a whole number between 0 and {head}", {"head": head}) from None
+        raise ThymosError(
+            ErrorCode.SEQ_OUT_OF_RANGE,
+            f"seq must be a whole number between 0 and {head}",
+            {"head": head},
+        ) from None
     return await runtime.world(run_id, caller.tenant, at)
 
 

@@ -29,7 +29,11 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def sse(event_id: str | int, event: str, data: Any) -> bytes:
-    return b"id: %s\nevent: %s\ndata: %s\n\n" % (str(event_id).encode(), event.encode(), orjson.dumps(data))
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+        str(event_id).encode(),
+        event.encode(),
+        orjson.dumps(data),
+    )
 
 
 def _stream(body: AsyncIterator[bytes], runtime: Runtime, run_id: str) -> StreamingResponse:
@@ -54,7 +58,9 @@ def _int_or(value: str | None, default: int) -> int:
         raise ThymosError(ErrorCode.INVALID_QUERY, f"{value!r} is not a sequence number") from None
 
 
-@router.get("/runs/{run_id}/events", summary="SSE stream of ledger entries", response_class=Response)
+@router.get(
+    "/runs/{run_id}/events", summary="SSE stream of ledger entries", response_class=Response
+)
 async def events(
     run_id: str,
     request: Request,
@@ -69,7 +75,9 @@ async def events(
     return _stream(_entries(runtime, run_id, start, keepalive), runtime, run_id)
 
 
-async def _entries(runtime: Runtime, run_id: str, last: int, keepalive: float) -> AsyncIterator[bytes]:
+async def _entries(
+    runtime: Runtime, run_id: str, last: int, keepalive: float
+) -> AsyncIterator[bytes]:
     while True:
         active = runtime.active(run_id)
         # Everything durable first (a reconnect or a late subscriber catches up from storage).
@@ -79,7 +87,11 @@ async def _entries(runtime: Runtime, run_id: str, last: int, keepalive: float) -
                 try:
                     entry = parse_envelope(row.raw, run_id=run_id, seq=row.seq)
                 except CorruptEntry as exc:
-                    yield sse(row.seq, "error", {"code": "ledger_corrupt", "message": exc.message, "seq": row.seq})
+                    yield sse(
+                        row.seq,
+                        "error",
+                        {"code": "ledger_corrupt", "message": exc.message, "seq": row.seq},
+                    )
                     return
                 yield sse(entry.seq, entry.kind, entry.as_public())
                 last = entry.seq
@@ -102,7 +114,11 @@ async def _entries(runtime: Runtime, run_id: str, last: int, keepalive: float) -
             continue
 
 
-@router.get("/runs/{run_id}/execution/stream", summary="SSE stream of execution-session snapshots", response_class=Response)
+@router.get(
+    "/runs/{run_id}/execution/stream",
+    summary="SSE stream of execution-session snapshots",
+    response_class=Response,
+)
 async def execution_stream(
     run_id: str,
     request: Request,
@@ -112,7 +128,9 @@ async def execution_stream(
     runtime = runtime_of(request)
     await runtime.visible_record(run_id, caller.tenant)
     keepalive = request.app.state.settings.keepalive_s
-    return _stream(_snapshots(runtime, run_id, caller.tenant, last_event_id, keepalive), runtime, run_id)
+    return _stream(
+        _snapshots(runtime, run_id, caller.tenant, last_event_id, keepalive), runtime, run_id
+    )
 
 
 async def _snapshots(
@@ -143,7 +161,9 @@ async def _snapshots(
             yield KEEPALIVE
 
 
-@router.get("/runs/{run_id}/stream", summary="SSE stream of raw cognition events", response_class=Response)
+@router.get(
+    "/runs/{run_id}/stream", summary="SSE stream of raw cognition events", response_class=Response
+)
 async def cognition_stream(
     run_id: str,
     request: Request,
@@ -157,7 +177,9 @@ async def cognition_stream(
     return _stream(_cognition(runtime, run_id, start, keepalive), runtime, run_id)
 
 
-async def _cognition(runtime: Runtime, run_id: str, last: int, keepalive: float) -> AsyncIterator[bytes]:
+async def _cognition(
+    runtime: Runtime, run_id: str, last: int, keepalive: float
+) -> AsyncIterator[bytes]:
     active = runtime.active(run_id)
     if active is None:
         return  # events of a finished run are not kept

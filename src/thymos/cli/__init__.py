@@ -12,15 +12,27 @@ import typer
 from thymos import __version__
 from thymos.settings import SettingsError, load_settings, parse_addr
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Thymos: a governed agent runtime.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Thymos: a governed agent runtime."
+)
 
 
 @app.command("serve")
 def serve_command(
-    addr: Annotated[str | None, typer.Option(help="HOST:PORT to bind (THYMOS_ADDR; default 127.0.0.1:3001)")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Where the ledger lives (THYMOS_DATA_DIR; default ./.thymos)")] = None,
-    workspace: Annotated[Path | None, typer.Option(help="The folder file tools may read (THYMOS_WORKSPACE; default .)")] = None,
-    insecure: Annotated[bool, typer.Option("--insecure", help="Allow an open server on a non-loopback address")] = False,
+    addr: Annotated[
+        str | None, typer.Option(help="HOST:PORT to bind (THYMOS_ADDR; default 127.0.0.1:3001)")
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where the ledger lives (THYMOS_DATA_DIR; default ./.thymos)"),
+    ] = None,
+    workspace: Annotated[
+        Path | None,
+        typer.Option(help="The folder file tools may read (THYMOS_WORKSPACE; default .)"),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow an open server on a non-loopback address")
+    ] = False,
 ) -> None:
     """Run the Thymos server."""
     try:
@@ -45,7 +57,9 @@ def serve_command(
 
 @app.command("bench")
 def bench_command(
-    entries: Annotated[int, typer.Option(help="Ledger length for the replay and flatness figures")] = 100_000,
+    entries: Annotated[
+        int, typer.Option(help="Ledger length for the replay and flatness figures")
+    ] = 100_000,
     runs: Annotated[int, typer.Option(help="End-to-end mock runs over HTTP")] = 400,
     clients: Annotated[int, typer.Option(help="Concurrent HTTP clients")] = 16,
 ) -> None:

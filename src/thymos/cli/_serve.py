@@ -46,7 +46,10 @@ class GracefulServer(uvicorn.Server):
         app = self.config.app
         runtime: Runtime | None = getattr(getattr(app, "state", None), "runtime", None)
         if runtime is not None:
-            log.info("shutting down: no new runs; %.1fs for active runs to reach a safe point", self._settings.shutdown_grace_s)
+            log.info(
+                "shutting down: no new runs; %.1fs for active runs to reach a safe point",
+                self._settings.shutdown_grace_s,
+            )
             await runtime.shutdown(self._settings.shutdown_grace_s)
         self.should_exit = True
 

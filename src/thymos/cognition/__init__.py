@@ -25,7 +25,9 @@ PROVIDERS = ("mock",)
 """Providers this build can run. Real vendors (anthropic, openai, presets) slot in here."""
 
 
-def create_provider(provider: str, *, model: str | None, script: Sequence[Mapping[str, Any]] | None) -> Cognition:
+def create_provider(
+    provider: str, *, model: str | None, script: Sequence[Mapping[str, Any]] | None
+) -> Cognition:
     """The cognition for one run; the caller has checked `provider` is in `PROVIDERS`."""
     assert provider in PROVIDERS, provider
     return MockCognition(script)

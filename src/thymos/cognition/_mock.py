@@ -71,7 +71,9 @@ def _is_int(value: Any) -> bool:
 
 def _check_element(where: str, element: Mapping[str, Any], action: str | None) -> list[str]:
     problems: list[str] = []
-    if "sleep_ms" in element and not (_is_int(element["sleep_ms"]) and 0 <= element["sleep_ms"] <= SLEEP_MS_MAX):
+    if "sleep_ms" in element and not (
+        _is_int(element["sleep_ms"]) and 0 <= element["sleep_ms"] <= SLEEP_MS_MAX
+    ):
         problems.append(f"{where}.sleep_ms must be an integer from 0 to {SLEEP_MS_MAX}")
     usage = element.get("usage")
     if usage is not None:
@@ -83,8 +85,14 @@ def _check_element(where: str, element: Mapping[str, Any], action: str | None) -
         problems.extend(_check_intent(where, element))
     elif action == "intents":
         intents = element["intents"]
-        if not isinstance(intents, list) or not intents or len(intents) > SCRIPT_INTENTS_PER_TURN_MAX:
-            problems.append(f"{where}.intents must be a list of 1 to {SCRIPT_INTENTS_PER_TURN_MAX} intents")
+        if (
+            not isinstance(intents, list)
+            or not intents
+            or len(intents) > SCRIPT_INTENTS_PER_TURN_MAX
+        ):
+            problems.append(
+                f"{where}.intents must be a list of 1 to {SCRIPT_INTENTS_PER_TURN_MAX} intents"
+            )
         else:
             for i, intent in enumerate(intents):
                 if not isinstance(intent, dict) or set(intent) - {"tool", "args"}:
@@ -125,7 +133,9 @@ def _stream_text(text: str, emit: Emit) -> None:
 def _stream_intents(intents: Sequence[Intent], emit: Emit) -> None:
     for intent in intents:
         emit(CognitionEvent("tool_use_start", {"call_id": intent.call_id, "tool": intent.tool}))
-        emit(CognitionEvent("tool_use_delta", {"call_id": intent.call_id, "args": dict(intent.args)}))
+        emit(
+            CognitionEvent("tool_use_delta", {"call_id": intent.call_id, "args": dict(intent.args)})
+        )
         emit(CognitionEvent("tool_use_done", {"call_id": intent.call_id}))
 
 
@@ -203,7 +213,9 @@ def _default_turn(context: CognitionContext) -> Turn:
                 return Turn(text=f"I will look with {name} first.", intents=(intent,), usage=usage)
         if "grep" in available:
             word = next((w for w in context.task.split() if w.isalnum() and len(w) > 3), "TODO")
-            intent = Intent(tool="grep", args={"pattern": word, "max_matches": 20}, call_id=_call_id(context, 0))
+            intent = Intent(
+                tool="grep", args={"pattern": word, "max_matches": 20}, call_id=_call_id(context, 0)
+            )
             return Turn(text="I will search the workspace first.", intents=(intent,), usage=usage)
     seen = ", ".join(f"{o.tool} {o.outcome}" for o in observations) or "no tools were available"
     answer = f"Mock answer for the task {context.task!r}: {seen}."

@@ -73,7 +73,13 @@ class Entry:
 
 
 def seal(
-    *, run_id: str, seq: int, parent: str | None, kind: EntryKind, time: str, body: Mapping[str, Any]
+    *,
+    run_id: str,
+    seq: int,
+    parent: str | None,
+    kind: EntryKind,
+    time: str,
+    body: Mapping[str, Any],
 ) -> Entry:
     """Build the canonical envelope for a new entry and compute its id."""
     assert seq >= 0, "seq is never negative"
@@ -119,11 +125,15 @@ def parse_envelope(raw: bytes, *, run_id: str, seq: int) -> Entry:
     if not isinstance(envelope, dict) or tuple(sorted(envelope)) != tuple(sorted(ENVELOPE_FIELDS)):
         raise CorruptEntry(seq, "malformed_entry", f"entry {seq} does not have the envelope fields")
     if envelope["v"] != CANONICAL_VERSION:
-        raise CorruptEntry(seq, "unknown_version", f"entry {seq} has format version {envelope['v']!r}")
+        raise CorruptEntry(
+            seq, "unknown_version", f"entry {seq} has format version {envelope['v']!r}"
+        )
     if envelope["run"] != run_id:
         raise CorruptEntry(seq, "run_mismatch", f"entry {seq} names another run")
     if envelope["seq"] != seq:
-        raise CorruptEntry(seq, "seq_mismatch", f"entry stored at seq {seq} names seq {envelope['seq']!r}")
+        raise CorruptEntry(
+            seq, "seq_mismatch", f"entry stored at seq {seq} names seq {envelope['seq']!r}"
+        )
     parent = envelope["parent"]
     if not (parent is None or (isinstance(parent, str) and is_hex64(parent))):
         raise CorruptEntry(seq, "malformed_entry", f"entry {seq} has a malformed parent id")
@@ -194,7 +204,9 @@ class ChainVerifier:
             self.previous_id = actual_id
             return None
         if entry.parent != self.previous_id:
-            self._fail(row.seq, "parent_mismatch", f"entry {row.seq} does not link to the entry before it")
+            self._fail(
+                row.seq, "parent_mismatch", f"entry {row.seq} does not link to the entry before it"
+            )
         self.previous_id = actual_id
         return entry
 

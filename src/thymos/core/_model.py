@@ -155,7 +155,10 @@ class Budget:
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> Budget:
         return Budget(
-            data.get("tokens"), data.get("tool_calls"), data.get("usd_millicents"), data.get("wall_clock_ms")
+            data.get("tokens"),
+            data.get("tool_calls"),
+            data.get("usd_millicents"),
+            data.get("wall_clock_ms"),
         )
 
 

@@ -72,7 +72,7 @@ class ToolCatalog:
         self._validators: dict[str, Validator] = {}
         for name, spec in self._specs.items():
             cls = jsonschema.validators.validator_for(spec.input_schema)
-            cls.check_schema(spec.input_schema)
+            cls.check_schema(dict(spec.input_schema))
             self._validators[name] = cls(spec.input_schema)
 
     def get(self, name: str) -> ToolSpec | None:

@@ -6,7 +6,13 @@ only through `Trajectory.append`, which folds each entry into the run's state as
 
 from ._clock import Clock, SystemClock, system_random
 from ._feeds import Cell, Feed, FellBehind
-from ._limits import KEEPALIVE_S, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, RUNS_ACTIVE_MAX, SUBSCRIBERS_PER_RUN_MAX
+from ._limits import (
+    KEEPALIVE_S,
+    PAGE_LIMIT_DEFAULT,
+    PAGE_LIMIT_MAX,
+    RUNS_ACTIVE_MAX,
+    SUBSCRIBERS_PER_RUN_MAX,
+)
 from ._requests import MAX_STEPS_DEFAULT, MAX_STEPS_MAX, TASK_CHARS_MAX, StartRun
 from ._service import DEFAULT_TENANT, ActiveRun, Runtime, RuntimeConfig, execution_view, run_view
 from ._state import CHECKPOINT_INTERVAL, CONTEXT_HISTORY_MAX, RunState

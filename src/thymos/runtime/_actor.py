@@ -124,12 +124,21 @@ class RunActor:
         finally:
             self._set_view("finished")
 
+    def _emit(self, event: CognitionEvent) -> None:
+        self.deps.cognition_events.publish(event)
+
     def _safe_point(self) -> None:
         if self._stop is not None:
             raise self._stop
         budget = self.authority.budget
-        if budget.wall_clock_ms is not None and self.deps.clock.monotonic_ms() - self._started_ms >= budget.wall_clock_ms:
-            raise StopRun(TerminatedBy.BUDGET_EXHAUSTED, f"the wall-clock budget of {budget.wall_clock_ms} ms is spent")
+        if (
+            budget.wall_clock_ms is not None
+            and self.deps.clock.monotonic_ms() - self._started_ms >= budget.wall_clock_ms
+        ):
+            raise StopRun(
+                TerminatedBy.BUDGET_EXHAUSTED,
+                f"the wall-clock budget of {budget.wall_clock_ms} ms is spent",
+            )
 
     async def _loop(self) -> None:
         state = self.trajectory.state
@@ -138,7 +147,9 @@ class RunActor:
             self._safe_point()
             summary = state.summary
             if summary.steps_executed >= spec.max_steps:
-                raise StopRun(TerminatedBy.MAX_STEPS, f"the run reached max_steps ({spec.max_steps})")
+                raise StopRun(
+                    TerminatedBy.MAX_STEPS, f"the run reached max_steps ({spec.max_steps})"
+                )
             step = summary.steps_executed + 1
             self.view.current_step = step
             self._set_view("thinking")
@@ -152,14 +163,19 @@ class RunActor:
                 history=tuple(state.history),
             )
             try:
-                turn = await self.cognition.turn(context, self.deps.cognition_events.publish)
+                turn = await self.cognition.turn(context, self._emit)
             except CognitionFailed as failure:
-                self.deps.cognition_events.publish(CognitionEvent("error", {"code": failure.code, "message": failure.message}))
+                self.deps.cognition_events.publish(
+                    CognitionEvent("error", {"code": failure.code, "message": failure.message})
+                )
                 raise StopRun(TerminatedBy.ERROR, failure.message) from None
             turn_body: dict[str, Any] = {
                 "step": step,
                 "text": turn.text,
-                "usage": {"input_tokens": turn.usage.input_tokens, "output_tokens": turn.usage.output_tokens},
+                "usage": {
+                    "input_tokens": turn.usage.input_tokens,
+                    "output_tokens": turn.usage.output_tokens,
+                },
                 "intents": len(turn.intents),
             }
             if turn.final is not None:
@@ -177,7 +193,13 @@ class RunActor:
                 return
 
     def _intent_body(self, step: int, index: int, intent: Intent) -> dict[str, Any]:
-        body = {"step": step, "index": index, "call_id": intent.call_id, "tool": intent.tool, "args": intent.args}
+        body = {
+            "step": step,
+            "index": index,
+            "call_id": intent.call_id,
+            "tool": intent.tool,
+            "args": intent.args,
+        }
         try:
             canonical_bytes(body)
         except NotCanonicalizable:
@@ -188,14 +210,23 @@ class RunActor:
     def _check_token_budget(self) -> None:
         budget, usage = self.authority.budget, self.trajectory.state.summary.usage
         if budget.tokens is not None and usage.input_tokens + usage.output_tokens >= budget.tokens:
-            raise StopRun(TerminatedBy.BUDGET_EXHAUSTED, f"the token budget of {budget.tokens} is spent")
+            raise StopRun(
+                TerminatedBy.BUDGET_EXHAUSTED, f"the token budget of {budget.tokens} is spent"
+            )
 
     async def _decide(self, intent_id: str, intent: Intent) -> None:
         state = self.trajectory.state
         self._set_view("compiling")
-        decision = compile_intent(intent, catalog=self.deps.catalog, authority=self.authority, usage=state.summary.usage)
+        decision = compile_intent(
+            intent, catalog=self.deps.catalog, authority=self.authority, usage=state.summary.usage
+        )
         if isinstance(decision, Rejected):
-            body = {"intent": intent_id, "tool": intent.tool, "compiler": COMPILER_VERSION, **decision.as_body()}
+            body = {
+                "intent": intent_id,
+                "tool": intent.tool,
+                "compiler": COMPILER_VERSION,
+                **decision.as_body(),
+            }
             await self.trajectory.append([(EntryKind.REJECTION, body)])
             return
         tool = self.deps.tools.get(intent.tool)
@@ -206,15 +237,23 @@ class RunActor:
         try:
             outcome = await tool.run(intent.args, context)
             state.world.check_all(outcome.deltas)
-            body = {**base, "output": outcome.output, "deltas": [d.as_dict() for d in outcome.deltas]}
+            body = {
+                **base,
+                "output": outcome.output,
+                "deltas": [d.as_dict() for d in outcome.deltas],
+            }
             if len(canonical_bytes(body)) > TOOL_OUTPUT_BYTES_MAX:
-                raise ToolFailure("output_too_large", f"the tool's output is over {TOOL_OUTPUT_BYTES_MAX} bytes")
+                raise ToolFailure(
+                    "output_too_large", f"the tool's output is over {TOOL_OUTPUT_BYTES_MAX} bytes"
+                )
         except ToolFailure as failure:
             await self._record_failure(base, failure.code, failure.message)
         except DeltaConflict as conflict:
             await self._record_failure(base, "delta_conflict", str(conflict))
         except NotCanonicalizable:
-            await self._record_failure(base, "invalid_output", "the tool's output has no canonical JSON form")
+            await self._record_failure(
+                base, "invalid_output", "the tool's output has no canonical JSON form"
+            )
         except Exception as exc:
             # A tool bug is still a decision to record, never a swallowed error.
             log.exception("tool %s raised", intent.tool)
@@ -225,10 +264,16 @@ class RunActor:
             self._set_view("thinking")
 
     async def _record_failure(self, base: Mapping[str, Any], code: str, message: str) -> None:
-        await self.trajectory.append([(EntryKind.TOOL_FAILURE, {**base, "error": {"code": code, "message": message}})])
+        await self.trajectory.append(
+            [(EntryKind.TOOL_FAILURE, {**base, "error": {"code": code, "message": message}})]
+        )
 
     async def _end(
-        self, terminated_by: TerminatedBy, *, final_answer: str | None = None, error: str | None = None
+        self,
+        terminated_by: TerminatedBy,
+        *,
+        final_answer: str | None = None,
+        error: str | None = None,
     ) -> None:
         body: dict[str, Any] = {
             "status": terminated_by.status.value,

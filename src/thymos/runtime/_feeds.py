@@ -71,7 +71,9 @@ class Feed(Generic[T]):
         except TimeoutError:
             return
 
-    async def follow(self, after_id: int, *, timeout_s: float, strict: bool) -> AsyncIterator[list[tuple[int, T]]]:
+    async def follow(
+        self, after_id: int, *, timeout_s: float, strict: bool
+    ) -> AsyncIterator[list[tuple[int, T]]]:
         """Batches of new items; an empty batch means `timeout_s` passed with nothing new."""
         while True:
             batch = self.available_after(after_id, strict=strict)

@@ -58,31 +58,57 @@ class _Replayer:
         elif entry.kind in DECISION_KINDS:
             ref = body.get("intent")
             if ref not in self.undecided:
-                self._fail(entry.seq, "orphan_decision", f"entry {entry.seq} decides an intent that is not pending")
-            self.undecided.discard(ref)  # type: ignore[arg-type]
+                self._fail(
+                    entry.seq,
+                    "orphan_decision",
+                    f"entry {entry.seq} decides an intent that is not pending",
+                )
+            self.undecided.discard(ref)
             compiler = body.get("compiler")
             if isinstance(compiler, str):
                 self.compilers.add(compiler)
             if self.require_compiler is not None and compiler != self.require_compiler:
-                self._fail(entry.seq, "compiler_mismatch", f"entry {entry.seq} was decided by {compiler!r}, not {self.require_compiler!r}")
+                self._fail(
+                    entry.seq,
+                    "compiler_mismatch",
+                    f"entry {entry.seq} was decided by {compiler!r}, not {self.require_compiler!r}",
+                )
             policy = body.get("policy_hash")
             if isinstance(policy, str):
                 self.policies.add(policy)
             if self.require_policy is not None and policy != self.require_policy:
-                self._fail(entry.seq, "policy_mismatch", f"entry {entry.seq} was decided under policy {policy!r}, not {self.require_policy!r}")
+                self._fail(
+                    entry.seq,
+                    "policy_mismatch",
+                    f"entry {entry.seq} was decided under policy {policy!r}, not {self.require_policy!r}",
+                )
             if entry.kind == EntryKind.COMMIT:
                 if self.authorised_tools is None or body.get("tool") not in self.authorised_tools:
-                    self._fail(entry.seq, "unauthorised_commit", f"entry {entry.seq} commits a tool outside the run's authority")
+                    self._fail(
+                        entry.seq,
+                        "unauthorised_commit",
+                        f"entry {entry.seq} commits a tool outside the run's authority",
+                    )
                 try:
                     self.world.apply_all(deltas_of(body))
                 except (DeltaConflict, ValueError) as exc:
-                    self._fail(entry.seq, "delta_conflict", f"entry {entry.seq} has deltas that do not apply: {exc}")
+                    self._fail(
+                        entry.seq,
+                        "delta_conflict",
+                        f"entry {entry.seq} has deltas that do not apply: {exc}",
+                    )
 
 
 async def replay_report(
-    store: LedgerStore, record: RunRecord, *, require_compiler: str | None, require_policy: str | None
+    store: LedgerStore,
+    record: RunRecord,
+    *,
+    require_compiler: str | None,
+    require_policy: str | None,
 ) -> dict[str, Any]:
-    replayer = _Replayer(record.run_id, require_compiler, require_policy, ChainVerifier(record.run_id))
+    replayer = _Replayer(
+        record.run_id, require_compiler, require_policy, ChainVerifier(record.run_id)
+    )
     after = -1
     while True:
         rows = await store.read_rows(record.run_id, after_seq=after, limit=REPLAY_PAGE_ROWS)
@@ -98,8 +124,15 @@ async def replay_report(
             "missing_entries",
             f"the run record's head is seq {recorded_head} but the ledger ends at seq {replayer.head_seq}",
         )
-    elif record.summary.get("head_id") not in (None, replayer.head_id) and replayer.head_seq == recorded_head:
-        replayer._fail(recorded_head, "head_mismatch", f"entry {recorded_head} is not the head the run record names")
+    elif (
+        record.summary.get("head_id") not in (None, replayer.head_id)
+        and replayer.head_seq == recorded_head
+    ):
+        replayer._fail(
+            recorded_head,
+            "head_mismatch",
+            f"entry {recorded_head} is not the head the run record names",
+        )
     failures = sorted(replayer.verifier.failures, key=lambda f: f.seq)
     return {
         "run_id": record.run_id,

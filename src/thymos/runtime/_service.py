@@ -107,14 +107,21 @@ class Runtime:
     async def recover(self) -> int:
         """Record runs left active by a previous process as interrupted. Returns how many."""
         count = 0
-        for record in await self.store.runs_with_status([RunStatus.RUNNING.value, RunStatus.WAITING_APPROVAL.value]):
+        for record in await self.store.runs_with_status(
+            [RunStatus.RUNNING.value, RunStatus.WAITING_APPROVAL.value]
+        ):
             try:
                 state = await self._load_state(record)
             except ThymosError as exc:
                 log.error("run %s cannot be recovered: %s", record.run_id, exc.message)
                 continue
             trajectory = Trajectory(
-                run_id=record.run_id, store=self.store, state=state, clock=self.clock, entries=Feed(), on_change=lambda: None
+                run_id=record.run_id,
+                store=self.store,
+                state=state,
+                clock=self.clock,
+                entries=Feed(),
+                on_change=lambda: None,
             )
             body = {
                 "status": RunStatus.FAILED.value,
@@ -167,7 +174,9 @@ class Runtime:
     ) -> tuple[RunRecord, bool]:
         """Start a run. Returns (record, created); `created` is False for an idempotent replay."""
         if not self.accepting:
-            raise ThymosError(ErrorCode.SHUTTING_DOWN, "the server is shutting down and accepts no new runs")
+            raise ThymosError(
+                ErrorCode.SHUTTING_DOWN, "the server is shutting down and accepts no new runs"
+            )
         spec = self._spec(request, tenant)
         if idempotency_key is None:
             return await self._create(spec, None), True
@@ -188,8 +197,12 @@ class Runtime:
 
     def _spec(self, request: StartRun, tenant: str) -> RunSpec:
         if not request.task.strip():
-            raise ThymosError(ErrorCode.INVALID_REQUEST, "task must not be empty", {"field": "task"})
-        scopes, tools = self.resolve_scopes(None if request.tool_scopes is None else list(request.tool_scopes))
+            raise ThymosError(
+                ErrorCode.INVALID_REQUEST, "task must not be empty", {"field": "task"}
+            )
+        scopes, tools = self.resolve_scopes(
+            None if request.tool_scopes is None else list(request.tool_scopes)
+        )
         if request.provider not in PROVIDERS:
             raise ThymosError(
                 ErrorCode.UNKNOWN_PROVIDER,
@@ -199,10 +212,14 @@ class Runtime:
         script = None
         if request.script is not None:
             if request.provider != "mock":
-                raise ThymosError(ErrorCode.INVALID_SCRIPT, "cognition.script is only for the mock provider")
+                raise ThymosError(
+                    ErrorCode.INVALID_SCRIPT, "cognition.script is only for the mock provider"
+                )
             problems = validate_script(list(request.script))
             if problems:
-                raise ThymosError(ErrorCode.INVALID_SCRIPT, problems[0], {"problems": problems[:20]})
+                raise ThymosError(
+                    ErrorCode.INVALID_SCRIPT, problems[0], {"problems": problems[:20]}
+                )
             script = tuple(request.script)
         spec = RunSpec(
             task=request.task,
@@ -218,7 +235,10 @@ class Runtime:
         try:
             canonical_bytes(spec.as_body())
         except NotCanonicalizable as exc:
-            raise ThymosError(ErrorCode.INVALID_REQUEST, f"the request has a value with no canonical JSON form: {exc}") from exc
+            raise ThymosError(
+                ErrorCode.INVALID_REQUEST,
+                f"the request has a value with no canonical JSON form: {exc}",
+            ) from exc
         return spec
 
     async def _create(self, spec: RunSpec, idempotency: tuple[str, str] | None) -> RunRecord:
@@ -231,10 +251,25 @@ class Runtime:
         now_us = self.clock.now_us()
         run_id = uuid7(now_us // 1000, self._random(10))
         now = rfc3339_from_us(now_us)
-        first = seal(run_id=run_id, seq=0, parent=None, kind=EntryKind.RUN_STARTED, time=now, body=spec.as_body())
+        first = seal(
+            run_id=run_id,
+            seq=0,
+            parent=None,
+            kind=EntryKind.RUN_STARTED,
+            time=now,
+            body=spec.as_body(),
+        )
         state = RunState(spec)
         state.fold(first)
-        record = RunRecord(run_id, spec.tenant, RunStatus.RUNNING.value, now, now, spec.as_body(), state.summary.as_dict())
+        record = RunRecord(
+            run_id,
+            spec.tenant,
+            RunStatus.RUNNING.value,
+            now,
+            now,
+            spec.as_body(),
+            state.summary.as_dict(),
+        )
         await self.store.create_run(record, first, idempotency)
         self._launch(record, state, first)
         return record
@@ -252,12 +287,21 @@ class Runtime:
                 holder[0].snapshot.set(self._execution_of(holder[0]))
 
         trajectory = Trajectory(
-            run_id=record.run_id, store=self.store, state=state, clock=self.clock, entries=entries, on_change=changed
+            run_id=record.run_id,
+            store=self.store,
+            state=state,
+            clock=self.clock,
+            entries=entries,
+            on_change=changed,
         )
-        provider = create_provider(state.spec.provider, model=state.spec.model, script=state.spec.script)
+        provider = create_provider(
+            state.spec.provider, model=state.spec.model, script=state.spec.script
+        )
         deps = ActorDeps(self.catalog, self.tools, self.config.workspace, self.clock, cognition)
         actor = RunActor(trajectory, provider, deps, changed)
-        active = ActiveRun(record.run_id, record.tenant, actor, entries, cognition, snapshot, record=record)
+        active = ActiveRun(
+            record.run_id, record.tenant, actor, entries, cognition, snapshot, record=record
+        )
         holder.append(active)
         snapshot.set(self._execution_of(active))
         self._active[record.run_id] = active
@@ -292,7 +336,9 @@ class Runtime:
     async def list_runs(
         self, *, tenant: str | None, status: str | None, before: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        records = await self.store.list_runs(tenant=tenant, status=status, before=before, limit=limit)
+        records = await self.store.list_runs(
+            tenant=tenant, status=status, before=before, limit=limit
+        )
         return [run_view(record) for record in records]
 
     async def execution(self, run_id: str, tenant: str | None) -> dict[str, Any]:
@@ -300,14 +346,26 @@ class Runtime:
         active = self._active.get(run_id)
         if active is not None:
             return active.snapshot.value
-        return execution_view(record, RunSummary.from_dict(record.summary), phase="finished", active_tool=None, step=None)
+        return execution_view(
+            record,
+            RunSummary.from_dict(record.summary),
+            phase="finished",
+            active_tool=None,
+            step=None,
+        )
 
     def _execution_of(self, active: ActiveRun) -> dict[str, Any]:
         assert active.record is not None
         view = active.actor.view
         summary = active.actor.trajectory.state.summary
         phase = "finished" if summary.status.terminal else view.phase
-        return execution_view(active.record, summary, phase=phase, active_tool=view.active_tool, step=view.current_step)
+        return execution_view(
+            active.record,
+            summary,
+            phase=phase,
+            active_tool=view.active_tool,
+            step=view.current_step,
+        )
 
     def active(self, run_id: str) -> ActiveRun | None:
         return self._active.get(run_id)
@@ -340,7 +398,9 @@ class Runtime:
         seq = head if at_seq is None else at_seq
         if seq < 0 or seq > head:
             raise ThymosError(
-                ErrorCode.SEQ_OUT_OF_RANGE, f"seq must be between 0 and the head, {head}", {"head": head}
+                ErrorCode.SEQ_OUT_OF_RANGE,
+                f"seq must be between 0 and the head, {head}",
+                {"head": head},
             )
         if active is not None and seq == active.actor.trajectory.head_seq:
             world = active.actor.trajectory.state.world
@@ -373,7 +433,12 @@ class Runtime:
         return world
 
     async def replay(
-        self, run_id: str, tenant: str | None, *, require_compiler: str | None, require_policy: str | None
+        self,
+        run_id: str,
+        tenant: str | None,
+        *,
+        require_compiler: str | None,
+        require_policy: str | None,
     ) -> dict[str, Any]:
         record = await self.visible_record(run_id, tenant)
         report = await replay_report(
@@ -408,7 +473,9 @@ class Runtime:
         verifier = ChainVerifier(record.run_id)
         after = -1
         while True:
-            rows = await self.store.read_rows(record.run_id, after_seq=after, limit=REPLAY_PAGE_ROWS)
+            rows = await self.store.read_rows(
+                record.run_id, after_seq=after, limit=REPLAY_PAGE_ROWS
+            )
             if not rows:
                 break
             for row in rows:
@@ -502,4 +569,3 @@ def execution_view(
         "head_seq": summary.head_seq,
         "log": list(summary.log),
     }
-

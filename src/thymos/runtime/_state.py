@@ -38,7 +38,9 @@ class RunState:
         body = entry.body
         kind = entry.kind
         if kind == EntryKind.TURN:
-            self.history.append(AssistantTurn(int(body.get("step", 0)), str(body.get("text", "")), ()))
+            self.history.append(
+                AssistantTurn(int(body.get("step", 0)), str(body.get("text", "")), ())
+            )
         elif kind == EntryKind.INTENT:
             intent = Intent(body["tool"], body.get("args", {}), body.get("call_id", entry.id[:12]))
             self.undecided[entry.id] = (entry.seq, intent)

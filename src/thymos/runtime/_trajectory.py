@@ -48,14 +48,18 @@ class Trajectory:
         seq, parent = summary.head_seq + 1, summary.head_id
         sealed: list[Entry] = []
         for kind, body in items:
-            entry = seal(run_id=self.run_id, seq=seq, parent=parent, kind=kind, time=time, body=body)
+            entry = seal(
+                run_id=self.run_id, seq=seq, parent=parent, kind=kind, time=time, body=body
+            )
             sealed.append(entry)
             seq, parent = seq + 1, entry.id
         for entry in sealed:
             self.state.fold(entry)
         checkpoint = None
         if self.state.checkpoint_due():
-            checkpoint = Checkpoint(self.run_id, self.state.summary.head_seq, self.state.world.snapshot())
+            checkpoint = Checkpoint(
+                self.run_id, self.state.summary.head_seq, self.state.world.snapshot()
+            )
             self.state.last_checkpoint_seq = self.state.summary.head_seq
         update = RunUpdate(self.state.summary.status.value, time, self.state.summary.as_dict())
         write = asyncio.ensure_future(self._store.append(self.run_id, sealed, update, checkpoint))

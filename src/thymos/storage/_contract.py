@@ -26,7 +26,9 @@ class SeqConflict(ThymosError):
     """Another append already holds one of these `(run_id, seq)` slots."""
 
     def __init__(self, run_id: str, seq: int) -> None:
-        super().__init__(ErrorCode.SEQ_CONFLICT, f"run {run_id} already has an entry at seq {seq}", {"seq": seq})
+        super().__init__(
+            ErrorCode.SEQ_CONFLICT, f"run {run_id} already has an entry at seq {seq}", {"seq": seq}
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,9 @@ class LedgerStore(Protocol):
         """Stored rows with seq > after_seq, in seq order."""
         ...
 
-    async def read_rows_range(self, run_id: str, *, after_seq: int, upto_seq: int) -> list[StoredRow]:
+    async def read_rows_range(
+        self, run_id: str, *, after_seq: int, upto_seq: int
+    ) -> list[StoredRow]:
         """Stored rows with after_seq < seq <= upto_seq, in seq order."""
         ...
 

@@ -69,7 +69,9 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 def _record(row: sqlite3.Row | tuple[Any, ...]) -> RunRecord:
     run_id, tenant, status, created_at, updated_at, spec, summary = row
-    return RunRecord(run_id, tenant, status, created_at, updated_at, orjson.loads(spec), orjson.loads(summary))
+    return RunRecord(
+        run_id, tenant, status, created_at, updated_at, orjson.loads(spec), orjson.loads(summary)
+    )
 
 
 _RUN_COLUMNS = "run_id, tenant, status, created_at, updated_at, spec, summary"
@@ -97,9 +99,13 @@ class SqliteLedgerStore:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the SQLite ledger at {self._path}: {exc}") from exc
         self._migrate(conn)
-        self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="thymos-sqlite-writer", daemon=True)
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(conn,), name="thymos-sqlite-writer", daemon=True
+        )
         self._writer.start()
-        self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="thymos-sqlite-reader")
+        self._readers = ThreadPoolExecutor(
+            READER_THREADS, thread_name_prefix="thymos-sqlite-reader"
+        )
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -220,7 +226,8 @@ class SqliteLedgerStore:
     async def create_run(
         self, record: RunRecord, first: Entry, idempotency: tuple[str, str] | None = None
     ) -> None:
-        assert first.seq == 0 and first.run_id == record.run_id
+        assert first.seq == 0
+        assert first.run_id == record.run_id
 
         def work(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -269,7 +276,9 @@ class SqliteLedgerStore:
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         def work(conn: sqlite3.Connection) -> RunRecord | None:
-            row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            row = conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
             return _record(row) if row else None
 
         return await self._read(work)
@@ -314,7 +323,9 @@ class SqliteLedgerStore:
 
         return await self._read(work)
 
-    async def read_rows_range(self, run_id: str, *, after_seq: int, upto_seq: int) -> list[StoredRow]:
+    async def read_rows_range(
+        self, run_id: str, *, after_seq: int, upto_seq: int
+    ) -> list[StoredRow]:
         def work(conn: sqlite3.Connection) -> list[StoredRow]:
             cursor = conn.execute(
                 "SELECT seq, id, envelope FROM entries WHERE run_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
@@ -337,7 +348,8 @@ class SqliteLedgerStore:
     async def find_idempotency(self, tenant: str, key: str) -> IdempotencyHit | None:
         def work(conn: sqlite3.Connection) -> IdempotencyHit | None:
             row = conn.execute(
-                "SELECT body_hash, run_id FROM idempotency WHERE tenant = ? AND key = ?", (tenant, key)
+                "SELECT body_hash, run_id FROM idempotency WHERE tenant = ? AND key = ?",
+                (tenant, key),
             ).fetchone()
             return IdempotencyHit(row[0], row[1]) if row else None
 

@@ -68,10 +68,19 @@ class Grep:
                     data = handle.read()
                 if b"\x00" in data[:8192]:
                     continue
-                rel = relative_name(ctx.workspace, confine(ctx.workspace, os.path.relpath(full, ctx.workspace.resolve())))
-                for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+                rel = relative_name(
+                    ctx.workspace,
+                    confine(ctx.workspace, os.path.relpath(full, ctx.workspace.resolve())),
+                )
+                for number, line in enumerate(
+                    data.decode("utf-8", errors="replace").splitlines(), 1
+                ):
                     if regex.search(line):
-                        matches.append({"path": rel, "line": number, "text": line[:GREP_LINE_CHARS_MAX]})
+                        matches.append(
+                            {"path": rel, "line": number, "text": line[:GREP_LINE_CHARS_MAX]}
+                        )
                         if len(matches) >= limit:
-                            return ToolOutcome({"matches": matches, "truncated": True, "files_scanned": scanned})
+                            return ToolOutcome(
+                                {"matches": matches, "truncated": True, "files_scanned": scanned}
+                            )
         return ToolOutcome({"matches": matches, "truncated": False, "files_scanned": scanned})

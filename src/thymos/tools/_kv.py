@@ -36,7 +36,12 @@ class KvGet:
         if resource is None:
             return ToolOutcome({"key": args["key"], "found": False, "value": None})
         return ToolOutcome(
-            {"key": args["key"], "found": True, "value": resource.value, "version": resource.version}
+            {
+                "key": args["key"],
+                "found": True,
+                "value": resource.value,
+                "version": resource.version,
+            }
         )
 
 

@@ -54,8 +54,16 @@ class RepoMap:
                     truncated = True
                     break
                 files.append(
-                    {"path": relative_name(ctx.workspace, confine(ctx.workspace, os.path.relpath(full, ctx.workspace.resolve()))), "bytes": os.path.getsize(full)}
+                    {
+                        "path": relative_name(
+                            ctx.workspace,
+                            confine(ctx.workspace, os.path.relpath(full, ctx.workspace.resolve())),
+                        ),
+                        "bytes": os.path.getsize(full),
+                    }
                 )
             if truncated:
                 break
-        return ToolOutcome({"root": relative_name(ctx.workspace, root), "files": files, "truncated": truncated})
+        return ToolOutcome(
+            {"root": relative_name(ctx.workspace, root), "files": files, "truncated": truncated}
+        )

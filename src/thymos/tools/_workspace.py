@@ -10,7 +10,22 @@ from pathlib import Path
 
 from ._contract import ToolFailure
 
-SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache__", ".thymos", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis"})
+SKIPPED_DIRS = frozenset(
+    {
+        ".git",
+        ".hg",
+        ".svn",
+        ".venv",
+        "venv",
+        "node_modules",
+        "__pycache__",
+        ".thymos",
+        ".mypy_cache",
+        ".ruff_cache",
+        ".pytest_cache",
+        ".hypothesis",
+    }
+)
 """Directories no agent wants walked: version-control internals, environments and caches."""
 
 
