@@ -23,6 +23,8 @@ from ._models import ERROR_RESPONSES, CreateRunBody, RunCreated
 router = APIRouter(tags=["runs"], responses=ERROR_RESPONSES)
 
 IDEMPOTENCY_KEY_CHARS_MAX = 200
+SEQ_MAX = 2**63 - 1
+"""The largest seq a query may name (SQLite's INTEGER); larger is a bad query value, not a crash."""
 CallerDep = Annotated[Caller, Depends(current_caller)]
 
 
@@ -95,7 +97,7 @@ async def world(run_id: str, request: Request, caller: CallerDep) -> dict[str, A
 
 @router.get("/runs/{run_id}/world/at", summary="The world replayed up to a sequence number")
 async def world_at(
-    run_id: str, request: Request, caller: CallerDep, seq: Annotated[str, Query(max_length=30)]
+    run_id: str, request: Request, caller: CallerDep, seq: Annotated[str, Query()]
 ) -> dict[str, Any]:
     runtime = runtime_of(request)
     try:
@@ -131,7 +133,10 @@ async def replay(
     responses={200: {"content": {"application/x-ndjson": {}}}},
 )
 async def ledger(
-    run_id: str, request: Request, caller: CallerDep, after_seq: Annotated[int, Query(ge=-1)] = -1
+    run_id: str,
+    request: Request,
+    caller: CallerDep,
+    after_seq: Annotated[int, Query(ge=-1, le=SEQ_MAX)] = -1,
 ) -> Response:
     chunks = await runtime_of(request).export(run_id, caller.tenant, after_seq)
     return StreamingResponse(chunks, media_type="application/x-ndjson")

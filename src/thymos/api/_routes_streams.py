@@ -20,6 +20,7 @@ from thymos.runtime import FellBehind, Runtime
 from ._caller import Caller, current_caller
 from ._deps import runtime_of
 from ._models import ERROR_RESPONSES
+from ._routes_runs import SEQ_MAX
 
 router = APIRouter(tags=["streams"], responses=ERROR_RESPONSES)
 CallerDep = Annotated[Caller, Depends(current_caller)]
@@ -53,9 +54,12 @@ def _int_or(value: str | None, default: int) -> int:
     if value is None or value == "":
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ThymosError(ErrorCode.INVALID_QUERY, f"{value!r} is not a sequence number") from None
+    if not -1 <= number <= SEQ_MAX:
+        raise ThymosError(ErrorCode.INVALID_QUERY, f"{value!r} is out of the sequence range")
+    return number
 
 
 @router.get(
@@ -65,7 +69,7 @@ async def events(
     run_id: str,
     request: Request,
     caller: CallerDep,
-    after_seq: Annotated[int | None, Query(ge=-1)] = None,
+    after_seq: Annotated[int | None, Query(ge=-1, le=SEQ_MAX)] = None,
     last_event_id: Annotated[str | None, Header(max_length=100)] = None,
 ) -> Response:
     runtime = runtime_of(request)

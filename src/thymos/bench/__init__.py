@@ -1,5 +1,9 @@
-"""The benchmark (filled in below)."""
+"""The benchmark: `thymos bench` / `python -m thymos.bench`.
 
+It prints each figure as text, then one JSON line with all of them. Speed targets are checked
+here, never by timed assertions in tests.
+"""
 
-def main(*, entries: int, runs: int, clients: int) -> None:
-    raise SystemExit("not yet")
+from ._main import main
+
+__all__ = ["main"]

@@ -84,16 +84,14 @@ def seal(
     """Build the canonical envelope for a new entry and compute its id."""
     assert seq >= 0, "seq is never negative"
     assert (seq == 0) == (parent is None), "only seq 0 has no parent"
-    envelope = {
-        "v": CANONICAL_VERSION,
-        "run": run_id,
-        "seq": seq,
-        "parent": parent,
-        "kind": kind.value,
-        "time": time,
-        "body": body,
-    }
-    raw = canonical_bytes(envelope)
+    raw = envelope_bytes(
+        run_id=run_id,
+        seq=seq,
+        parent=parent,
+        kind=kind.value,
+        time=time,
+        body=canonical_bytes(body),
+    )
     return Entry(
         run_id=run_id,
         seq=seq,
@@ -103,6 +101,27 @@ def seal(
         time=time,
         body=body,
         raw=raw,
+    )
+
+
+def envelope_bytes(
+    *, run_id: str, seq: int, parent: str | None, kind: str, time: str, body: bytes
+) -> bytes:
+    """The canonical envelope around an already canonical body.
+
+    The envelope's keys are fixed and ASCII, so JCS orders them `body, kind, parent, run, seq,
+    time, v`; its other values are an integer and ASCII strings this module controls, which encode
+    the same under any JCS serializer. Encoding the body once and splicing it in keeps the
+    canonicality check to the body, where the variable content is."""
+    assert run_id.isascii() and kind.isascii() and time.isascii(), "envelope strings are ASCII"
+    return b'{"body":%s,"kind":%s,"parent":%s,"run":%s,"seq":%d,"time":%s,"v":%d}' % (
+        body,
+        orjson.dumps(kind),
+        orjson.dumps(parent),
+        orjson.dumps(run_id),
+        seq,
+        orjson.dumps(time),
+        CANONICAL_VERSION,
     )
 
 

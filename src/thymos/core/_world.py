@@ -21,7 +21,7 @@ from typing import Any
 import blake3
 import orjson
 
-from ._canonical import canonical_bytes
+from ._canonical import NotCanonicalizable, canonical_bytes
 
 LANES = 1024
 LANE_BITS = 16
@@ -129,30 +129,35 @@ class World:
         if delta.op == "create":
             if current is not None:
                 raise DeltaConflict(f"{delta.kind}/{delta.id} already exists")
-            canonical_bytes(delta.value)  # the value must have a canonical form
         elif current is None:
             raise DeltaConflict(f"{delta.kind}/{delta.id} does not exist")
         elif current.version != delta.expected_version:
             raise DeltaConflict(
                 f"{delta.kind}/{delta.id} is at version {current.version}, not {delta.expected_version}"
             )
-        elif delta.op == "replace":
-            canonical_bytes(delta.value)
 
     def apply(self, delta: Delta) -> None:
         """Apply one delta, or raise `DeltaConflict` and change nothing."""
         self.check(delta)
         key = (delta.kind, delta.id)
         current = self._resources.get(key)
-        if current is not None:
-            self._lattice = _lanes_sub(self._lattice, _element(current))
         if delta.op == "retract":
+            assert current is not None
+            self._lattice = _lanes_sub(self._lattice, _element(current))
             del self._resources[key]
             return
         version = 1 if current is None else current.version + 1
         new = Resource(delta.kind, delta.id, version, delta.value)
+        try:
+            added = _element(new)
+        except NotCanonicalizable as exc:
+            raise DeltaConflict(
+                f"the value of {delta.kind}/{delta.id} has no canonical JSON form"
+            ) from exc
+        if current is not None:
+            self._lattice = _lanes_sub(self._lattice, _element(current))
         self._resources[key] = new
-        self._lattice = _lanes_add(self._lattice, _element(new))
+        self._lattice = _lanes_add(self._lattice, added)
 
     def check_all(self, deltas: Iterable[Delta]) -> None:
         """Raise `DeltaConflict` unless all deltas apply in order; the world is not changed."""

@@ -22,6 +22,8 @@ from jsonschema.protocols import Validator
 
 from thymos.core import Budget, Intent, ToolSpec, Usage
 
+from ._schema import Acceptor, fast_acceptor
+
 COMPILER_VERSION = "thymos-compiler/1"
 """Recorded with every decision; replay can require a version (`require_compiler`)."""
 
@@ -70,10 +72,12 @@ class ToolCatalog:
     def __init__(self, specs: Mapping[str, ToolSpec]) -> None:
         self._specs = dict(specs)
         self._validators: dict[str, Validator] = {}
+        self._acceptors: dict[str, Acceptor | None] = {}
         for name, spec in self._specs.items():
             cls = jsonschema.validators.validator_for(spec.input_schema)
             cls.check_schema(dict(spec.input_schema))
             self._validators[name] = cls(spec.input_schema)
+            self._acceptors[name] = fast_acceptor(spec.input_schema)
 
     def get(self, name: str) -> ToolSpec | None:
         return self._specs.get(name)
@@ -81,8 +85,16 @@ class ToolCatalog:
     def names(self) -> list[str]:
         return sorted(self._specs)
 
-    def validator(self, name: str) -> Validator:
-        return self._validators[name]
+    def argument_errors(self, name: str, args: Any) -> list[dict[str, str]]:
+        """Schema errors of `args` for tool `name` (empty when valid), most specific first."""
+        acceptor = self._acceptors[name]
+        if acceptor is not None and acceptor(args):
+            return []
+        errors = sorted(self._validators[name].iter_errors(args), key=lambda e: list(e.path))
+        return [
+            {"path": "/" + "/".join(str(p) for p in error.path), "message": error.message}
+            for error in errors[:ARG_ERRORS_MAX]
+        ]
 
 
 def compile_intent(
@@ -109,14 +121,8 @@ def compile_intent(
             f"the run's tool-call budget of {limit} is spent",
             {"budget": "tool_calls", "limit": limit, "used": usage.tool_calls},
         )
-    errors = sorted(
-        catalog.validator(intent.tool).iter_errors(intent.args), key=lambda e: list(e.path)
-    )
-    if errors:
-        shown = [
-            {"path": "/" + "/".join(str(p) for p in error.path), "message": error.message}
-            for error in errors[:ARG_ERRORS_MAX]
-        ]
+    shown = catalog.argument_errors(intent.tool, intent.args)
+    if shown:
         return Rejected(
             RejectionReason.INVALID_ARGUMENTS,
             f"arguments for {intent.tool!r} do not match its schema: {shown[0]['message']}",

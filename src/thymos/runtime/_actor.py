@@ -35,13 +35,13 @@ from thymos.tools import ToolContext, ToolFailure, ToolRegistry
 
 from ._clock import Clock
 from ._feeds import Feed
-from ._trajectory import Trajectory
+from ._trajectory import EntryTooLarge, Trajectory
 
 log = logging.getLogger("thymos.runtime")
 
-TOOL_OUTPUT_BYTES_MAX = 512 * 1024
-"""A tool output larger than this is recorded as a failure: the ledger keeps every output, and
-cognition cannot use megabytes of it anyway."""
+
+INTENTS_PER_YIELD = 16
+"""Decisions made between yields to the event loop when a turn brings many in-process intents."""
 
 
 class StopRun(BaseException):
@@ -111,16 +111,27 @@ class RunActor:
 
     async def run(self) -> None:
         """The run's whole life from its current head to a recorded end."""
+        final_answer: str | None = None
+        error: str | None = None
         try:
-            await self._loop()
+            final_answer = await self._loop()
+            terminated_by = TerminatedBy.FINAL_ANSWER
         except StopRun as stop:
-            await self._end(stop.terminated_by, error=stop.message)
+            terminated_by, error = stop.terminated_by, stop.message
         except asyncio.CancelledError:
             # Shutdown's grace period ran out mid-step: record the interruption and finish.
-            await self._end(TerminatedBy.INTERRUPTED, error="the server stopped during a step")
+            terminated_by, error = TerminatedBy.INTERRUPTED, "the server stopped during a step"
         except Exception as exc:
             log.exception("run %s failed unexpectedly", self.trajectory.run_id)
-            await self._end(TerminatedBy.ERROR, error=f"internal error: {type(exc).__name__}")
+            terminated_by, error = TerminatedBy.ERROR, f"internal error: {type(exc).__name__}"
+        try:
+            await self._end(terminated_by, final_answer=final_answer, error=error)
+        except Exception:
+            # The ledger itself failed: the run stays active in storage and the next start
+            # records it as interrupted.
+            log.exception(
+                "run %s: the end of the run could not be recorded", self.trajectory.run_id
+            )
         finally:
             self._set_view("finished")
 
@@ -140,10 +151,13 @@ class RunActor:
                 f"the wall-clock budget of {budget.wall_clock_ms} ms is spent",
             )
 
-    async def _loop(self) -> None:
+    async def _loop(self) -> str:
+        """Steps until a final answer (returned) or a stop (raised as `StopRun`)."""
         state = self.trajectory.state
         spec = state.spec
         while True:
+            # Everything recorded so far is durable before cognition is asked again.
+            await self.trajectory.flush()
             self._safe_point()
             summary = state.summary
             if summary.steps_executed >= spec.max_steps:
@@ -183,14 +197,15 @@ class RunActor:
             items: list[tuple[EntryKind, Mapping[str, Any]]] = [(EntryKind.TURN, turn_body)]
             for index, intent in enumerate(turn.intents):
                 items.append((EntryKind.INTENT, self._intent_body(step, index, intent)))
-            entries = await self.trajectory.append(items)
+            entries = self.trajectory.stage(items)
             self._check_token_budget()
-            for entry in entries[1:]:
+            for number, entry in enumerate(entries[1:], start=1):
                 self._safe_point()
                 await self._decide(entry.id, state.undecided[entry.id][1])
+                if number % INTENTS_PER_YIELD == 0:
+                    await asyncio.sleep(0)  # other runs get the loop during a long turn
             if turn.final is not None:
-                await self._end(TerminatedBy.FINAL_ANSWER, final_answer=turn.final)
-                return
+                return turn.final
 
     def _intent_body(self, step: int, index: int, intent: Intent) -> dict[str, Any]:
         body = {
@@ -227,7 +242,7 @@ class RunActor:
                 "compiler": COMPILER_VERSION,
                 **decision.as_body(),
             }
-            await self.trajectory.append([(EntryKind.REJECTION, body)])
+            self.trajectory.stage([(EntryKind.REJECTION, body)])
             return
         tool = self.deps.tools.get(intent.tool)
         assert tool is not None, "the catalog and the registry hold the same tools"
@@ -237,34 +252,31 @@ class RunActor:
         try:
             outcome = await tool.run(intent.args, context)
             state.world.check_all(outcome.deltas)
-            body = {
-                **base,
-                "output": outcome.output,
-                "deltas": [d.as_dict() for d in outcome.deltas],
-            }
-            if len(canonical_bytes(body)) > TOOL_OUTPUT_BYTES_MAX:
-                raise ToolFailure(
-                    "output_too_large", f"the tool's output is over {TOOL_OUTPUT_BYTES_MAX} bytes"
-                )
         except ToolFailure as failure:
             await self._record_failure(base, failure.code, failure.message)
+            return
         except DeltaConflict as conflict:
             await self._record_failure(base, "delta_conflict", str(conflict))
-        except NotCanonicalizable:
-            await self._record_failure(
-                base, "invalid_output", "the tool's output has no canonical JSON form"
-            )
+            return
         except Exception as exc:
             # A tool bug is still a decision to record, never a swallowed error.
             log.exception("tool %s raised", intent.tool)
             await self._record_failure(base, "tool_error", f"the tool raised {type(exc).__name__}")
-        else:
-            await self.trajectory.append([(EntryKind.COMMIT, body)])
+            return
         finally:
             self._set_view("thinking")
+        body = {**base, "output": outcome.output, "deltas": [d.as_dict() for d in outcome.deltas]}
+        try:
+            self.trajectory.stage([(EntryKind.COMMIT, body)])
+        except NotCanonicalizable:
+            await self._record_failure(
+                base, "invalid_output", "the tool's output has no canonical JSON form"
+            )
+        except EntryTooLarge as exc:
+            await self._record_failure(base, "output_too_large", str(exc))
 
     async def _record_failure(self, base: Mapping[str, Any], code: str, message: str) -> None:
-        await self.trajectory.append(
+        self.trajectory.stage(
             [(EntryKind.TOOL_FAILURE, {**base, "error": {"code": code, "message": message}})]
         )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -91,24 +91,34 @@ class Feed(Generic[T]):
 
 
 class Cell(Generic[T]):
-    """The latest value with a version that grows on every set."""
+    """A value rebuilt lazily from its source, with a version that grows on every change.
 
-    def __init__(self, value: T) -> None:
-        self.value = value
+    `touch` is O(1) (a run calls it on every entry and phase change); the value is rebuilt only
+    when someone reads it after a change, so an unwatched run pays nothing for its snapshots."""
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build = build
+        self._value: T | None = None
+        self._built_version = -1
         self.version = 0
         self._changed = asyncio.Event()
         self.closed = False
 
-    def set(self, value: T) -> None:
-        self.value = value
+    @property
+    def value(self) -> T:
+        if self._built_version != self.version or self._value is None:
+            self._value = self._build()
+            self._built_version = self.version
+        return self._value
+
+    def touch(self) -> None:
         self.version += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
     def close(self) -> None:
         self.closed = True
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        self.touch()
 
     async def wait_change(self, version: int, timeout_s: float) -> bool:
         """True once the version differs from `version`; False on timeout."""

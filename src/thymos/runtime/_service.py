@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from thymos import __version__
-from thymos.cognition import PROVIDERS, CognitionEvent, create_provider, validate_script
+from thymos.cognition import PROVIDERS, Cognition, CognitionEvent, create_provider, validate_script
 from thymos.core import (
     ChainVerifier,
     CorruptEntry,
@@ -90,6 +90,7 @@ class Runtime:
         config: RuntimeConfig,
         clock: Clock | None = None,
         random: Callable[[int], bytes] = system_random,
+        provider_factory: Callable[[RunSpec], Cognition] | None = None,
     ) -> None:
         self.store = store
         self.tools = tools
@@ -97,6 +98,8 @@ class Runtime:
         self.config = config
         self.clock = clock or SystemClock()
         self._random = random
+        # How a run gets its cognition; tests and the benchmark substitute their own.
+        self._provider_factory = provider_factory or _default_provider
         self._active: dict[str, ActiveRun] = {}
         self._idempotency_lock = asyncio.Lock()
         self.accepting = True
@@ -279,31 +282,23 @@ class Runtime:
         for entry in already:
             entries.publish(entry, entry.seq)
         cognition: Feed[CognitionEvent] = Feed()
-        snapshot: Cell[dict[str, Any]] = Cell({})
-        holder: list[ActiveRun] = []
-
-        def changed() -> None:
-            if holder:
-                holder[0].snapshot.set(self._execution_of(holder[0]))
-
+        # The snapshot is rebuilt only when read after a change (`active` is bound below,
+        # before anything can read it).
+        snapshot: Cell[dict[str, Any]] = Cell(lambda: self._execution_of(active))
         trajectory = Trajectory(
             run_id=record.run_id,
             store=self.store,
             state=state,
             clock=self.clock,
             entries=entries,
-            on_change=changed,
+            on_change=snapshot.touch,
         )
-        provider = create_provider(
-            state.spec.provider, model=state.spec.model, script=state.spec.script
-        )
+        provider = self._provider_factory(state.spec)
         deps = ActorDeps(self.catalog, self.tools, self.config.workspace, self.clock, cognition)
-        actor = RunActor(trajectory, provider, deps, changed)
+        actor = RunActor(trajectory, provider, deps, snapshot.touch)
         active = ActiveRun(
             record.run_id, record.tenant, actor, entries, cognition, snapshot, record=record
         )
-        holder.append(active)
-        snapshot.set(self._execution_of(active))
         self._active[record.run_id] = active
         active.task = asyncio.create_task(self._drive(active), name=f"run-{record.run_id}")
         return active
@@ -315,8 +310,8 @@ class Runtime:
             self._active.pop(active.run_id, None)
             self._close_feeds(active)
 
-    def _close_feeds(self, active: ActiveRun) -> None:
-        active.snapshot.set(self._execution_of(active))
+    @staticmethod
+    def _close_feeds(active: ActiveRun) -> None:
         active.entries.close()
         active.cognition.close()
         active.snapshot.close()
@@ -328,7 +323,19 @@ class Runtime:
         record = await self.store.get_run(run_id) if is_run_id(run_id) else None
         if record is None or (tenant is not None and record.tenant != tenant):
             raise ThymosError(ErrorCode.RUN_NOT_FOUND, f"no run {run_id} is visible to this caller")
-        return record
+        return self._live(record)
+
+    def _live(self, record: RunRecord) -> RunRecord:
+        """An active run's stored row carries its status as of the last change; its counters and
+        head come from the live summary."""
+        active = self._active.get(record.run_id)
+        if active is None:
+            return record
+        summary = active.actor.trajectory.state.summary
+        updated_at = summary.log[-1]["at"] if summary.log else record.updated_at
+        return replace(
+            record, status=summary.status.value, updated_at=updated_at, summary=summary.as_dict()
+        )
 
     async def get_run(self, run_id: str, tenant: str | None) -> dict[str, Any]:
         return run_view(await self.visible_record(run_id, tenant))
@@ -339,7 +346,7 @@ class Runtime:
         records = await self.store.list_runs(
             tenant=tenant, status=status, before=before, limit=limit
         )
-        return [run_view(record) for record in records]
+        return [run_view(self._live(record)) for record in records]
 
     async def execution(self, run_id: str, tenant: str | None) -> dict[str, Any]:
         record = await self.visible_record(run_id, tenant)
@@ -503,6 +510,10 @@ class Runtime:
 
     async def ready(self) -> bool:
         return self.accepting and await self.store.ping()
+
+
+def _default_provider(spec: RunSpec) -> Cognition:
+    return create_provider(spec.provider, model=spec.model, script=spec.script)
 
 
 def run_view(record: RunRecord) -> dict[str, Any]:

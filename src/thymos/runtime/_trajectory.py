@@ -1,13 +1,20 @@
 """A run's trajectory: the one writer of its ledger (invariant 8).
 
-`append` seals entries with consecutive seqs and parent links, folds them into the run's state,
-writes them with the updated run row (and a world checkpoint when one is due) in one atomic
-append, then publishes them to observers. Only the run's actor holds a `Trajectory`.
+`stage` seals entries with consecutive seqs and parent links, folds them into the run's state and
+submits them (with the run row when its status changed, and a world checkpoint when one is due)
+as one atomic append; `flush` waits until everything staged is durable; observers get entries
+only once they are durable. Only the run's actor holds a `Trajectory`.
+
+Staging without waiting is safe for effects that stay inside the world (reads, `kv_set`): if the
+process dies, those entries and their effects vanish together. The actor flushes before every
+cognition turn, at the end of the run, and (with a later issue) before any effect that leaves
+the process (invariant 7).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +24,14 @@ from thymos.storage import Checkpoint, LedgerStore, RunUpdate
 from ._clock import Clock
 from ._feeds import Feed
 from ._state import RunState
+
+ENTRY_BYTES_MAX = 1024 * 1024
+"""One entry's canonical bytes at most. Tool outputs are the large part; cognition cannot use
+megabytes of output anyway, and a bound keeps streams and exports responsive."""
+
+
+class EntryTooLarge(ValueError):
+    """An entry would be over `ENTRY_BYTES_MAX`; nothing was appended."""
 
 
 class Trajectory:
@@ -36,13 +51,23 @@ class Trajectory:
         self._clock = clock
         self._entries = entries
         self._on_change = on_change
+        self._persisted_status = state.summary.status.value
+        self._last_write: asyncio.Future[None] | None = None
+        self._failure: BaseException | None = None
 
     @property
     def head_seq(self) -> int:
         return self.state.summary.head_seq
 
-    async def append(self, items: Sequence[tuple[EntryKind, Mapping[str, Any]]]) -> list[Entry]:
-        """Seal, fold, write atomically, publish. Returns the sealed entries."""
+    def stage(self, items: Sequence[tuple[EntryKind, Mapping[str, Any]]]) -> list[Entry]:
+        """Seal entries, fold them into the run's state and submit their append, without waiting
+        for durability. Observers see them once they are durable. Returns the sealed entries.
+
+        Sealing happens before anything changes, so `NotCanonicalizable` or `EntryTooLarge` from
+        here leaves the run's state and ledger untouched. After a failed write every later one
+        fails too (storage refuses a gap), and `stage` and `flush` raise the first failure."""
+        if self._failure is not None:
+            raise self._failure
         time = rfc3339_from_us(self._clock.now_us())
         summary = self.state.summary
         seq, parent = summary.head_seq + 1, summary.head_id
@@ -51,6 +76,10 @@ class Trajectory:
             entry = seal(
                 run_id=self.run_id, seq=seq, parent=parent, kind=kind, time=time, body=body
             )
+            if len(entry.raw) > ENTRY_BYTES_MAX:
+                raise EntryTooLarge(
+                    f"a {kind.value} entry of {len(entry.raw)} bytes is over {ENTRY_BYTES_MAX}"
+                )
             sealed.append(entry)
             seq, parent = seq + 1, entry.id
         for entry in sealed:
@@ -61,20 +90,47 @@ class Trajectory:
                 self.run_id, self.state.summary.head_seq, self.state.world.snapshot()
             )
             self.state.last_checkpoint_seq = self.state.summary.head_seq
-        update = RunUpdate(self.state.summary.status.value, time, self.state.summary.as_dict())
+        # The run row is rewritten when the status changes (and so at the end); in between, readers
+        # of an active run use its live summary, and recovery refolds the ledger.
+        update = None
+        status = self.state.summary.status
+        if status.value != self._persisted_status or status.terminal:
+            update = RunUpdate(status.value, time, self.state.summary.as_dict())
+            self._persisted_status = status.value
         write = asyncio.ensure_future(self._store.append(self.run_id, sealed, update, checkpoint))
-        try:
-            await asyncio.shield(write)
-        except asyncio.CancelledError:
-            # Cancellation must not leave our head out of step with storage: let the write finish
-            # (it is already queued), then re-raise.
-            await write
-            self._publish(sealed)
-            raise
-        self._publish(sealed)
+        write.add_done_callback(lambda done: self._settled(done, sealed))
+        self._last_write = write
         return sealed
 
-    def _publish(self, sealed: list[Entry]) -> None:
+    def _settled(self, write: asyncio.Future[None], sealed: list[Entry]) -> None:
+        if write.cancelled():
+            self._failure = self._failure or RuntimeError("a ledger write was cancelled")
+            return
+        error = write.exception()
+        if error is not None:
+            self._failure = self._failure or error
+            return
         for entry in sealed:
             self._entries.publish(entry, entry.seq)
         self._on_change()
+
+    async def flush(self) -> None:
+        """Wait until everything staged is durable (raises the first write failure)."""
+        write = self._last_write
+        if write is not None:
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                # Cancellation must not leave our head out of step with storage: the write is
+                # already queued, so let it finish, then re-raise.
+                with contextlib.suppress(Exception):
+                    await write
+                raise
+        if self._failure is not None:
+            raise self._failure
+
+    async def append(self, items: Sequence[tuple[EntryKind, Mapping[str, Any]]]) -> list[Entry]:
+        """Stage entries and wait until they (and everything before them) are durable."""
+        sealed = self.stage(items)
+        await self.flush()
+        return sealed

@@ -8,7 +8,7 @@ acknowledged append sees it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,14 +88,21 @@ class LedgerStore(Protocol):
         """Insert the run row and its seq-0 entry atomically. `idempotency` is (key, body_hash)."""
         ...
 
-    async def append(
+    def append(
         self,
         run_id: str,
         entries: Sequence[Entry],
-        update: RunUpdate,
+        update: RunUpdate | None,
         checkpoint: Checkpoint | None = None,
-    ) -> None:
-        """Append entries (consecutive seqs) and update the run row, atomically."""
+    ) -> Awaitable[None]:
+        """Submit an append now and return what to await for its durability. Appends submitted
+        by one caller are applied in submission order, so a run's writer can pipeline several
+        and wait once (and a failed one makes every later one of that run fail too, by the
+        continuity rule below).
+
+        Append entries (consecutive seqs, continuing the stored head) and, when given, update
+        the run row and store a checkpoint, atomically. A seq that is taken or leaves a gap is
+        `SeqConflict`."""
         ...
 
     async def get_run(self, run_id: str) -> RunRecord | None: ...

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from thymos.core import Entry, StoredRow
+from thymos.core import Entry, ErrorCode, StoredRow, ThymosError
 
 from ._contract import (
     Checkpoint,
@@ -183,13 +183,19 @@ class SqliteLedgerStore:
         for job, value, error in results:
             job.loop.call_soon_threadsafe(_settle, job.future, value, error)
 
-    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        if self._writer is None:
-            raise StorageError("the ledger is closed")
+    def _submit(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue `work` for the writer now; the future settles when its transaction commits.
+        Work is applied in submission order."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        if self._writer is None:
+            future.set_exception(StorageError("the ledger is closed"))
+            return future
         self._queue.put(_Job(work, loop, future))
-        return await future
+        return future
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._submit(work)
 
     # -- readers -----------------------------------------------------------------------------
 
@@ -230,6 +236,11 @@ class SqliteLedgerStore:
         assert first.run_id == record.run_id
 
         def work(conn: sqlite3.Connection) -> None:
+            exists = conn.execute(
+                "SELECT 1 FROM runs WHERE run_id = ?", (record.run_id,)
+            ).fetchone()
+            if exists:
+                raise SeqConflict(record.run_id, 0)
             conn.execute(
                 f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -244,33 +255,51 @@ class SqliteLedgerStore:
             )
             _insert_entries(conn, record.run_id, [first])
             if idempotency is not None:
-                conn.execute(
-                    "INSERT INTO idempotency (tenant, key, body_hash, run_id) VALUES (?, ?, ?, ?)",
-                    (record.tenant, idempotency[0], idempotency[1], record.run_id),
-                )
+                try:
+                    conn.execute(
+                        "INSERT INTO idempotency (tenant, key, body_hash, run_id) VALUES (?, ?, ?, ?)",
+                        (record.tenant, idempotency[0], idempotency[1], record.run_id),
+                    )
+                except sqlite3.IntegrityError as exc:
+                    raise ThymosError(
+                        ErrorCode.IDEMPOTENCY_CONFLICT, "this Idempotency-Key is already in use"
+                    ) from exc
 
         await self._write(work)
 
-    async def append(
+    def append(
         self,
         run_id: str,
         entries: Sequence[Entry],
-        update: RunUpdate,
+        update: RunUpdate | None,
         checkpoint: Checkpoint | None = None,
-    ) -> None:
+    ) -> asyncio.Future[None]:
         def work(conn: sqlite3.Connection) -> None:
+            # Continuity: the batch must start right after the stored head, so a writer that
+            # lost an earlier append can never leave a gap.
+            row = conn.execute(
+                "SELECT MAX(seq) FROM entries WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            head = -1 if row is None or row[0] is None else int(row[0])
+            if entries[0].seq != head + 1:
+                raise SeqConflict(run_id, entries[0].seq)
+            # Consecutive within the batch too: a gap inside it would pass the head check.
+            for offset, entry in enumerate(entries):
+                if entry.seq != head + 1 + offset:
+                    raise SeqConflict(run_id, entry.seq)
             _insert_entries(conn, run_id, entries)
-            conn.execute(
-                "UPDATE runs SET status = ?, updated_at = ?, summary = ? WHERE run_id = ?",
-                (update.status, update.updated_at, orjson.dumps(update.summary), run_id),
-            )
+            if update is not None:
+                conn.execute(
+                    "UPDATE runs SET status = ?, updated_at = ?, summary = ? WHERE run_id = ?",
+                    (update.status, update.updated_at, orjson.dumps(update.summary), run_id),
+                )
             if checkpoint is not None:
                 conn.execute(
                     "INSERT OR REPLACE INTO checkpoints (run_id, seq, world) VALUES (?, ?, ?)",
                     (run_id, checkpoint.seq, checkpoint.world),
                 )
 
-        await self._write(work)
+        return self._submit(work)
 
     # -- reads -------------------------------------------------------------------------------
 

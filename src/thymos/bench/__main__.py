@@ -1,0 +1,5 @@
+"""`python -m thymos.bench`."""
+
+from thymos.cli import app
+
+app(["bench"])

@@ -1,0 +1,245 @@
+"""Benchmark figures for DESIGN.md's performance targets.
+
+1. Governance overhead per intent (compile, execute the mock tool, append, projection update),
+   at seq ~100 and at seq ~100,000 of one run: they should be within 20% of each other.
+2. Replay rate (verify every hash and link, fold every commit) over that run's ledger of at
+   least 100,000 entries, read from SQLite.
+3. End-to-end mock runs per second over real HTTP against a real `thymos serve` process, with
+   concurrent clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from thymos.cognition import CognitionContext, Emit, Turn
+from thymos.core import Intent, RunSpec
+from thymos.runtime import MAX_STEPS_MAX, Runtime, RuntimeConfig, StartRun
+from thymos.storage import SqliteLedgerStore
+from thymos.tools import builtin_tools
+
+KEY_SPACE = 1000
+"""kv_set keys cycle over this many keys, so the world stays a realistic size."""
+
+PROBE_TURNS = 12
+PROBE_INTENTS = 10
+FILL_INTENTS = 500
+
+
+class _BenchCognition:
+    """Cognition that proposes planned batches of kv_set intents and times the gaps between turns.
+
+    The time from one turn's return to the next turn's call is exactly the runtime's governance
+    work for the previous turn's intents (recording the turn and intents, compiling, executing the
+    mock tool, committing, updating the projection)."""
+
+    live = False
+
+    def __init__(self, plan: list[int]) -> None:
+        self.plan = plan
+        self.returned_at: float | None = None
+        self.samples: list[tuple[int, float, int]] = []  # (turn index, seconds, intents)
+        self.counter = 0
+
+    async def turn(self, context: CognitionContext, emit: Emit) -> Turn:
+        now = time.perf_counter()
+        index = context.turns_taken
+        if self.returned_at is not None and index > 0:
+            self.samples.append((index - 1, now - self.returned_at, self.plan[index - 1]))
+        if index >= len(self.plan):
+            self.returned_at = None
+            return Turn(final="done")
+        intents = []
+        for i in range(self.plan[index]):
+            self.counter += 1
+            key = f"k{self.counter % KEY_SPACE}"
+            intents.append(Intent("kv_set", {"key": key, "value": self.counter}, f"c{index}_{i}"))
+        self.returned_at = time.perf_counter()
+        return Turn(intents=tuple(intents))
+
+
+def _per_intent_us(samples: list[tuple[int, float, int]], turns: range) -> float:
+    values = [
+        seconds / intents * 1e6 for index, seconds, intents in samples if index in turns and intents
+    ]
+    return statistics.median(values)
+
+
+async def _governance_and_replay(entries_target: int, data_dir: Path) -> dict[str, Any]:
+    fill_turns = max(
+        1,
+        (entries_target - 2 * PROBE_TURNS * (2 * PROBE_INTENTS + 1)) // (2 * FILL_INTENTS + 1) + 1,
+    )
+    plan = (
+        [PROBE_INTENTS] * PROBE_TURNS + [FILL_INTENTS] * fill_turns + [PROBE_INTENTS] * PROBE_TURNS
+    )
+    assert len(plan) < MAX_STEPS_MAX
+    cognition = _BenchCognition(plan)
+
+    def factory(spec: RunSpec) -> _BenchCognition:
+        return cognition
+
+    store = SqliteLedgerStore(data_dir / "bench.sqlite3")
+    await store.open()
+    runtime = Runtime(
+        store=store,
+        tools=builtin_tools(),
+        config=RuntimeConfig(workspace=data_dir),
+        provider_factory=factory,
+    )
+    try:
+        started = time.perf_counter()
+        record, _ = await runtime.start_run(
+            StartRun(task="bench", max_steps=MAX_STEPS_MAX, tool_scopes=["kv_set"]), tenant="bench"
+        )
+        active = runtime.active(record.run_id)
+        assert active is not None and active.task is not None
+        await active.task
+        run_seconds = time.perf_counter() - started
+        view = await runtime.get_run(record.run_id, None)
+        head = view["summary"]["head_seq"]
+        assert view["summary"]["terminated_by"] == "final_answer", view["summary"]
+        early = range(1, PROBE_TURNS)
+        late_start = PROBE_TURNS + fill_turns
+        late = range(late_start + 1, late_start + PROBE_TURNS)
+        early_us = _per_intent_us(cognition.samples, early)
+        late_us = _per_intent_us(cognition.samples, late)
+        intents = sum(plan)
+
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        replay_started = time.perf_counter()
+        report = await runtime.replay(
+            record.run_id, None, require_compiler=None, require_policy=None
+        )
+        replay_seconds = time.perf_counter() - replay_started
+        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert report["verified"], report["failures"][:3]
+        assert report["world_matches"]
+        return {
+            "ledger_entries": head + 1,
+            "overhead_us_per_intent_seq_100": round(early_us, 1),
+            "overhead_us_per_intent_seq_100k": round(late_us, 1),
+            "overhead_late_over_early": round(late_us / early_us, 3),
+            "run_intents_per_s": round(intents / run_seconds),
+            "replay_entries_per_s": round((head + 1) / replay_seconds),
+            "replay_seconds": round(replay_seconds, 3),
+            "replay_peak_rss_growth_mib": round(max(0, rss_after - rss_before) / 1024, 1),
+        }
+    finally:
+        await runtime.shutdown(1.0)
+        await store.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _wait_ready(client: httpx.AsyncClient, deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            if (await client.get("/ready")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.05)
+    raise RuntimeError("the server did not become ready")
+
+
+async def _one_run(client: httpx.AsyncClient, index: int) -> None:
+    body = {
+        "task": f"bench run {index}",
+        "tool_scopes": ["kv_*"],
+        "cognition": {
+            "provider": "mock",
+            "script": [{"tool": "kv_set", "args": {"key": "k", "value": index}}, {"final": "ok"}],
+        },
+    }
+    response = await client.post("/runs", json=body)
+    response.raise_for_status()
+    run_id = response.json()["run_id"]
+    # Follow the ledger stream to the end: it closes once the run is terminal.
+    async with client.stream("GET", f"/runs/{run_id}/events") as stream:
+        last = ""
+        async for line in stream.aiter_lines():
+            if line.startswith("event: "):
+                last = line[7:]
+    if last != "run_ended":
+        raise RuntimeError(f"run {run_id} stream ended with {last!r}")
+
+
+async def _drive_http(port: int, runs: int, clients: int) -> float:
+    limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits
+    ) as client:
+        await _wait_ready(client, 30)
+        await asyncio.gather(*(_one_run(client, -i) for i in range(clients)))  # warm-up
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(runs):
+            queue.put_nowait(i)
+
+        async def worker() -> None:
+            while not queue.empty():
+                await _one_run(client, queue.get_nowait())
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        return time.perf_counter() - started
+
+
+def _http_runs(runs: int, clients: int, data_dir: Path) -> dict[str, Any]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "THYMOS_DATA_DIR": str(data_dir / "http"),
+        "THYMOS_WORKSPACE": str(data_dir),
+        "THYMOS_LOG_LEVEL": "warning",
+    }
+    command = [sys.executable, "-m", "thymos", "serve", "--addr", f"127.0.0.1:{port}"]
+    server = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    try:
+        seconds = asyncio.run(_drive_http(port, runs, clients))
+    finally:
+        server.terminate()
+        server.wait(30)
+    return {"http_runs": runs, "http_clients": clients, "http_runs_per_s": round(runs / seconds, 1)}
+
+
+def main(*, entries: int, runs: int, clients: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="thymos-bench-") as tmp:
+        data_dir = Path(tmp)
+        figures = asyncio.run(_governance_and_replay(entries, data_dir))
+        print(f"ledger entries in the benchmark run:      {figures['ledger_entries']}")
+        print(
+            f"governance overhead per intent, seq ~100: {figures['overhead_us_per_intent_seq_100']} us"
+        )
+        print(
+            f"governance overhead per intent, seq ~100k:{figures['overhead_us_per_intent_seq_100k']} us"
+        )
+        print(f"late / early ratio (flat = 1.0):          {figures['overhead_late_over_early']}")
+        print(
+            f"replay (verify + fold) rate:              {figures['replay_entries_per_s']} entries/s"
+        )
+        if runs > 0:
+            figures.update(_http_runs(runs, clients, data_dir))
+            print(
+                f"end-to-end mock runs over HTTP:           {figures['http_runs_per_s']} runs/s ({clients} clients)"
+            )
+        print(json.dumps({"bench": "thymos", **figures}, sort_keys=True))

@@ -1,0 +1,182 @@
+"""The built-in tools: file tools confined to the workspace, reading and searching, and the
+key-value tools' proposed deltas."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from thymos.core import Delta, World
+from thymos.tools import FsRead, Grep, KvGet, KvSet, RepoMap, Tool, ToolContext, ToolFailure
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A workspace with a few files, a subfolder, and secrets just outside it."""
+    root = tmp_path / "ws"
+    (root / "src").mkdir(parents=True)
+    (root / "README.md").write_text("".join(f"line {n}\n" for n in range(1, 11)))
+    (root / "src" / "app.py").write_text("def main():\n    return 'Hello'\n# TODO hello\n")
+    (root / "blob.bin").write_bytes(b"\x00\x01binary hello")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("hello from git internals\n")
+    (tmp_path / "secret.txt").write_text("hello secret\n")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "more.txt").write_text("hello outside\n")
+    return root
+
+
+def ctx(workspace: Path, world: World | None = None) -> ToolContext:
+    return ToolContext("run", workspace, world if world is not None else World())
+
+
+async def run(tool: Tool, args: dict[str, Any], context: ToolContext) -> Any:
+    outcome = await tool.run(args, context)
+    assert outcome.deltas == () or isinstance(tool, KvSet)
+    return outcome.output
+
+
+async def failure_code(tool: Tool, args: dict[str, Any], context: ToolContext) -> str:
+    with pytest.raises(ToolFailure) as caught:
+        await tool.run(args, context)
+    return caught.value.code
+
+
+ESCAPES = ["..", "../secret.txt", "src/../../secret.txt", "/etc/passwd", "../outside"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ESCAPES)
+async def test_file_tools_refuse_paths_outside_the_workspace(workspace: Path, path: str) -> None:
+    """fs_read, grep and repo_map refuse `..` escapes and absolute paths with ToolFailure code
+    outside_workspace, before opening anything."""
+    context = ctx(workspace)
+    assert await failure_code(FsRead(), {"path": path}, context) == "outside_workspace"
+    assert await failure_code(Grep(), {"pattern": "hello", "path": path}, context) == (
+        "outside_workspace"
+    )
+    assert await failure_code(RepoMap(), {"path": path}, context) == "outside_workspace"
+
+
+@pytest.mark.anyio
+async def test_symlinks_pointing_outside_the_workspace_are_refused(workspace: Path) -> None:
+    """A symlink inside the workspace that resolves outside it is refused by path, and skipped
+    when walking, so no tool reads the target."""
+    os.symlink(workspace.parent / "secret.txt", workspace / "link.txt")
+    os.symlink(workspace.parent / "outside", workspace / "linkdir")
+    context = ctx(workspace)
+    assert await failure_code(FsRead(), {"path": "link.txt"}, context) == "outside_workspace"
+    assert await failure_code(RepoMap(), {"path": "linkdir"}, context) == "outside_workspace"
+    assert await failure_code(Grep(), {"pattern": "x", "path": "linkdir/more.txt"}, context) == (
+        "outside_workspace"
+    )
+    found = await run(Grep(), {"pattern": "secret|outside"}, context)
+    assert found["matches"] == []
+    listed = await run(RepoMap(), {}, context)
+    assert "link.txt" not in {f["path"] for f in listed["files"]}
+
+
+@pytest.mark.anyio
+async def test_a_nul_byte_in_a_path_is_refused(workspace: Path) -> None:
+    """Paths holding NUL bytes are refused as invalid_path."""
+    assert await failure_code(FsRead(), {"path": "README.md\x00"}, ctx(workspace)) == "invalid_path"
+
+
+@pytest.mark.anyio
+async def test_fs_read_returns_the_chosen_lines(workspace: Path) -> None:
+    """fs_read returns whole files or a window of lines from a 1-based offset, with the total and
+    whether anything was left out."""
+    context = ctx(workspace)
+    whole = await run(FsRead(), {"path": "README.md"}, context)
+    assert whole["content"].count("\n") == 10
+    assert (whole["first_line"], whole["total_lines"], whole["truncated"]) == (1, 10, False)
+    window = await run(FsRead(), {"path": "README.md", "offset": 3, "limit": 2}, context)
+    assert window["content"] == "line 3\nline 4\n"
+    assert (window["path"], window["first_line"], window["truncated"]) == ("README.md", 3, True)
+    tail = await run(FsRead(), {"path": "./src/../README.md", "offset": 9}, context)
+    assert tail["content"] == "line 9\nline 10\n"
+    assert tail["truncated"] is False
+    past = await run(FsRead(), {"path": "README.md", "offset": 50}, context)
+    assert past["content"] == ""
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [("missing.txt", "not_found"), ("src", "not_a_file"), ("blob.bin", "binary_file")],
+)
+async def test_fs_read_failures_have_codes(workspace: Path, path: str, code: str) -> None:
+    """Missing files, folders and binary files are tool failures with stable codes."""
+    assert await failure_code(FsRead(), {"path": path}, ctx(workspace)) == code
+
+
+@pytest.mark.anyio
+async def test_grep_finds_matches_with_paths_and_lines(workspace: Path) -> None:
+    """grep reports each matching line with its workspace-relative path and 1-based line number,
+    skips binary files and version-control folders, and honours ignore_case and max_matches."""
+    context = ctx(workspace)
+    exact = await run(Grep(), {"pattern": "hello"}, context)
+    assert exact["matches"] == [{"path": "src/app.py", "line": 3, "text": "# TODO hello"}]
+    assert exact["truncated"] is False
+    folded = await run(Grep(), {"pattern": "hello", "ignore_case": True}, context)
+    assert [(m["path"], m["line"]) for m in folded["matches"]] == [
+        ("src/app.py", 2),
+        ("src/app.py", 3),
+    ]
+    capped = await run(Grep(), {"pattern": "line", "max_matches": 3}, context)
+    assert len(capped["matches"]) == 3
+    assert capped["truncated"] is True
+    one_file = await run(Grep(), {"pattern": r"line \d0", "path": "README.md"}, context)
+    assert one_file["matches"] == [{"path": "README.md", "line": 10, "text": "line 10"}]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("pattern", ["(", "[a-", "*x", "(?P<1>a)"])
+async def test_grep_reports_a_bad_regex_as_invalid_pattern(workspace: Path, pattern: str) -> None:
+    """A pattern that does not compile is a tool failure with code invalid_pattern."""
+    assert await failure_code(Grep(), {"pattern": pattern}, ctx(workspace)) == "invalid_pattern"
+
+
+@pytest.mark.anyio
+async def test_repo_map_lists_files_in_a_stable_order(workspace: Path) -> None:
+    """repo_map lists regular files with sizes in sorted order, skipping .git, and truncates at
+    max_entries."""
+    listed = await run(RepoMap(), {}, ctx(workspace))
+    assert [f["path"] for f in listed["files"]] == ["README.md", "blob.bin", "src/app.py"]
+    assert listed["root"] == "."
+    assert listed["files"][0]["bytes"] == (workspace / "README.md").stat().st_size
+    capped = await run(RepoMap(), {"max_entries": 1}, ctx(workspace))
+    assert (len(capped["files"]), capped["truncated"]) == (1, True)
+    sub = await run(RepoMap(), {"path": "src"}, ctx(workspace))
+    assert (sub["root"], [f["path"] for f in sub["files"]]) == ("src", ["src/app.py"])
+    assert await failure_code(RepoMap(), {"path": "README.md"}, ctx(workspace)) == (
+        "not_a_directory"
+    )
+
+
+@pytest.mark.anyio
+async def test_kv_set_proposes_create_then_replace_and_kv_get_reads(workspace: Path) -> None:
+    """kv_set proposes a create for a new key and a replace at the current version for an
+    existing one, without changing the world itself; kv_get reads what was committed."""
+    world = World()
+    context = ctx(workspace, world)
+    created = await KvSet().run({"key": "k", "value": {"a": 1}}, context)
+    assert created.deltas == (Delta("create", "kv", "k", {"a": 1}),)
+    assert created.output == {"key": "k", "version": 1}
+    assert len(world) == 0, "a tool only proposes; the runtime commits"
+    assert (await KvGet().run({"key": "k"}, context)).output == {
+        "key": "k",
+        "found": False,
+        "value": None,
+    }
+    world.apply_all(created.deltas)
+    replaced = await KvSet().run({"key": "k", "value": [2]}, context)
+    assert replaced.deltas == (Delta("replace", "kv", "k", [2], expected_version=1),)
+    assert replaced.output == {"key": "k", "version": 2}
+    world.apply_all(replaced.deltas)
+    got = await KvGet().run({"key": "k"}, context)
+    assert got.output == {"key": "k", "found": True, "value": [2], "version": 2}
+    assert got.deltas == ()
