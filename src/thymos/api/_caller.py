@@ -1,26 +1,48 @@
 """Who is calling: identity, tenant and role.
 
 With no API keys configured the server is open: every caller is `anonymous`, an admin of the
-`default` tenant. API keys (a later issue) replace this dependency without touching routes.
+`default` tenant. With keys, `current_caller` authenticates the bearer key.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
+from thymos.core import ErrorCode, ThymosError
 from thymos.runtime import DEFAULT_TENANT
+
+
+class Role(StrEnum):
+    """`admin` may do everything; `operator` creates runs, approves and cancels; `viewer` reads."""
+
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    VIEWER = "viewer"
+
+
+_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
+    key_id: str | None
     name: str
     tenant: str
-    role: str
+    role: Role
 
-    @property
-    def tenant_filter(self) -> str:
-        return self.tenant
+    def require(self, role: Role) -> None:
+        """403 unless this caller's role is at least `role`."""
+        if _RANK[self.role] < _RANK[role]:
+            raise ThymosError(
+                ErrorCode.FORBIDDEN,
+                f"the {self.role.value} role cannot do this; it needs {role.value}",
+                {"role": self.role.value, "required": role.value},
+            )
+
+
+ANONYMOUS = Caller(key_id=None, name="anonymous", tenant=DEFAULT_TENANT, role=Role.ADMIN)
 
 
 def current_caller() -> Caller:
-    return Caller(name="anonymous", tenant=DEFAULT_TENANT, role="admin")
+    return ANONYMOUS

@@ -16,7 +16,7 @@ from thymos.core import ErrorCode, RunStatus, ThymosError, is_run_id
 from thymos.runtime import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX
 
 from ._body import parse_body, request_body_schema
-from ._caller import Caller, current_caller
+from ._caller import Caller, Role, current_caller
 from ._deps import runtime_of
 from ._models import ERROR_RESPONSES, CreateRunBody, RunCreated
 
@@ -40,9 +40,13 @@ async def create_run(
     caller: CallerDep,
     idempotency_key: Annotated[str | None, Header(max_length=IDEMPOTENCY_KEY_CHARS_MAX)] = None,
 ) -> Any:
+    caller.require(Role.OPERATOR)
     body = await parse_body(request, CreateRunBody)
     record, _ = await runtime_of(request).start_run(
-        body.to_request(), tenant=caller.tenant, idempotency_key=idempotency_key
+        body.to_request(),
+        tenant=caller.tenant,
+        idempotency_key=idempotency_key,
+        created_by=caller.key_id,
     )
     return {"run_id": record.run_id, "task": record.spec["task"], "status": record.status}
 

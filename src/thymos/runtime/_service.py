@@ -173,7 +173,12 @@ class Runtime:
         return given, sorted(tools)
 
     async def start_run(
-        self, request: StartRun, *, tenant: str, idempotency_key: str | None = None
+        self,
+        request: StartRun,
+        *,
+        tenant: str,
+        idempotency_key: str | None = None,
+        created_by: str | None = None,
     ) -> tuple[RunRecord, bool]:
         """Start a run. Returns (record, created); `created` is False for an idempotent replay."""
         if not self.accepting:
@@ -182,7 +187,7 @@ class Runtime:
             )
         spec = self._spec(request, tenant)
         if idempotency_key is None:
-            return await self._create(spec, None), True
+            return await self._create(spec, None, created_by), True
         body_hash = blake3_hex(canonical_bytes(spec.as_body()))
         async with self._idempotency_lock:
             hit = await self.store.find_idempotency(tenant, idempotency_key)
@@ -196,7 +201,7 @@ class Runtime:
                 record = await self.store.get_run(hit.run_id)
                 assert record is not None, "an idempotency row always names a stored run"
                 return record, False
-            return await self._create(spec, (idempotency_key, body_hash)), True
+            return await self._create(spec, (idempotency_key, body_hash), created_by), True
 
     def _spec(self, request: StartRun, tenant: str) -> RunSpec:
         if not request.task.strip():
@@ -244,7 +249,9 @@ class Runtime:
             ) from exc
         return spec
 
-    async def _create(self, spec: RunSpec, idempotency: tuple[str, str] | None) -> RunRecord:
+    async def _create(
+        self, spec: RunSpec, idempotency: tuple[str, str] | None, created_by: str | None
+    ) -> RunRecord:
         if len(self._active) >= RUNS_ACTIVE_MAX:
             raise ThymosError(
                 ErrorCode.CAPACITY_EXHAUSTED,
@@ -272,6 +279,7 @@ class Runtime:
             now,
             spec.as_body(),
             state.summary.as_dict(),
+            created_by,
         )
         await self.store.create_run(record, first, idempotency)
         self._launch(record, state, first)

@@ -42,6 +42,8 @@ class RunRecord:
     updated_at: str
     spec: dict[str, Any]
     summary: dict[str, Any]
+    created_by: str | None = None
+    """The API key that created the run (None on an open server)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,4 +41,31 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (tenant, key)
         )""",
     ),
+    (
+        # Version 2: authority. API keys (only a hash of each secret is stored), per-key request
+        # counters, writ revocations, and the key that created each run.
+        """CREATE TABLE api_keys (
+            key_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            tenant TEXT NOT NULL,
+            role TEXT NOT NULL,
+            secret_hash TEXT NOT NULL UNIQUE,
+            rpm INTEGER,
+            source TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE key_usage (
+            key_id TEXT PRIMARY KEY REFERENCES api_keys (key_id),
+            requests INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE revocations (
+            writ_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            revoked_at TEXT NOT NULL,
+            revoked_by TEXT NOT NULL,
+            reason TEXT
+        )""",
+        "ALTER TABLE runs ADD COLUMN created_by TEXT",
+        "CREATE INDEX runs_by_creator ON runs (created_by)",
+    ),
 )

@@ -68,13 +68,20 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 
 def _record(row: sqlite3.Row | tuple[Any, ...]) -> RunRecord:
-    run_id, tenant, status, created_at, updated_at, spec, summary = row
+    run_id, tenant, status, created_at, updated_at, spec, summary, created_by = row
     return RunRecord(
-        run_id, tenant, status, created_at, updated_at, orjson.loads(spec), orjson.loads(summary)
+        run_id,
+        tenant,
+        status,
+        created_at,
+        updated_at,
+        orjson.loads(spec),
+        orjson.loads(summary),
+        created_by,
     )
 
 
-_RUN_COLUMNS = "run_id, tenant, status, created_at, updated_at, spec, summary"
+_RUN_COLUMNS = "run_id, tenant, status, created_at, updated_at, spec, summary, created_by"
 
 
 class SqliteLedgerStore:
@@ -242,7 +249,7 @@ class SqliteLedgerStore:
             if exists:
                 raise SeqConflict(record.run_id, 0)
             conn.execute(
-                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.run_id,
                     record.tenant,
@@ -251,6 +258,7 @@ class SqliteLedgerStore:
                     record.updated_at,
                     orjson.dumps(record.spec),
                     orjson.dumps(record.summary),
+                    record.created_by,
                 ),
             )
             _insert_entries(conn, record.run_id, [first])
