@@ -36,6 +36,7 @@ from thymos.storage import (
     SqliteLedgerStore,
     StorageError,
 )
+from thymos.storage._migrations import SQLITE_MIGRATIONS
 
 TIME = "2026-01-01T00:00:00.000000Z"
 BASE_MS = 1_767_225_600_000
@@ -443,7 +444,7 @@ async def test_data_survives_close_and_reopen(tmp_path: Path, anyio_backend: str
     with sqlite3.connect(path) as conn:
         versions = conn.execute("SELECT version FROM schema_version").fetchall()
     conn.close()
-    assert versions == [(1,)]
+    assert versions == [(v,) for v in range(1, len(SQLITE_MIGRATIONS) + 1)]
 
 
 @pytest.mark.anyio
