@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 MODES = ("reference", "production")
 DEFAULT_ADDR = "127.0.0.1:3001"
@@ -20,6 +23,127 @@ SHUTDOWN_GRACE_S_DEFAULT = 10.0
 
 class SettingsError(ValueError):
     """A setting is invalid; the message names it and says why."""
+
+
+KEY_ROLES = ("admin", "operator", "viewer")
+KEY_SECRET_CHARS_MIN = 16
+"""A shorter secret could be guessed; the CLI makes 44-character ones."""
+KEY_RPM_MAX = 60_000
+"""1,000 requests a second per key; the limiter keeps one timestamp per request in the window."""
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""Key names and tenants: short, printable, safe in logs, URLs and CSV."""
+KEYS_MAX = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeySpec:
+    """One key from `THYMOS_API_KEYS`. The secret never appears in a repr or a message."""
+
+    name: str
+    tenant: str
+    role: str
+    secret: str = field(repr=False)
+    rpm: int | None = None
+
+
+def _key_spec(where: str, name: Any, tenant: Any, role: Any, secret: Any, rpm: Any) -> ApiKeySpec:
+    """Validate one entry; `where` names it (position, and name once known), never its secret."""
+    if not isinstance(name, str) or not KEY_NAME.fullmatch(name):
+        raise SettingsError(
+            f"THYMOS_API_KEYS {where}: the name must be 1-64 letters, digits, '.', '_' or '-'"
+        )
+    where = f"{where} ({name!r})"
+    if not isinstance(tenant, str) or not KEY_NAME.fullmatch(tenant):
+        raise SettingsError(
+            f"THYMOS_API_KEYS {where}: the tenant must be 1-64 letters, digits, '.', '_' or '-'"
+        )
+    if role not in KEY_ROLES:
+        raise SettingsError(
+            f"THYMOS_API_KEYS {where}: the role must be one of {', '.join(KEY_ROLES)}"
+        )
+    if not isinstance(secret, str) or len(secret) < KEY_SECRET_CHARS_MIN:
+        raise SettingsError(
+            f"THYMOS_API_KEYS {where}: the secret must be at least {KEY_SECRET_CHARS_MIN} characters"
+        )
+    if not secret.isascii() or not secret.isprintable() or " " in secret:
+        raise SettingsError(
+            f"THYMOS_API_KEYS {where}: the secret must be printable ASCII without spaces"
+        )
+    if rpm is not None and (
+        isinstance(rpm, bool) or not isinstance(rpm, int) or not 1 <= rpm <= KEY_RPM_MAX
+    ):
+        raise SettingsError(
+            f"THYMOS_API_KEYS {where}: rpm must be a whole number from 1 to {KEY_RPM_MAX}"
+        )
+    return ApiKeySpec(name, tenant, role, secret, rpm)
+
+
+def _compact_entry(index: int, text: str) -> ApiKeySpec:
+    where = f"entry {index}"
+    parts = text.split(":")
+    if len(parts) not in (4, 5):
+        raise SettingsError(
+            f"THYMOS_API_KEYS {where}: expected name:tenant:role:secret[:rpm] "
+            f"(use the JSON form for secrets containing ':' or ',')"
+        )
+    name, tenant, role, secret = (p.strip() for p in parts[:4])
+    rpm: Any = None
+    if len(parts) == 5:
+        rpm_text = parts[4].strip()
+        # Not a number stays a string, which `_key_spec` rejects with the entry named.
+        rpm = int(rpm_text) if rpm_text.isdigit() and len(rpm_text) <= 9 else rpm_text
+    return _key_spec(where, name, tenant, role, secret, rpm)
+
+
+def _json_entry(index: int, item: Any) -> ApiKeySpec:
+    where = f"entry {index}"
+    if not isinstance(item, dict):
+        raise SettingsError(f"THYMOS_API_KEYS {where}: each JSON entry must be an object")
+    unknown = sorted(set(item) - {"name", "tenant", "role", "key", "rpm"})
+    if unknown:
+        raise SettingsError(f"THYMOS_API_KEYS {where}: unknown fields {', '.join(unknown)}")
+    missing = [f for f in ("name", "tenant", "role", "key") if f not in item]
+    if missing:
+        raise SettingsError(f"THYMOS_API_KEYS {where}: missing {', '.join(missing)}")
+    return _key_spec(
+        where, item["name"], item["tenant"], item["role"], item["key"], item.get("rpm")
+    )
+
+
+def parse_api_keys(text: str) -> tuple[ApiKeySpec, ...]:
+    """Parse `THYMOS_API_KEYS`: comma-separated `name:tenant:role:secret[:rpm]` entries, or a
+    JSON list of `{"name", "tenant", "role", "key", "rpm"?}` objects. Entries are numbered from 1
+    in messages; no message ever contains a secret."""
+    stripped = text.strip()
+    if not stripped:
+        return ()
+    if stripped.startswith("["):
+        try:
+            items = orjson.loads(stripped)
+        except orjson.JSONDecodeError:
+            # The decoder's message may quote the text, and the text holds secrets.
+            raise SettingsError("THYMOS_API_KEYS starts with '[' but is not valid JSON") from None
+        if not isinstance(items, list):
+            raise SettingsError("THYMOS_API_KEYS must be a JSON list of key objects")
+        specs = [_json_entry(i, item) for i, item in enumerate(items, start=1)]
+    else:
+        entries = [e.strip() for e in stripped.split(",")]
+        specs = [_compact_entry(i, e) for i, e in enumerate(entries, start=1) if e]
+    if len(specs) > KEYS_MAX:
+        raise SettingsError(f"THYMOS_API_KEYS lists more than {KEYS_MAX} keys")
+    seen_names: set[str] = set()
+    seen_secrets: dict[str, str] = {}
+    for spec in specs:
+        if spec.name in seen_names:
+            raise SettingsError(f"THYMOS_API_KEYS names the key {spec.name!r} twice")
+        seen_names.add(spec.name)
+        if spec.secret in seen_secrets:
+            raise SettingsError(
+                f"THYMOS_API_KEYS gives keys {seen_secrets[spec.secret]!r} and {spec.name!r} "
+                "the same secret"
+            )
+        seen_secrets[spec.secret] = spec.name
+    return tuple(specs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +160,7 @@ class Settings:
     keepalive_s: float = 15.0
     sqlite_synchronous: str = "NORMAL"
     log_level: str = "info"
+    api_keys: tuple[ApiKeySpec, ...] = field(default=(), repr=False)
 
     @property
     def addr(self) -> str:
@@ -86,7 +211,7 @@ def _validated(settings: Settings) -> Settings:
         raise SettingsError(
             "production mode needs API keys and a persistent root key, which this build does not have yet; use reference mode"
         )
-    if not settings.insecure and not is_loopback(settings.host):
+    if not settings.insecure and not settings.api_keys and not is_loopback(settings.host):
         raise SettingsError(
             f"refusing to bind an open server (no API keys) to {settings.host}; bind to loopback or pass --insecure"
         )
@@ -121,6 +246,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
                 values[name] = float(source[key])
             except ValueError:
                 raise SettingsError(f"{key} must be a number of seconds") from None
+    if "THYMOS_API_KEYS" in source:
+        values["api_keys"] = parse_api_keys(source["THYMOS_API_KEYS"])
     if "THYMOS_LOG_LEVEL" in source:
         values["log_level"] = source["THYMOS_LOG_LEVEL"].lower()
     values.update({k: v for k, v in overrides.items() if v is not None})

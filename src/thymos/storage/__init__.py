@@ -13,15 +13,22 @@ from ._contract import (
     SeqConflict,
     StorageError,
 )
+from ._keys import ApiKey, KeyNameTaken, KeySeed, RunTotals, SqliteKeyStore, hash_secret
 from ._sqlite import SqliteLedgerStore
 
 __all__ = [
+    "ApiKey",
     "Checkpoint",
     "IdempotencyHit",
+    "KeyNameTaken",
+    "KeySeed",
     "LedgerStore",
     "RunRecord",
+    "RunTotals",
     "RunUpdate",
     "SeqConflict",
+    "SqliteKeyStore",
     "SqliteLedgerStore",
     "StorageError",
+    "hash_secret",
 ]

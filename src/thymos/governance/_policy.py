@@ -1,0 +1,345 @@
+"""Cedar policy: Thymos's published schema, loading and validating policy files, and decisions.
+
+The principal is the run (`Thymos::Run`, a member of its `Thymos::Tenant`), the action is
+`Thymos::Action::"invoke"`, the resource is the tool (`Thymos::Tool`), and the context carries the
+call's effect and risk, its arguments (as canonical JSON text) and the run's usage so far.
+
+`forbid` rejects. A satisfied `permit` annotated `@approval("CHANNEL")` (optionally
+`@quorum("N")`) suspends the proposal on that channel until N distinct approvers agree. Every
+decision records the ids of the determining policies and the hash of the active policy set.
+A policy is named by its `@id("...")` annotation, or by `FILE#N` (its position in its file).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cedarpy
+
+from thymos.core import Effect, Risk, ToolSpec, blake3_hex, canonical_bytes
+
+SCHEMA = """\
+namespace Thymos {
+  entity Tenant;
+  entity Run in [Tenant] = {
+    "tenant": String,
+    "task": String,
+  };
+  entity Tool = {
+    "name": String,
+    "effect": String,
+    "risk": String,
+    "source": String,
+    "idempotent": Bool,
+  };
+  action invoke appliesTo {
+    principal: [Run],
+    resource: [Tool],
+    context: {
+      "effect": String,
+      "effect_rank": Long,
+      "risk": String,
+      "risk_rank": Long,
+      "arguments": String,
+      "tool_calls": Long,
+      "tokens": Long,
+      "usd_millicents": Long,
+    },
+  };
+}
+"""
+
+DEFAULT_POLICIES = """\
+// The default policy set, used when THYMOS_POLICY_DIR is not set.
+
+// Every governed call that passed the writ's checks is permitted...
+@id("default-permit")
+permit(principal, action == Thymos::Action::"invoke", resource);
+
+// ...but irreversible effects and high-risk tools wait for an operator's approval.
+@id("irreversible-or-high-risk-needs-approval")
+@approval("operators")
+permit(principal, action == Thymos::Action::"invoke", resource)
+when {
+  context.effect == "irreversible" || context.risk == "high" || context.risk == "critical"
+};
+"""
+
+QUORUM_MAX = 16
+_RISK_RANK = {Risk.LOW: 0, Risk.MEDIUM: 1, Risk.HIGH: 2, Risk.CRITICAL: 3}
+_CHANNEL = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
+
+
+class PolicyError(ValueError):
+    """A policy file that does not parse or validate: names the file, the position, the reason."""
+
+    def __init__(self, file: str, line: int, column: int, reason: str) -> None:
+        super().__init__(f"{file}:{line}:{column}: {reason}")
+        self.file, self.line, self.column, self.reason = file, line, column, reason
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFile:
+    name: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Statement:
+    file: str
+    line: int
+    column: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyMeta:
+    name: str
+    effect: str
+    channel: str | None
+    quorum: int
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDecision:
+    """`permit`, `deny` or `suspend` (with the channel and quorum), and why."""
+
+    outcome: str
+    policies: tuple[str, ...]
+    policy_hash: str
+    channel: str | None = None
+    quorum: int = 1
+
+    def as_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"policies": list(self.policies), "policy_hash": self.policy_hash}
+        if self.channel is not None:
+            body["channel"] = self.channel
+            body["quorum"] = self.quorum
+        return body
+
+
+def _statements(file: PolicyFile) -> list[_Statement]:
+    """Split a file into policy statements at top-level semicolons (outside strings, comments)."""
+    out: list[_Statement] = []
+    text = file.text
+    start = 0
+    i = 0
+    depth = 0
+    while i < len(text):
+        char = text[i]
+        if char == '"':
+            i += 1
+            while i < len(text) and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif text.startswith("//", i):
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+            continue
+        elif char in "({[":
+            depth += 1
+        elif char in ")}]":
+            depth -= 1
+        elif char == ";" and depth == 0:
+            chunk = text[start : i + 1]
+            if chunk.strip():
+                offset = start + (len(chunk) - len(chunk.lstrip()))
+                out.append(_Statement(file.name, *_position(text, offset), chunk))
+            start = i + 1
+        i += 1
+    rest = text[start:]
+    if _strip_comments(rest).strip():
+        offset = start + (len(rest) - len(rest.lstrip()))
+        out.append(_Statement(file.name, *_position(text, offset), rest))
+    return out
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r"//[^\n]*", "", text)
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return line, column
+
+
+def _locate(statement: _Statement, reason: str) -> tuple[int, int]:
+    """Best position of a parse error inside a statement: the unexpected token if named."""
+    token = re.search(r"unexpected token `([^`]+)`", reason)
+    if token:
+        index = statement.text.find(token.group(1))
+        if index >= 0:
+            line, column = _position(statement.text, index)
+            return statement.line + line - 1, (
+                column if line > 1 else statement.column + column - 1
+            )
+    return statement.line, statement.column
+
+
+class PolicySet:
+    """A validated, parsed policy set with its hash; parse once, decide many times."""
+
+    def __init__(self, files: Sequence[PolicyFile]) -> None:
+        if not files:
+            raise PolicyError("(policy directory)", 1, 1, "no *.cedar files")
+        self._schema = cedarpy.Schema.from_str(SCHEMA)
+        statements: list[_Statement] = []
+        for file in sorted(files, key=lambda f: f.name):
+            found = _statements(file)
+            if not found:
+                raise PolicyError(file.name, 1, 1, "the file holds no policy")
+            statements.extend(found)
+        self._meta: dict[str, PolicyMeta] = {}
+        texts: list[str] = []
+        counters: dict[str, int] = {}
+        for index, statement in enumerate(statements):
+            try:
+                parsed = json.loads(cedarpy.policies_to_json_str(statement.text))
+            except ValueError as exc:
+                raise PolicyError(statement.file, *_locate(statement, str(exc)), str(exc)) from None
+            policies = parsed.get("staticPolicies", {})
+            if len(policies) != 1 or parsed.get("templates"):
+                raise PolicyError(
+                    statement.file, statement.line, statement.column, "expected one static policy"
+                )
+            body = next(iter(policies.values()))
+            counters[statement.file] = counters.get(statement.file, 0) + 1
+            annotations = body.get("annotations") or {}
+            name = annotations.get("id") or f"{statement.file}#{counters[statement.file]}"
+            self._meta[f"policy{index}"] = self._meta_of(
+                statement, name, body["effect"], annotations
+            )
+            texts.append(statement.text)
+        names = [m.name for m in self._meta.values()]
+        if len(set(names)) != len(names):
+            duplicate = next(n for n in names if names.count(n) > 1)
+            raise PolicyError("(policy set)", 1, 1, f"two policies share the id {duplicate!r}")
+        combined = "\n".join(texts)
+        result = cedarpy.validate_policies(combined, self._schema)
+        if not result.validation_passed:
+            error = result.errors[0]
+            index = (
+                int(error.policy_id.removeprefix("policy"))
+                if error.policy_id.startswith("policy")
+                else 0
+            )
+            where = statements[index]
+            raise PolicyError(where.file, where.line, where.column, error.error)
+        self._policies = cedarpy.PolicySet.from_str(combined)
+        self.hash = blake3_hex(
+            canonical_bytes([[f.name, f.text] for f in sorted(files, key=lambda f: f.name)])
+        )
+        self.files = tuple(f.name for f in files)
+
+    @staticmethod
+    def _meta_of(
+        statement: _Statement, name: str, effect: str, annotations: Mapping[str, str]
+    ) -> PolicyMeta:
+        channel = annotations.get("approval")
+        quorum_text = annotations.get("quorum")
+        if channel is not None and not _CHANNEL.fullmatch(channel):
+            raise PolicyError(
+                statement.file,
+                statement.line,
+                statement.column,
+                f"@approval channel {channel!r} must be lowercase letters, digits, _ or -",
+            )
+        if quorum_text is not None and channel is None:
+            raise PolicyError(
+                statement.file,
+                statement.line,
+                statement.column,
+                "@quorum needs @approval on the same policy",
+            )
+        if channel is not None and effect != "permit":
+            raise PolicyError(
+                statement.file,
+                statement.line,
+                statement.column,
+                "@approval only applies to permit policies",
+            )
+        quorum = 1
+        if quorum_text is not None:
+            if not quorum_text.isdigit() or not 1 <= int(quorum_text) <= QUORUM_MAX:
+                raise PolicyError(
+                    statement.file,
+                    statement.line,
+                    statement.column,
+                    f"@quorum must be a whole number from 1 to {QUORUM_MAX}",
+                )
+            quorum = int(quorum_text)
+        return PolicyMeta(name, effect, channel, quorum)
+
+    def entities(
+        self, *, run_id: str, tenant: str, task: str, tools: Sequence[ToolSpec]
+    ) -> cedarpy.Entities:
+        """The entity graph of one run (built once per run)."""
+        items: list[dict[str, Any]] = [
+            {"uid": {"type": "Thymos::Tenant", "id": tenant}, "attrs": {}, "parents": []},
+            {
+                "uid": {"type": "Thymos::Run", "id": run_id},
+                "attrs": {"tenant": tenant, "task": task},
+                "parents": [{"type": "Thymos::Tenant", "id": tenant}],
+            },
+        ]
+        for spec in tools:
+            items.append(
+                {
+                    "uid": {"type": "Thymos::Tool", "id": spec.name},
+                    "attrs": {
+                        "name": spec.name,
+                        "effect": spec.effect.value,
+                        "risk": spec.risk.value,
+                        "source": spec.source.value,
+                        "idempotent": spec.idempotent,
+                    },
+                    "parents": [],
+                }
+            )
+        return cedarpy.Entities.from_json_str(json.dumps(items), self._schema)
+
+    def decide(
+        self,
+        *,
+        run_id: str,
+        tool: ToolSpec,
+        arguments_json: str,
+        tool_calls: int,
+        tokens: int,
+        usd_millicents: int,
+        entities: cedarpy.Entities,
+    ) -> PolicyDecision:
+        request = {
+            "principal": {"type": "Thymos::Run", "id": run_id},
+            "action": {"type": "Thymos::Action", "id": "invoke"},
+            "resource": {"type": "Thymos::Tool", "id": tool.name},
+            "context": {
+                "effect": tool.effect.value,
+                "effect_rank": Effect(tool.effect).rank,
+                "risk": tool.risk.value,
+                "risk_rank": _RISK_RANK[tool.risk],
+                "arguments": arguments_json,
+                "tool_calls": tool_calls,
+                "tokens": tokens,
+                "usd_millicents": usd_millicents,
+            },
+        }
+        result = cedarpy.is_authorized(request, self._policies, entities)
+        reasons = [self._meta[r] for r in result.diagnostics.reasons if r in self._meta]
+        names = tuple(sorted(m.name for m in reasons))
+        if not result.allowed:
+            return PolicyDecision("deny", names, self.hash)
+        approvals = sorted((m for m in reasons if m.channel is not None), key=lambda m: m.name)
+        if approvals:
+            channel = approvals[0].channel
+            quorum = max(m.quorum for m in approvals if m.channel == channel)
+            return PolicyDecision("suspend", names, self.hash, channel, quorum)
+        return PolicyDecision("permit", names, self.hash)
+
+
+def default_policy_files() -> list[PolicyFile]:
+    return [PolicyFile("default.cedar", DEFAULT_POLICIES)]

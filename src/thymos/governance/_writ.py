@@ -1,0 +1,280 @@
+"""Writs: Biscuit tokens that carry a run's authority, and their authorizer.
+
+A writ is minted by the server's root key with one authority block of Datalog checks:
+
+    check if request_tenant("acme");                          tenant
+    check if tool($t), ["fs_read"].contains($t) || $t.starts_with("kv_");   tool scopes
+    check if effect_rank($r), $r <= 1;                       effect ceiling
+    check if time($t), $t >= 2026-...;  check if time($t), $t < 2026-...;   validity window
+    check if tool_calls($n), $n < 10;  (tokens, spend likewise)             budgets
+
+The authorizer supplies the facts of one proposed call (tool, effect rank, time, usage so far).
+Attenuation appends a block of further checks: a holder can only narrow a writ, never widen it,
+because every block's checks must pass. A writ's id is BLAKE3 of the revocation id of its last
+block; revoking an id voids every writ that contains that block, so revoking a writ voids all
+writs derived from it. Anyone with the root public key can verify a writ offline.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+import biscuit_auth as biscuit
+
+from thymos.core import Budget, Effect, blake3_hex
+
+WRIT_FORMAT = "biscuit-v3"
+DATALOG_TIME_MAX = timedelta(milliseconds=50)
+"""Biscuit's default is 1 ms of Datalog per authorization, which a loaded machine can exceed;
+our checks are a handful of comparisons, so this bound only stops a pathological writ."""
+
+_NAME = re.compile(r"[A-Za-z0-9_.:\-]+")
+_GLOB_CHARS = re.compile(r"[*?\[\]]")
+
+
+class WritStage(StrEnum):
+    """What a failed writ check means, in the compiler's stage order."""
+
+    NOT_YET_VALID = "not_yet_valid"
+    EXPIRED = "expired"
+    OUT_OF_SCOPE = "out_of_scope"
+    EFFECT_ABOVE_CEILING = "effect_above_ceiling"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+
+
+STAGE_ORDER = list(WritStage)
+
+# The predicate each of our checks tests, and the stage its failure means.
+_PREDICATE_STAGE = {
+    "request_tenant": WritStage.OUT_OF_SCOPE,
+    "tool": WritStage.OUT_OF_SCOPE,
+    "effect_rank": WritStage.EFFECT_ABOVE_CEILING,
+    "tool_calls": WritStage.BUDGET_EXHAUSTED,
+    "tokens": WritStage.BUDGET_EXHAUSTED,
+    "spend": WritStage.BUDGET_EXHAUSTED,
+}
+_FAILED_CHECK = re.compile(r"Check n°\d+ in block n°\d+: check if (\w+)\(")
+
+
+class WritError(ValueError):
+    """A writ that does not parse or verify under the root key, or invalid writ terms."""
+
+
+@dataclass(frozen=True, slots=True)
+class WritTerms:
+    """The authority one block grants (for attenuation: narrows to)."""
+
+    tenant: str | None
+    tools: tuple[str, ...] | None
+    effect_ceiling: Effect | None
+    budget: Budget
+    not_before: datetime | None
+    expires: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Writ:
+    token: str
+    """The whole token, URL-safe base64 (what the ledger records)."""
+    id: str
+    """BLAKE3 of the last block's revocation id: the id to revoke this writ by."""
+    lineage: tuple[str, ...]
+    """The ids of every block, oldest first: revoking any of them voids this writ."""
+
+
+@dataclass(frozen=True, slots=True)
+class WritFacts:
+    """The facts of one proposed call, given to the authorizer."""
+
+    tenant: str
+    tool: str
+    effect: Effect
+    now: datetime
+    tool_calls: int
+    tokens: int
+    usd_millicents: int
+
+
+@dataclass(frozen=True, slots=True)
+class WritRefusal:
+    stage: WritStage
+    message: str
+
+
+def _string(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise WritError(f"{value!r} cannot appear in a writ (letters, digits, _ . : - only)")
+    return f'"{value}"'
+
+
+def _scope_expression(globs: Sequence[str]) -> str:
+    """Datalog matching a tool name against exact names and prefix globs (`fs_*`).
+
+    Exact names and trailing-star globs use `contains` and `starts_with`, which cost nothing;
+    any other glob falls back to a regular expression."""
+    exact = [g for g in globs if not _GLOB_CHARS.search(g)]
+    terms = []
+    if exact:
+        terms.append("[" + ", ".join(_string(g) for g in exact) + "].contains($t)")
+    for glob in globs:
+        if not _GLOB_CHARS.search(glob):
+            continue
+        stem = glob[:-1]
+        if glob.endswith("*") and not _GLOB_CHARS.search(stem):
+            terms.append(f"$t.starts_with({_string(stem)})" if stem else "true")
+        else:
+            if not re.fullmatch(r"[A-Za-z0-9_.:\-*?]+", glob):
+                raise WritError(f"tool scope {glob!r} uses characters a writ cannot hold")
+            pattern = "^" + glob.replace(".", "\\\\.").replace("*", ".*").replace("?", ".") + "$"
+            terms.append(f'$t.matches("{pattern}")')
+    return " || ".join(terms) if terms else "false"
+
+
+def _datalog_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _checks(terms: WritTerms) -> str:
+    lines = []
+    if terms.tenant is not None:
+        lines.append(f"check if request_tenant({_string(terms.tenant)});")
+    if terms.tools is not None:
+        lines.append(f"check if tool($t), {_scope_expression(terms.tools)};")
+    if terms.effect_ceiling is not None:
+        lines.append(f"check if effect_rank($r), $r <= {terms.effect_ceiling.rank};")
+    if terms.not_before is not None:
+        lines.append(f"check if time($t), $t >= {_datalog_time(terms.not_before)};")
+    if terms.expires is not None:
+        lines.append(f"check if time($t), $t < {_datalog_time(terms.expires)};")
+    budget = terms.budget
+    for predicate, limit in (
+        ("tool_calls", budget.tool_calls),
+        ("tokens", budget.tokens),
+        ("spend", budget.usd_millicents),
+    ):
+        if limit is not None:
+            lines.append(f"check if {predicate}($n), $n < {int(limit)};")
+    return "\n".join(lines)
+
+
+def _writ_of(token: biscuit.Biscuit) -> Writ:
+    lineage = tuple(blake3_hex(bytes.fromhex(r)) for r in token.revocation_ids)
+    return Writ(token=token.to_base64(), id=lineage[-1], lineage=lineage)
+
+
+def mint(root: biscuit.PrivateKey, terms: WritTerms) -> Writ:
+    """A new writ signed by the root key."""
+    source = _checks(terms) or "check if true;"
+    return _writ_of(biscuit.BiscuitBuilder(source).build(root))
+
+
+def attenuate(token: str, root: biscuit.PublicKey, terms: WritTerms) -> Writ:
+    """A narrower writ: the parent's blocks plus one block of further checks."""
+    parent = parse(token, root)
+    block = biscuit.BlockBuilder(_checks(terms) or "check if true;")
+    return _writ_of(parent.append(block))
+
+
+def parse(token: str, root: biscuit.PublicKey) -> biscuit.Biscuit:
+    """Parse and verify a writ's signatures under the root public key."""
+    try:
+        return biscuit.Biscuit.from_base64(token, root)
+    except Exception as exc:  # the binding raises several validation types
+        raise WritError(f"the writ does not verify under the root key: {exc}") from exc
+
+
+def lineage_of(token: biscuit.Biscuit) -> tuple[str, ...]:
+    return tuple(blake3_hex(bytes.fromhex(r)) for r in token.revocation_ids)
+
+
+_FACTS = (
+    "request_tenant({tenant}); tool({tool}); effect_rank({rank}); time({now}); "
+    "tool_calls({tool_calls}); tokens({tokens}); spend({spend}); allow if true;"
+)
+
+
+def authorize(token: biscuit.Biscuit, facts: WritFacts) -> WritRefusal | None:
+    """None when the writ allows this call; otherwise the earliest stage that refuses it."""
+    builder = biscuit.AuthorizerBuilder(
+        _FACTS,
+        {
+            "tenant": facts.tenant,
+            "tool": facts.tool,
+            "rank": facts.effect.rank,
+            "now": facts.now,
+            "tool_calls": facts.tool_calls,
+            "tokens": facts.tokens,
+            "spend": facts.usd_millicents,
+        },
+    )
+    # biscuit-python's type stubs omit the limits accessors that its runtime provides.
+    limits = builder.limits()  # type: ignore[attr-defined]
+    limits.max_time = DATALOG_TIME_MAX
+    builder.set_limits(limits)  # type: ignore[attr-defined]
+    try:
+        builder.build(token).authorize()
+    except biscuit.AuthorizationError as exc:
+        return _refusal(str(exc), facts)
+    return None
+
+
+def _refusal(message: str, facts: WritFacts) -> WritRefusal:
+    """Map biscuit's failure report to the earliest refusing stage.
+
+    The report lists each failed check with its source (`Check n°1 in block n°0: check if
+    effect_rank($r), $r <= 1`); we wrote those checks, so the predicate each tests names its stage,
+    and for `time` the comparison says which bound failed."""
+    stages: list[WritStage] = []
+    for part in message.split("Check n°")[1:]:
+        found = _FAILED_CHECK.match("Check n°" + part)
+        if found is None:
+            continue
+        predicate = found.group(1)
+        if predicate == "time":
+            stages.append(WritStage.NOT_YET_VALID if "$t >=" in part else WritStage.EXPIRED)
+        elif predicate in _PREDICATE_STAGE:
+            stages.append(_PREDICATE_STAGE[predicate])
+    if not stages:
+        return WritRefusal(WritStage.OUT_OF_SCOPE, f"the writ refuses this call: {message}")
+    first = min(stages, key=STAGE_ORDER.index)
+    return WritRefusal(first, _explain(first, facts))
+
+
+def _explain(stage: WritStage, facts: WritFacts) -> str:
+    return {
+        WritStage.NOT_YET_VALID: "the run's writ is not valid yet",
+        WritStage.EXPIRED: "the run's writ has expired",
+        WritStage.OUT_OF_SCOPE: f"the run's writ does not cover tool {facts.tool!r}",
+        WritStage.EFFECT_ABOVE_CEILING: (
+            f"tool {facts.tool!r} has effect {facts.effect.value}, above the writ's ceiling"
+        ),
+        WritStage.BUDGET_EXHAUSTED: "the run's writ budget is spent",
+    }[stage]
+
+
+def revoked(lineage: Iterable[str], revocations: frozenset[str]) -> str | None:
+    """The first id in a writ's lineage that is revoked, if any."""
+    return next((ident for ident in lineage if ident in revocations), None)
+
+
+def new_root_key() -> biscuit.KeyPair:
+    return biscuit.KeyPair()
+
+
+def private_key_from_hex(text: str) -> biscuit.PrivateKey:
+    try:
+        return biscuit.PrivateKey.from_bytes(bytes.fromhex(text.strip()))
+    except Exception as exc:
+        raise WritError("the root key is not a hex-encoded Ed25519 private key") from exc
+
+
+def key_pair(private: biscuit.PrivateKey) -> biscuit.KeyPair:
+    return biscuit.KeyPair.from_private_key(private)
+
+
+def public_key_hex(public: biscuit.PublicKey) -> str:
+    return bytes(public.to_bytes()).hex()
