@@ -161,6 +161,14 @@ class Settings:
     sqlite_synchronous: str = "NORMAL"
     log_level: str = "info"
     api_keys: tuple[ApiKeySpec, ...] = field(default=(), repr=False)
+    policy_dir: Path | None = None
+    root_key: str | None = field(default=None, repr=False)
+    root_key_file: Path | None = None
+
+    @property
+    def generated_root_key_path(self) -> Path:
+        """Where a root key generated on first start is kept (reference mode only)."""
+        return self.data_dir / "root_key"
 
     @property
     def addr(self) -> str:
@@ -207,10 +215,8 @@ def _validated(settings: Settings) -> Settings:
         raise SettingsError(f"THYMOS_WORKSPACE {str(settings.workspace)!r} is not a folder")
     if settings.shutdown_grace_s < 0 or settings.keepalive_s <= 0:
         raise SettingsError("grace and keep-alive intervals must be positive")
-    if settings.mode == "production":
-        raise SettingsError(
-            "production mode needs API keys and a persistent root key, which this build does not have yet; use reference mode"
-        )
+    if settings.policy_dir is not None and not settings.policy_dir.is_dir():
+        raise SettingsError(f"THYMOS_POLICY_DIR {str(settings.policy_dir)!r} is not a folder")
     if not settings.insecure and not settings.api_keys and not is_loopback(settings.host):
         raise SettingsError(
             f"refusing to bind an open server (no API keys) to {settings.host}; bind to loopback or pass --insecure"
@@ -246,6 +252,12 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
                 values[name] = float(source[key])
             except ValueError:
                 raise SettingsError(f"{key} must be a number of seconds") from None
+    if source.get("THYMOS_POLICY_DIR"):
+        values["policy_dir"] = Path(source["THYMOS_POLICY_DIR"])
+    if source.get("THYMOS_ROOT_KEY"):
+        values["root_key"] = source["THYMOS_ROOT_KEY"]
+    if source.get("THYMOS_ROOT_KEY_FILE"):
+        values["root_key_file"] = Path(source["THYMOS_ROOT_KEY_FILE"])
     if "THYMOS_API_KEYS" in source:
         values["api_keys"] = parse_api_keys(source["THYMOS_API_KEYS"])
     if "THYMOS_LOG_LEVEL" in source:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Annotated, Protocol
+
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from thymos.core import ErrorCode, ThymosError
 from thymos.runtime import DEFAULT_TENANT
@@ -44,5 +48,25 @@ class Caller:
 ANONYMOUS = Caller(key_id=None, name="anonymous", tenant=DEFAULT_TENANT, role=Role.ADMIN)
 
 
-def current_caller() -> Caller:
-    return ANONYMOUS
+class CallerSource(Protocol):
+    """What decides who is calling: the gateway in `_auth`, built in the app's lifespan."""
+
+    async def authenticate(self, request: Request) -> Caller: ...
+
+
+# Declares the bearer scheme in the OpenAPI document; it never rejects by itself (the gateway
+# does, with the one error envelope, and only once keys exist).
+_BEARER = HTTPBearer(
+    auto_error=False,
+    description="An API key (`thymos keys create`); not needed while no keys exist.",
+)
+
+
+async def current_caller(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
+) -> Caller:
+    """The dependency of every route that acts for a caller: authenticates the bearer key,
+    applies its rate limit and counts the request (`_auth.Gateway.authenticate`)."""
+    source: CallerSource = request.app.state.gateway
+    return await source.authenticate(request)

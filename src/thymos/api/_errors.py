@@ -29,16 +29,21 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.RUN_NOT_FOUND: 404,
+    ErrorCode.APPROVAL_NOT_FOUND: 404,
+    ErrorCode.WRIT_NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.IDEMPOTENCY_CONFLICT: 409,
     ErrorCode.SEQ_CONFLICT: 409,
     ErrorCode.LEDGER_CORRUPT: 409,
     ErrorCode.RUN_NOT_ACTIVE: 409,
+    ErrorCode.DUPLICATE_APPROVAL: 409,
+    ErrorCode.PROPOSAL_AMBIGUOUS: 409,
     ErrorCode.BODY_TOO_LARGE: 413,
     ErrorCode.INVALID_REQUEST: 422,
     ErrorCode.UNKNOWN_TOOL_SCOPE: 422,
     ErrorCode.UNKNOWN_PROVIDER: 422,
     ErrorCode.INVALID_SCRIPT: 422,
+    ErrorCode.INVALID_EFFECT_CEILING: 422,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.CAPACITY_EXHAUSTED: 429,
     ErrorCode.SHUTTING_DOWN: 503,
@@ -106,7 +111,9 @@ def _validation_details(exc: RequestValidationError) -> tuple[ErrorCode, str, di
 def install(app: FastAPI) -> None:
     async def on_thymos(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ThymosError)
-        return error_response(exc.code, exc.message, exc.details or None)
+        # RFC 9110: a 401 names the scheme the client should use.
+        headers = {"WWW-Authenticate": "Bearer"} if exc.code is ErrorCode.UNAUTHENTICATED else None
+        return error_response(exc.code, exc.message, exc.details or None, headers)
 
     async def on_validation(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

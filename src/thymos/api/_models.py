@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +38,7 @@ class CreateRunBody(_Strict):
     tool_scopes: list[str] | None = Field(None, max_length=TOOL_SCOPES_MAX)
     cognition: CognitionBody = Field(default_factory=lambda: CognitionBody())
     budget: BudgetBody | None = None
+    effect_ceiling: Literal["read", "write", "external", "irreversible"] | None = None
 
     def to_request(self) -> StartRun:
         budget = self.budget or BudgetBody()
@@ -52,6 +53,16 @@ class CreateRunBody(_Strict):
                 budget.tokens, budget.tool_calls, budget.usd_millicents, budget.wall_clock_ms
             ),
         )
+
+
+class ApprovalBody(_Strict):
+    approve: bool
+    proposal_id: str | None = Field(None, pattern="^[0-9a-f]{64}$")
+    reason: str | None = Field(None, max_length=2000)
+
+
+class RevokeBody(_Strict):
+    reason: str | None = Field(None, max_length=2000)
 
 
 class RunCreated(BaseModel):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from thymos.core import ErrorCode
 
+from ._caller import current_caller
 from ._deps import runtime_of
 from ._errors import error_response
 
@@ -32,7 +33,7 @@ async def ready(request: Request) -> Response:
     return Response(b'{"status":"ready"}', media_type="application/json")
 
 
-@router.get("/tools", summary="Every registered capability")
+@router.get("/tools", summary="Every registered capability", dependencies=[Depends(current_caller)])
 async def tools(request: Request) -> dict[str, Any]:
     specs = runtime_of(request).tools.specs()
     return {"tools": [spec.as_dict() for spec in specs.values()]}

@@ -12,6 +12,8 @@ import typer
 from thymos import __version__
 from thymos.settings import SettingsError, load_settings, parse_addr
 
+from ._keys import keys_app
+
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Thymos: a governed agent runtime."
 )
@@ -50,9 +52,20 @@ def serve_command(
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    from thymos.governance import PolicyError
+
     from ._serve import serve
 
-    serve(settings)
+    try:
+        serve(settings)
+    except SettingsError as exc:
+        typer.echo(f"thymos: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except PolicyError as exc:
+        typer.echo(
+            f"thymos: invalid policy {exc.file}:{exc.line}:{exc.column}: {exc.reason}", err=True
+        )
+        raise typer.Exit(2) from None
 
 
 @app.command("bench")
@@ -67,6 +80,9 @@ def bench_command(
     from thymos.bench import main as bench_main
 
     bench_main(entries=entries, runs=runs, clients=clients)
+
+
+app.add_typer(keys_app, name="keys")
 
 
 @app.command("version")

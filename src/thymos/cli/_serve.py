@@ -55,6 +55,8 @@ class GracefulServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> None:
+    """Run until stopped. `SettingsError` or `PolicyError` from building the app propagate to
+    the command, which reports them and exits 2."""
     app = create_app(settings)
     config = uvicorn.Config(
         app,

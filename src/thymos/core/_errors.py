@@ -27,12 +27,16 @@ class ErrorCode(StrEnum):
     # 404/405.
     NOT_FOUND = "not_found"
     RUN_NOT_FOUND = "run_not_found"
+    APPROVAL_NOT_FOUND = "approval_not_found"
+    WRIT_NOT_FOUND = "writ_not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     # 409: conflicts with the current state.
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     SEQ_CONFLICT = "seq_conflict"
     LEDGER_CORRUPT = "ledger_corrupt"
     RUN_NOT_ACTIVE = "run_not_active"
+    DUPLICATE_APPROVAL = "duplicate_approval"
+    PROPOSAL_AMBIGUOUS = "proposal_ambiguous"
     # 413.
     BODY_TOO_LARGE = "body_too_large"
     # 422: well-formed but invalid.
@@ -40,6 +44,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_TOOL_SCOPE = "unknown_tool_scope"
     UNKNOWN_PROVIDER = "unknown_provider"
     INVALID_SCRIPT = "invalid_script"
+    INVALID_EFFECT_CEILING = "invalid_effect_ceiling"
     # 429.
     RATE_LIMITED = "rate_limited"
     CAPACITY_EXHAUSTED = "capacity_exhausted"

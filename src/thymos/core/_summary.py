@@ -19,6 +19,7 @@ LOG_LINES_MAX = 50
 """The execution session shows recent activity; the ledger has the rest."""
 
 LOG_TEXT_CHARS_MAX = 200
+_DECISIONS = frozenset({EntryKind.REJECTION, EntryKind.COMMIT, EntryKind.TOOL_FAILURE})
 
 
 def _clip(text: str) -> str:
@@ -40,6 +41,8 @@ class RunSummary:
     head_seq: int = -1
     head_id: str | None = None
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LOG_LINES_MAX))
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Proposals waiting for approval, by proposal id (the intent entry's id)."""
 
     def fold(self, entry: Entry) -> None:
         """Account for one entry, in seq order."""
@@ -60,6 +63,27 @@ class RunSummary:
         elif kind == EntryKind.INTENT:
             self.intents_submitted += 1
             text = f"{body.get('tool')} proposed"
+        elif kind == EntryKind.SUSPENSION:
+            self.pending[body["intent"]] = {
+                "proposal_id": body["intent"],
+                "channel": body.get("channel"),
+                "tool": body.get("tool"),
+                "arguments_preview": body.get("arguments_preview"),
+                "reason": body.get("message"),
+                "approvals": 0,
+                "required": body.get("quorum", 1),
+                "approvers": [],
+                "suspended_at": entry.time,
+            }
+            self.status = RunStatus.WAITING_APPROVAL
+            text = f"{body.get('tool')} waits for approval on {body.get('channel')}"
+        elif kind == EntryKind.APPROVAL:
+            waiting = self.pending.get(body.get("proposal_id", ""))
+            if waiting is not None and body.get("approve"):
+                waiting["approvals"] += 1
+                waiting["approvers"].append(body.get("approver"))
+            verdict = "approved" if body.get("approve") else "denied"
+            text = f"{body.get('approver')} {verdict} on {body.get('channel')}"
         elif kind == EntryKind.REJECTION:
             self.rejections += 1
             text = f"{body.get('tool')} rejected: {body.get('reason')}"
@@ -77,12 +101,16 @@ class RunSummary:
             self.terminated_by = body.get("terminated_by")
             self.final_answer = body.get("final_answer")
             self.error = body.get("error")
+            self.pending.clear()
             text = f"run {self.status.value} ({self.terminated_by})"
         elif kind == EntryKind.RESUMPTION:
             self.status = RunStatus.RUNNING
             self.terminated_by = None
             self.error = None
             text = "run resumed"
+        decided = kind in _DECISIONS and self.pending.pop(body.get("intent", ""), None) is not None
+        if decided and not self.pending and self.status is RunStatus.WAITING_APPROVAL:
+            self.status = RunStatus.RUNNING
         self.log.append({"seq": entry.seq, "kind": kind, "at": entry.time, "text": text})
 
     def counters(self) -> dict[str, int]:
@@ -112,6 +140,7 @@ class RunSummary:
             "head_seq": self.head_seq,
             "head_id": self.head_id,
             "log": list(self.log),
+            "pending": self.pending,
         }
 
     @staticmethod
@@ -132,4 +161,5 @@ class RunSummary:
             head_id=data.get("head_id"),
         )
         summary.log.extend(data.get("log") or [])
+        summary.pending.update(data.get("pending") or {})
         return summary

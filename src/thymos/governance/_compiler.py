@@ -1,30 +1,43 @@
 """The compiler: a pure function from an intent and the run's authority to a decision.
 
 Stages run in a fixed order and the first that refuses decides; each refusal has a typed reason
-that is recorded in the ledger and shown to cognition on its next turn. Approving a suspended
-proposal (a later issue) re-runs every stage at execution time, so nothing is rescued by an old
-decision.
+that is recorded in the ledger and shown to cognition on its next turn:
 
-Stages today: tool known, in the run's scopes, tool-call budget, arguments valid against the
-tool's JSON Schema. Writ stages (revoked, validity window, effect ceiling) and policy slot in
-between scope and arguments without changing callers.
+1. tool known (`unknown_tool`)
+2. writ not revoked (`revoked`), checked against the writ's whole lineage
+3. writ in its validity window (`not_yet_valid`, `expired`)
+4. tool in the writ's scopes (`out_of_scope`)
+5. tool's effect under the writ's ceiling (`effect_above_ceiling`)
+6. within the writ's budgets (`budget_exhausted`)
+7. arguments valid against the tool's JSON Schema (`invalid_arguments`)
+8. policy: `forbid` rejects (`policy_denied`); an `@approval` permit suspends
+
+Stages 2 to 6 are the writ's own Datalog checks, evaluated by the Biscuit authorizer. Approving a
+suspended proposal re-runs every stage at execution time, so an expired, revoked or over-budget
+writ is not rescued by an old approval. Every decision carries the facts it was made on (time
+and usage) and the policy-set hash, so replay can check it from the ledger alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+import biscuit_auth as biscuit
+import cedarpy
 import jsonschema
 from jsonschema.protocols import Validator
 
-from thymos.core import Budget, Intent, ToolSpec, Usage
+from thymos.core import Effect, Intent, ToolSpec, Usage, canonical_bytes
 
+from ._policy import PolicyDecision, PolicySet
 from ._schema import Acceptor, fast_acceptor
+from ._writ import WritFacts, authorize, revoked
 
-COMPILER_VERSION = "thymos-compiler/1"
+COMPILER_VERSION = "thymos-compiler/2"
 """Recorded with every decision; replay can require a version (`require_compiler`)."""
 
 ARG_ERRORS_MAX = 5
@@ -33,9 +46,39 @@ ARG_ERRORS_MAX = 5
 
 class RejectionReason(StrEnum):
     UNKNOWN_TOOL = "unknown_tool"
+    REVOKED = "revoked"
+    NOT_YET_VALID = "not_yet_valid"
+    EXPIRED = "expired"
     OUT_OF_SCOPE = "out_of_scope"
+    EFFECT_ABOVE_CEILING = "effect_above_ceiling"
     BUDGET_EXHAUSTED = "budget_exhausted"
     INVALID_ARGUMENTS = "invalid_arguments"
+    POLICY_DENIED = "policy_denied"
+    APPROVAL_DENIED = "approval_denied"
+
+
+@dataclass(frozen=True, slots=True)
+class Basis:
+    """What a decision was made on, recorded with it: the time, usage so far, and the policy."""
+
+    authorized_at: str
+    tool_calls: int
+    tokens: int
+    usd_millicents: int
+    policy_hash: str
+    policies: tuple[str, ...] = ()
+
+    def as_body(self) -> dict[str, Any]:
+        return {
+            "authority": {
+                "authorized_at": self.authorized_at,
+                "tool_calls": self.tool_calls,
+                "tokens": self.tokens,
+                "usd_millicents": self.usd_millicents,
+            },
+            "policy_hash": self.policy_hash,
+            "policies": list(self.policies),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +86,17 @@ class Staged:
     """The intent may execute."""
 
     tool: ToolSpec
+    basis: Basis
+
+
+@dataclass(frozen=True, slots=True)
+class Suspended:
+    """The intent waits for `quorum` distinct approvals on `channel`."""
+
+    tool: ToolSpec
+    basis: Basis
+    channel: str
+    quorum: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,20 +104,30 @@ class Rejected:
     reason: RejectionReason
     message: str
     details: Mapping[str, Any]
+    basis: Basis
 
     def as_body(self) -> dict[str, Any]:
-        return {"reason": self.reason.value, "message": self.message, "details": dict(self.details)}
+        return {
+            "reason": self.reason.value,
+            "message": self.message,
+            "details": dict(self.details),
+            **self.basis.as_body(),
+        }
 
 
-Decision = Staged | Rejected
+Decision = Staged | Suspended | Rejected
 
 
 @dataclass(frozen=True, slots=True)
 class Authority:
-    """What a run may do: the tools it is scoped to and its budget."""
+    """What a run may do: its writ (parsed once), the policy and the run's policy entities."""
 
-    tools: frozenset[str]
-    budget: Budget
+    run_id: str
+    tenant: str
+    writ: biscuit.Biscuit
+    lineage: tuple[str, ...]
+    policy: PolicySet
+    entities: cedarpy.Entities = field(repr=False)
 
 
 class ToolCatalog:
@@ -97,29 +161,50 @@ class ToolCatalog:
         ]
 
 
+def _time_text(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def compile_intent(
-    intent: Intent, *, catalog: ToolCatalog, authority: Authority, usage: Usage
+    intent: Intent,
+    *,
+    catalog: ToolCatalog,
+    authority: Authority,
+    usage: Usage,
+    now: datetime,
+    revocations: frozenset[str],
 ) -> Decision:
     """Decide one intent. Pure: the same inputs always give the same decision."""
+    tokens = usage.input_tokens + usage.output_tokens
+    basis = Basis(
+        _time_text(now), usage.tool_calls, tokens, usage.usd_millicents, authority.policy.hash
+    )
     spec = catalog.get(intent.tool)
     if spec is None:
         return Rejected(
             RejectionReason.UNKNOWN_TOOL,
             f"there is no tool named {intent.tool!r}",
             {"tool": intent.tool},
+            basis,
         )
-    if intent.tool not in authority.tools:
+    gone = revoked(authority.lineage, revocations)
+    if gone is not None:
         return Rejected(
-            RejectionReason.OUT_OF_SCOPE,
-            f"tool {intent.tool!r} is not in this run's scopes",
-            {"tool": intent.tool, "scopes": sorted(authority.tools)},
+            RejectionReason.REVOKED, "the run's writ has been revoked", {"writ_id": gone}, basis
         )
-    limit = authority.budget.tool_calls
-    if limit is not None and usage.tool_calls >= limit:
+    facts = WritFacts(
+        authority.tenant,
+        spec.name,
+        Effect(spec.effect),
+        now,
+        usage.tool_calls,
+        tokens,
+        usage.usd_millicents,
+    )
+    refusal = authorize(authority.writ, facts)
+    if refusal is not None:
         return Rejected(
-            RejectionReason.BUDGET_EXHAUSTED,
-            f"the run's tool-call budget of {limit} is spent",
-            {"budget": "tool_calls", "limit": limit, "used": usage.tool_calls},
+            RejectionReason(refusal.stage.value), refusal.message, {"tool": spec.name}, basis
         )
     shown = catalog.argument_errors(intent.tool, intent.args)
     if shown:
@@ -127,5 +212,37 @@ def compile_intent(
             RejectionReason.INVALID_ARGUMENTS,
             f"arguments for {intent.tool!r} do not match its schema: {shown[0]['message']}",
             {"errors": shown},
+            basis,
         )
-    return Staged(spec)
+    decision = authority.policy.decide(
+        run_id=authority.run_id,
+        tool=spec,
+        arguments_json=canonical_bytes(intent.args).decode(),
+        tool_calls=usage.tool_calls,
+        tokens=tokens,
+        usd_millicents=usage.usd_millicents,
+        entities=authority.entities,
+    )
+    return _apply_policy(spec, basis, decision)
+
+
+def _apply_policy(spec: ToolSpec, basis: Basis, decision: PolicyDecision) -> Decision:
+    decided = Basis(
+        basis.authorized_at,
+        basis.tool_calls,
+        basis.tokens,
+        basis.usd_millicents,
+        decision.policy_hash,
+        decision.policies,
+    )
+    if decision.outcome == "deny":
+        message = (
+            f"policy {', '.join(decision.policies)} forbids this call"
+            if decision.policies
+            else "no policy permits this call"
+        )
+        return Rejected(RejectionReason.POLICY_DENIED, message, {"tool": spec.name}, decided)
+    if decision.outcome == "suspend":
+        assert decision.channel is not None
+        return Suspended(spec, decided, decision.channel, decision.quorum)
+    return Staged(spec, decided)

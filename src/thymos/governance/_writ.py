@@ -267,7 +267,11 @@ def new_root_key() -> biscuit.KeyPair:
 
 def private_key_from_hex(text: str) -> biscuit.PrivateKey:
     try:
-        return biscuit.PrivateKey.from_bytes(bytes.fromhex(text.strip()))
+        # biscuit-python 0.4 takes the algorithm; its bundled type stubs predate that.
+        return biscuit.PrivateKey.from_bytes(  # type: ignore[call-arg]
+            bytes.fromhex(text.strip()),
+            biscuit.Algorithm.Ed25519,  # type: ignore[attr-defined]
+        )
     except Exception as exc:
         raise WritError("the root key is not a hex-encoded Ed25519 private key") from exc
 
@@ -278,3 +282,13 @@ def key_pair(private: biscuit.PrivateKey) -> biscuit.KeyPair:
 
 def public_key_hex(public: biscuit.PublicKey) -> str:
     return bytes(public.to_bytes()).hex()
+
+
+def public_key_from_hex(text: str) -> biscuit.PublicKey:
+    try:
+        return biscuit.PublicKey.from_bytes(  # type: ignore[call-arg]
+            bytes.fromhex(text.strip()),
+            biscuit.Algorithm.Ed25519,  # type: ignore[attr-defined]
+        )
+    except Exception as exc:
+        raise WritError("not a hex-encoded Ed25519 public key") from exc

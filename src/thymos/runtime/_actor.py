@@ -1,17 +1,22 @@
 """The run actor: one asyncio task per active run that owns its trajectory and its cognition.
 
 Each step: a cognition turn; the turn and its intents are recorded; each intent is compiled and
-either rejected (recorded, and shown to cognition next turn) or executed and committed (or
-recorded as a tool failure). Stop requests (shutdown, and later cancel) are honoured at safe
-points: before a turn and between intents.
+either rejected (recorded, and shown to cognition next turn), suspended for approval, or executed
+and committed (or recorded as a tool failure). A suspended proposal waits for votes sent to the
+actor's inbox; once its quorum approves, every stage is compiled again before it executes.
+
+Stop requests (shutdown, and later cancel) are honoured at safe points: before a turn, between
+intents, and while waiting for approval. On shutdown a run that waits for approval is parked,
+not ended: its pending approval survives the restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +24,22 @@ from thymos.cognition import Cognition, CognitionContext, CognitionEvent, Cognit
 from thymos.core import (
     DeltaConflict,
     EntryKind,
+    ErrorCode,
     Intent,
     NotCanonicalizable,
     TerminatedBy,
+    ThymosError,
     canonical_bytes,
 )
 from thymos.governance import (
     COMPILER_VERSION,
     Authority,
+    Basis,
+    Decision,
     Rejected,
+    RejectionReason,
+    Staged,
+    Suspended,
     ToolCatalog,
     compile_intent,
 )
@@ -39,9 +51,12 @@ from ._trajectory import EntryTooLarge, Trajectory
 
 log = logging.getLogger("thymos.runtime")
 
-
 INTENTS_PER_YIELD = 16
 """Decisions made between yields to the event loop when a turn brings many in-process intents."""
+
+ARGUMENTS_PREVIEW_CHARS_MAX = 300
+"""Approvers see this much of a proposal's arguments in the execution session; the ledger has
+all of them."""
 
 
 class StopRun(BaseException):
@@ -53,6 +68,10 @@ class StopRun(BaseException):
         super().__init__(terminated_by.value)
         self.terminated_by = terminated_by
         self.message = message
+
+
+class Parked(BaseException):
+    """Control flow: the server stops while the run waits for approval; it stays waiting."""
 
 
 @dataclass(slots=True)
@@ -71,7 +90,21 @@ class ActorDeps:
     workspace: Path
     clock: Clock
     cognition_events: Feed[CognitionEvent]
+    revocations: Callable[[], frozenset[str]]
     view: LiveView = field(default_factory=LiveView)
+
+
+@dataclass(slots=True)
+class Vote:
+    """An approver's decision on a pending proposal, sent to the run's actor."""
+
+    channel: str
+    approve: bool
+    proposal_id: str | None
+    reason: str | None
+    approver: str
+    key_id: str | None
+    result: asyncio.Future[dict[str, Any]]
 
 
 class RunActor:
@@ -80,16 +113,20 @@ class RunActor:
         trajectory: Trajectory,
         cognition: Cognition,
         deps: ActorDeps,
-        on_change: Any,
+        authority: Authority,
+        on_change: Callable[[], None],
     ) -> None:
         self.trajectory = trajectory
         self.cognition = cognition
         self.deps = deps
+        self.authority = authority
         self._on_change = on_change
         self._stop: StopRun | None = None
+        self._votes: list[Vote] = []
+        self._wake = asyncio.Event()
+        self._waiting = False
         self._started_ms = deps.clock.monotonic_ms()
         spec = trajectory.state.spec
-        self.authority = Authority(frozenset(spec.tools), spec.budget)
         self._tool_views = tuple(
             ToolView(s.name, s.description, s.input_schema)
             for s in (deps.catalog.get(name) for name in spec.tools)
@@ -100,22 +137,35 @@ class RunActor:
     def view(self) -> LiveView:
         return self.deps.view
 
+    @property
+    def waiting(self) -> bool:
+        return self._waiting
+
     def request_stop(self, terminated_by: TerminatedBy, message: str | None = None) -> None:
         """Ask the run to stop at its next safe point."""
         if self._stop is None:
             self._stop = StopRun(terminated_by, message)
+        self._wake.set()
+
+    def submit_vote(self, vote: Vote) -> None:
+        self._votes.append(vote)
+        self._wake.set()
 
     def _set_view(self, phase: str, active_tool: str | None = None) -> None:
         self.view.phase, self.view.active_tool = phase, active_tool
         self._on_change()
 
     async def run(self) -> None:
-        """The run's whole life from its current head to a recorded end."""
+        """The run's whole life from its current head to a recorded end (or a park)."""
         final_answer: str | None = None
         error: str | None = None
         try:
             final_answer = await self._loop()
             terminated_by = TerminatedBy.FINAL_ANSWER
+        except Parked:
+            self._reject_votes("the server is shutting down; vote again after it restarts")
+            self._set_view("parked")
+            return
         except StopRun as stop:
             terminated_by, error = stop.terminated_by, stop.message
         except asyncio.CancelledError:
@@ -124,6 +174,7 @@ class RunActor:
         except Exception as exc:
             log.exception("run %s failed unexpectedly", self.trajectory.run_id)
             terminated_by, error = TerminatedBy.ERROR, f"internal error: {type(exc).__name__}"
+        self._reject_votes("the run has ended")
         try:
             await self._end(terminated_by, final_answer=final_answer, error=error)
         except Exception:
@@ -141,7 +192,7 @@ class RunActor:
     def _safe_point(self) -> None:
         if self._stop is not None:
             raise self._stop
-        budget = self.authority.budget
+        budget = self.trajectory.state.spec.budget
         if (
             budget.wall_clock_ms is not None
             and self.deps.clock.monotonic_ms() - self._started_ms >= budget.wall_clock_ms
@@ -155,6 +206,11 @@ class RunActor:
         """Steps until a final answer (returned) or a stop (raised as `StopRun`)."""
         state = self.trajectory.state
         spec = state.spec
+        # A relaunched run (after a restart) first decides what its last turn left undecided.
+        if state.undecided:
+            await self._decide_all(sorted(state.undecided.items(), key=lambda item: item[1][0]))
+            if state.turn_final is not None:
+                return state.turn_final
         while True:
             # Everything recorded so far is durable before cognition is asked again.
             await self.trajectory.flush()
@@ -199,13 +255,16 @@ class RunActor:
                 items.append((EntryKind.INTENT, self._intent_body(step, index, intent)))
             entries = self.trajectory.stage(items)
             self._check_token_budget()
-            for number, entry in enumerate(entries[1:], start=1):
-                self._safe_point()
-                await self._decide(entry.id, state.undecided[entry.id][1])
-                if number % INTENTS_PER_YIELD == 0:
-                    await asyncio.sleep(0)  # other runs get the loop during a long turn
+            await self._decide_all([(e.id, state.undecided[e.id]) for e in entries[1:]])
             if turn.final is not None:
                 return turn.final
+
+    async def _decide_all(self, intents: list[tuple[str, tuple[int, Intent]]]) -> None:
+        for number, (intent_id, (_, intent)) in enumerate(intents, start=1):
+            self._safe_point()
+            await self._decide(intent_id, intent)
+            if number % INTENTS_PER_YIELD == 0:
+                await asyncio.sleep(0)  # other runs get the loop during a long turn
 
     def _intent_body(self, step: int, index: int, intent: Intent) -> dict[str, Any]:
         body = {
@@ -223,59 +282,205 @@ class RunActor:
         return body
 
     def _check_token_budget(self) -> None:
-        budget, usage = self.authority.budget, self.trajectory.state.summary.usage
+        budget, usage = self.trajectory.state.spec.budget, self.trajectory.state.summary.usage
         if budget.tokens is not None and usage.input_tokens + usage.output_tokens >= budget.tokens:
             raise StopRun(
                 TerminatedBy.BUDGET_EXHAUSTED, f"the token budget of {budget.tokens} is spent"
             )
 
-    async def _decide(self, intent_id: str, intent: Intent) -> None:
-        state = self.trajectory.state
+    def _compile(self, intent: Intent) -> Decision:
         self._set_view("compiling")
-        decision = compile_intent(
-            intent, catalog=self.deps.catalog, authority=self.authority, usage=state.summary.usage
+        return compile_intent(
+            intent,
+            catalog=self.deps.catalog,
+            authority=self.authority,
+            usage=self.trajectory.state.summary.usage,
+            now=datetime.fromtimestamp(self.deps.clock.now_us() / 1_000_000, tz=UTC),
+            revocations=self.deps.revocations(),
         )
-        if isinstance(decision, Rejected):
-            body = {
-                "intent": intent_id,
-                "tool": intent.tool,
-                "compiler": COMPILER_VERSION,
-                **decision.as_body(),
+
+    async def _decide(self, intent_id: str, intent: Intent) -> None:
+        base = {"intent": intent_id, "tool": intent.tool, "compiler": COMPILER_VERSION}
+        while True:
+            decision = self._compile(intent)
+            if isinstance(decision, Rejected):
+                self.trajectory.stage([(EntryKind.REJECTION, {**base, **decision.as_body()})])
+                return
+            if isinstance(decision, Staged):
+                await self._execute(intent_id, intent, decision.basis, base)
+                return
+            pending = self.trajectory.state.summary.pending.get(intent_id)
+            if (
+                pending is not None
+                and pending["channel"] == decision.channel
+                and pending["approvals"] >= decision.quorum
+            ):
+                # Approved by its quorum, and every other stage passed again just now.
+                await self._execute(
+                    intent_id, intent, decision.basis, base, approved_by=pending["approvers"]
+                )
+                return
+            if pending is None or pending["channel"] != decision.channel:
+                self._suspend(intent_id, intent, decision, base)
+            denial = await self._await_votes(intent_id, decision.quorum)
+            if denial is not None:
+                body = {
+                    **base,
+                    "reason": RejectionReason.APPROVAL_DENIED.value,
+                    "message": f"{denial['approver']} denied the proposal",
+                    "details": {"approver": denial["approver"], "reason": denial.get("reason")},
+                    **decision.basis.as_body(),
+                }
+                self.trajectory.stage([(EntryKind.REJECTION, body)])
+                return
+
+    def _suspend(
+        self, intent_id: str, intent: Intent, decision: Suspended, base: Mapping[str, Any]
+    ) -> None:
+        preview = canonical_bytes(intent.args).decode()
+        if len(preview) > ARGUMENTS_PREVIEW_CHARS_MAX:
+            preview = preview[: ARGUMENTS_PREVIEW_CHARS_MAX - 1] + "…"
+        body = {
+            **base,
+            "channel": decision.channel,
+            "quorum": decision.quorum,
+            "message": f"policy {', '.join(decision.basis.policies)} needs approval on {decision.channel}",
+            "arguments_preview": preview,
+            **decision.basis.as_body(),
+        }
+        self.trajectory.stage([(EntryKind.SUSPENSION, body)])
+
+    async def _await_votes(self, intent_id: str, quorum: int) -> dict[str, Any] | None:
+        """Wait until the proposal has `quorum` approvals (None) or a denial (returned)."""
+        await self.trajectory.flush()  # the suspension is durable before anyone can vote on it
+        self._waiting = True
+        self._set_view("waiting_approval")
+        try:
+            while True:
+                if self._stop is not None:
+                    if self._stop.terminated_by is TerminatedBy.INTERRUPTED:
+                        raise Parked
+                    raise self._stop
+                while self._votes:
+                    vote = self._votes.pop(0)
+                    verdict = await self._take_vote(intent_id, vote)
+                    if verdict == "denied":
+                        return {"approver": vote.approver, "reason": vote.reason}
+                    pending = self.trajectory.state.summary.pending.get(intent_id)
+                    if (
+                        verdict == "approved"
+                        and pending is not None
+                        and pending["approvals"] >= quorum
+                    ):
+                        return None
+                self._wake.clear()
+                await self._wake.wait()
+        finally:
+            self._waiting = False
+
+    async def _take_vote(self, intent_id: str, vote: Vote) -> str:
+        pending = self.trajectory.state.summary.pending.get(intent_id)
+        if (
+            pending is None
+            or pending["channel"] != vote.channel
+            or vote.proposal_id not in (None, intent_id)
+        ):
+            vote.result.set_exception(
+                ThymosError(
+                    ErrorCode.APPROVAL_NOT_FOUND, f"nothing is pending on channel {vote.channel!r}"
+                )
+            )
+            return "ignored"
+        if vote.approver in pending["approvers"]:
+            vote.result.set_exception(
+                ThymosError(
+                    ErrorCode.DUPLICATE_APPROVAL,
+                    f"{vote.approver} has already voted on this proposal",
+                    {"proposal_id": intent_id},
+                )
+            )
+            return "ignored"
+        body = {
+            "proposal_id": intent_id,
+            "channel": vote.channel,
+            "approve": vote.approve,
+            "approver": vote.approver,
+            "key_id": vote.key_id,
+            "reason": vote.reason,
+        }
+        await self.trajectory.append([(EntryKind.APPROVAL, body)])
+        pending_after = self.trajectory.state.summary.pending.get(intent_id) or pending
+        vote.result.set_result(
+            {
+                "run_id": self.trajectory.run_id,
+                "proposal_id": intent_id,
+                "channel": vote.channel,
+                "approve": vote.approve,
+                "approver": vote.approver,
+                "approvals": pending_after["approvals"],
+                "required": pending_after["required"],
+                "decided": (not vote.approve)
+                or pending_after["approvals"] >= pending_after["required"],
             }
-            self.trajectory.stage([(EntryKind.REJECTION, body)])
-            return
+        )
+        return "approved" if vote.approve else "denied"
+
+    def _reject_votes(self, message: str) -> None:
+        for vote in self._votes:
+            if not vote.result.done():
+                vote.result.set_exception(ThymosError(ErrorCode.APPROVAL_NOT_FOUND, message))
+        self._votes.clear()
+
+    async def _execute(
+        self,
+        intent_id: str,
+        intent: Intent,
+        basis: Basis,
+        base: Mapping[str, Any],
+        approved_by: list[str] | None = None,
+    ) -> None:
+        state = self.trajectory.state
         tool = self.deps.tools.get(intent.tool)
         assert tool is not None, "the catalog and the registry hold the same tools"
         self._set_view("executing", intent.tool)
+        spec = self.deps.catalog.get(intent.tool)
+        assert spec is not None
+        # The effect is recorded so that replay can re-authorize the commit from the ledger alone.
+        decided = {**base, **basis.as_body(), "effect": spec.effect.value}
+        if approved_by is not None:
+            decided["approved_by"] = approved_by
         context = ToolContext(self.trajectory.run_id, self.deps.workspace, state.world)
-        base = {"intent": intent_id, "tool": intent.tool, "compiler": COMPILER_VERSION}
         try:
             outcome = await tool.run(intent.args, context)
             state.world.check_all(outcome.deltas)
         except ToolFailure as failure:
-            await self._record_failure(base, failure.code, failure.message)
+            self._record_failure(decided, failure.code, failure.message)
             return
         except DeltaConflict as conflict:
-            await self._record_failure(base, "delta_conflict", str(conflict))
+            self._record_failure(decided, "delta_conflict", str(conflict))
             return
         except Exception as exc:
             # A tool bug is still a decision to record, never a swallowed error.
             log.exception("tool %s raised", intent.tool)
-            await self._record_failure(base, "tool_error", f"the tool raised {type(exc).__name__}")
+            self._record_failure(decided, "tool_error", f"the tool raised {type(exc).__name__}")
             return
         finally:
             self._set_view("thinking")
-        body = {**base, "output": outcome.output, "deltas": [d.as_dict() for d in outcome.deltas]}
+        body = {
+            **decided,
+            "output": outcome.output,
+            "deltas": [d.as_dict() for d in outcome.deltas],
+        }
         try:
             self.trajectory.stage([(EntryKind.COMMIT, body)])
         except NotCanonicalizable:
-            await self._record_failure(
-                base, "invalid_output", "the tool's output has no canonical JSON form"
+            self._record_failure(
+                decided, "invalid_output", "the tool's output has no canonical JSON form"
             )
         except EntryTooLarge as exc:
-            await self._record_failure(base, "output_too_large", str(exc))
+            self._record_failure(decided, "output_too_large", str(exc))
 
-    async def _record_failure(self, base: Mapping[str, Any], code: str, message: str) -> None:
+    def _record_failure(self, base: Mapping[str, Any], code: str, message: str) -> None:
         self.trajectory.stage(
             [(EntryKind.TOOL_FAILURE, {**base, "error": {"code": code, "message": message}})]
         )

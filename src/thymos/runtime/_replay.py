@@ -1,9 +1,11 @@
 """Replay: verify a run's trajectory from the ledger alone and fold its commits into a world.
 
 It never calls a model or a tool (invariant 5). It checks every hash, parent link and seq; that
-the ledger is as long as the run record says; that every decision refers to an undecided intent
-of the run; that every commit's tool was within the run's authority; that every commit's deltas
-apply; and, on request, the compiler version and policy-set hash of every decision.
+the ledger is as long as the run record says; that the run's writ verifies under the root key;
+that every decision refers to an undecided intent of the run; that every commit was allowed by
+the writ (scope, effect ceiling, validity window, budgets) on the facts recorded with it, and
+that those facts agree with the ledger (usage so far, time); that every commit's deltas apply;
+and, on request, the compiler version and policy-set hash of every decision.
 """
 
 from __future__ import annotations
@@ -11,9 +13,24 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from thymos.core import ChainVerifier, DeltaConflict, Entry, EntryKind, StoredRow, World, deltas_of
+import biscuit_auth as biscuit
+
+from thymos.core import (
+    ChainVerifier,
+    DeltaConflict,
+    Effect,
+    Entry,
+    EntryKind,
+    RunSummary,
+    StoredRow,
+    World,
+    deltas_of,
+)
+from thymos.governance import WritError, WritFacts, authorize
+from thymos.governance import parse as parse_writ
 from thymos.storage import LedgerStore, RunRecord
 
 from ._limits import REPLAY_PAGE_ROWS
@@ -36,6 +53,10 @@ class _Replayer:
     undecided: set[str] = field(default_factory=set)
     head_id: str | None = None
     head_seq: int = -1
+    root: biscuit.PublicKey | None = None
+    writ: biscuit.Biscuit | None = None
+    tenant: str = ""
+    usage: RunSummary = field(default_factory=RunSummary)
 
     def page(self, rows: list[StoredRow]) -> None:
         for row in rows:
@@ -43,9 +64,90 @@ class _Replayer:
             self.head_seq, self.head_id = row.seq, row.id
             if entry is not None:
                 self._decision_checks(entry)
+                self._fold_usage(entry)
 
     def _fail(self, seq: int, code: str, message: str) -> None:
         self.verifier._fail(seq, code, message)
+
+    def _fold_usage(self, entry: Entry) -> None:
+        # Usage so far is the summary fold; it is only meaningful while the chain is unbroken.
+        if entry.seq == self.usage.head_seq + 1:
+            self.usage.fold(entry)
+
+    def _load_writ(self, entry: Entry) -> None:
+        writ = entry.body.get("writ")
+        if self.root is None:
+            return
+        if not isinstance(writ, dict) or not isinstance(writ.get("token"), str):
+            self._fail(entry.seq, "writ_missing", "the run's first entry holds no writ")
+            return
+        try:
+            self.writ = parse_writ(writ["token"], self.root)
+        except WritError as exc:
+            self._fail(
+                entry.seq,
+                "writ_invalid",
+                f"the run's writ does not verify under the root key: {exc}",
+            )
+
+    def _check_authority(self, entry: Entry) -> None:
+        """The writ allowed this commit on the facts recorded with it, and the facts are true."""
+        if self.root is None:
+            return
+        body = entry.body
+        facts = body.get("authority")
+        if self.writ is None or not isinstance(facts, dict):
+            self._fail(
+                entry.seq,
+                "unauthorised_commit",
+                f"entry {entry.seq} commits without a verifiable writ",
+            )
+            return
+        usage = self.usage.usage
+        tokens = usage.input_tokens + usage.output_tokens
+        if (facts.get("tool_calls"), facts.get("tokens"), facts.get("usd_millicents")) != (
+            usage.tool_calls,
+            tokens,
+            usage.usd_millicents,
+        ):
+            self._fail(
+                entry.seq,
+                "authority_mismatch",
+                f"entry {entry.seq} records usage that the ledger does not show",
+            )
+            return
+        at = str(facts.get("authorized_at", ""))
+        try:
+            moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
+            effect = Effect(str(body.get("effect")))
+        except ValueError:
+            self._fail(
+                entry.seq,
+                "authority_mismatch",
+                f"entry {entry.seq} records malformed authority facts",
+            )
+            return
+        if at > entry.time:
+            self._fail(
+                entry.seq,
+                "authority_mismatch",
+                f"entry {entry.seq} was authorized after it was recorded",
+            )
+            return
+        refusal = authorize(
+            self.writ,
+            WritFacts(
+                self.tenant,
+                str(body.get("tool")),
+                effect,
+                moment,
+                usage.tool_calls,
+                tokens,
+                usage.usd_millicents,
+            ),
+        )
+        if refusal is not None:
+            self._fail(entry.seq, "unauthorised_commit", f"entry {entry.seq}: {refusal.message}")
 
     def _decision_checks(self, entry: Entry) -> None:
         self.kinds[entry.kind] += 1
@@ -53,6 +155,8 @@ class _Replayer:
         if entry.kind == EntryKind.RUN_STARTED:
             tools = body.get("tools")
             self.authorised_tools = frozenset(tools) if isinstance(tools, list) else frozenset()
+            self.tenant = str(body.get("tenant", ""))
+            self._load_writ(entry)
         elif entry.kind == EntryKind.INTENT:
             self.undecided.add(entry.id)
         elif entry.kind in DECISION_KINDS:
@@ -83,6 +187,7 @@ class _Replayer:
                     f"entry {entry.seq} was decided under policy {policy!r}, not {self.require_policy!r}",
                 )
             if entry.kind == EntryKind.COMMIT:
+                self._check_authority(entry)
                 if self.authorised_tools is None or body.get("tool") not in self.authorised_tools:
                     self._fail(
                         entry.seq,
@@ -103,12 +208,14 @@ async def replay_report(
     store: LedgerStore,
     record: RunRecord,
     *,
+    root: biscuit.PublicKey | None,
     require_compiler: str | None,
     require_policy: str | None,
 ) -> dict[str, Any]:
     replayer = _Replayer(
         record.run_id, require_compiler, require_policy, ChainVerifier(record.run_id)
     )
+    replayer.root = root
     after = -1
     while True:
         rows = await store.read_rows(record.run_id, after_seq=after, limit=REPLAY_PAGE_ROWS)

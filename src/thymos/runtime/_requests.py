@@ -26,3 +26,4 @@ class StartRun:
     model: str | None = None
     script: Sequence[Mapping[str, Any]] | None = None
     budget: Budget = field(default_factory=Budget)
+    effect_ceiling: str | None = None

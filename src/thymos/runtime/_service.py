@@ -10,14 +10,18 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import biscuit_auth as biscuit
 
 from thymos import __version__
 from thymos.cognition import PROVIDERS, Cognition, CognitionEvent, create_provider, validate_script
 from thymos.core import (
     ChainVerifier,
     CorruptEntry,
+    Effect,
     Entry,
     EntryKind,
     ErrorCode,
@@ -31,17 +35,31 @@ from thymos.core import (
     blake3_hex,
     canonical_bytes,
     deltas_of,
+    is_hex64,
     is_run_id,
     parse_envelope,
     rfc3339_from_us,
     seal,
     uuid7,
 )
-from thymos.governance import ToolCatalog
+from thymos.governance import (
+    WRIT_FORMAT,
+    Authority,
+    PolicySet,
+    ToolCatalog,
+    WritError,
+    WritTerms,
+    default_policy_files,
+    lineage_of,
+    mint,
+    new_root_key,
+    public_key_hex,
+)
+from thymos.governance import parse as parse_writ
 from thymos.storage import LedgerStore, RunRecord
 from thymos.tools import READ_ONLY_DEFAULT_SCOPES, ToolRegistry
 
-from ._actor import ActorDeps, RunActor
+from ._actor import ActorDeps, RunActor, Vote
 from ._clock import Clock, SystemClock, system_random
 from ._feeds import Cell, Feed
 from ._limits import REPLAY_PAGE_ROWS, RUNS_ACTIVE_MAX, SUBSCRIBERS_PER_RUN_MAX
@@ -53,6 +71,10 @@ from ._trajectory import Trajectory
 log = logging.getLogger("thymos.runtime")
 
 DEFAULT_TENANT = "default"
+
+WRIT_VALIDITY_MS_DEFAULT = 7 * 24 * 3600 * 1000
+"""A run's writ is valid for a week unless its wall-clock budget says less: long enough for an
+approval to wait over a weekend, short enough that a forgotten run's authority lapses."""
 
 
 @dataclass(slots=True)
@@ -89,10 +111,17 @@ class Runtime:
         tools: ToolRegistry,
         config: RuntimeConfig,
         clock: Clock | None = None,
+        root: biscuit.KeyPair | None = None,
+        policy: PolicySet | None = None,
         random: Callable[[int], bytes] = system_random,
         provider_factory: Callable[[RunSpec], Cognition] | None = None,
     ) -> None:
         self.store = store
+        # The root key signs every run's writ. Tests and the benchmark may let it be generated;
+        # the server passes the persistent one.
+        self.root = root or new_root_key()
+        self.policy = policy or PolicySet(default_policy_files())
+        self._revocations: frozenset[str] = frozenset()
         self.tools = tools
         self.catalog = ToolCatalog(tools.specs())
         self.config = config
@@ -108,7 +137,10 @@ class Runtime:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def recover(self) -> int:
-        """Record runs left active by a previous process as interrupted. Returns how many."""
+        """Load revocations; relaunch runs that wait for approval (their approvals survive a
+        restart); record runs left running by a previous process as interrupted. Returns how many
+        were interrupted."""
+        self._revocations = frozenset(await self.store.revocations())
         count = 0
         for record in await self.store.runs_with_status(
             [RunStatus.RUNNING.value, RunStatus.WAITING_APPROVAL.value]
@@ -117,6 +149,9 @@ class Runtime:
                 state = await self._load_state(record)
             except ThymosError as exc:
                 log.error("run %s cannot be recovered: %s", record.run_id, exc.message)
+                continue
+            if state.summary.status is RunStatus.WAITING_APPROVAL:
+                self._launch(record, state)
                 continue
             trajectory = Trajectory(
                 run_id=record.run_id,
@@ -229,6 +264,21 @@ class Runtime:
                     ErrorCode.INVALID_SCRIPT, problems[0], {"problems": problems[:20]}
                 )
             script = tuple(request.script)
+        specs = [self.catalog.get(name) for name in tools]
+        needed = max(
+            (Effect(s.effect) for s in specs if s is not None),
+            key=lambda e: e.rank,
+            default=Effect.READ,
+        )
+        ceiling = needed
+        if request.effect_ceiling is not None:
+            try:
+                ceiling = Effect(request.effect_ceiling)
+            except ValueError:
+                raise ThymosError(
+                    ErrorCode.INVALID_EFFECT_CEILING,
+                    f"effect_ceiling must be one of {', '.join(e.value for e in Effect)}",
+                ) from None
         spec = RunSpec(
             task=request.task,
             max_steps=request.max_steps,
@@ -239,6 +289,7 @@ class Runtime:
             script=script,
             budget=request.budget,
             tenant=tenant,
+            extra={"effect_ceiling": ceiling.value},
         )
         try:
             canonical_bytes(spec.as_body())
@@ -261,6 +312,8 @@ class Runtime:
         now_us = self.clock.now_us()
         run_id = uuid7(now_us // 1000, self._random(10))
         now = rfc3339_from_us(now_us)
+        writ = self._mint(spec, now_us)
+        spec = replace(spec, extra={**spec.extra, "writ": writ})
         first = seal(
             run_id=run_id,
             seq=0,
@@ -280,10 +333,53 @@ class Runtime:
             spec.as_body(),
             state.summary.as_dict(),
             created_by,
+            writ["id"],
         )
         await self.store.create_run(record, first, idempotency)
         self._launch(record, state, first)
         return record
+
+    def _mint(self, spec: RunSpec, now_us: int) -> dict[str, Any]:
+        """The run's writ: its scopes, effect ceiling, budgets, validity window and tenant."""
+        start = datetime.fromtimestamp(now_us // 1_000_000, tz=UTC)
+        budget = spec.budget
+        lifetime_ms = (
+            budget.wall_clock_ms if budget.wall_clock_ms is not None else WRIT_VALIDITY_MS_DEFAULT
+        )
+        terms = WritTerms(
+            tenant=spec.tenant,
+            tools=spec.tool_scopes,
+            effect_ceiling=Effect(spec.extra["effect_ceiling"]),
+            budget=budget,
+            not_before=start,
+            expires=start + timedelta(milliseconds=lifetime_ms) + timedelta(seconds=1),
+        )
+        try:
+            writ = mint(self.root.private_key, terms)
+        except WritError as exc:
+            raise ThymosError(ErrorCode.UNKNOWN_TOOL_SCOPE, str(exc)) from exc
+        return {
+            "format": WRIT_FORMAT,
+            "id": writ.id,
+            "lineage": list(writ.lineage),
+            "token": writ.token,
+            "root_public_key": public_key_hex(self.root.public_key),
+        }
+
+    def _authority(self, run_id: str, spec: RunSpec) -> Authority:
+        writ = spec.extra["writ"]
+        token = parse_writ(writ["token"], self.root.public_key)
+        tools = [s for s in (self.catalog.get(n) for n in self.catalog.names()) if s is not None]
+        return Authority(
+            run_id=run_id,
+            tenant=spec.tenant,
+            writ=token,
+            lineage=lineage_of(token),
+            policy=self.policy,
+            entities=self.policy.entities(
+                run_id=run_id, tenant=spec.tenant, task=spec.task, tools=tools
+            ),
+        )
 
     def _launch(self, record: RunRecord, state: RunState, *already: Entry) -> ActiveRun:
         entries: Feed[Entry] = Feed(first_id=0)
@@ -302,8 +398,11 @@ class Runtime:
             on_change=snapshot.touch,
         )
         provider = self._provider_factory(state.spec)
-        deps = ActorDeps(self.catalog, self.tools, self.config.workspace, self.clock, cognition)
-        actor = RunActor(trajectory, provider, deps, snapshot.touch)
+        deps = ActorDeps(
+            self.catalog, self.tools, self.config.workspace, self.clock, cognition, self.revocations
+        )
+        authority = self._authority(record.run_id, state.spec)
+        actor = RunActor(trajectory, provider, deps, authority, snapshot.touch)
         active = ActiveRun(
             record.run_id, record.tenant, actor, entries, cognition, snapshot, record=record
         )
@@ -323,6 +422,81 @@ class Runtime:
         active.entries.close()
         active.cognition.close()
         active.snapshot.close()
+
+    # -- authority ---------------------------------------------------------------------------
+
+    def revocations(self) -> frozenset[str]:
+        return self._revocations
+
+    async def approve(
+        self,
+        run_id: str,
+        tenant: str | None,
+        *,
+        channel: str,
+        approve: bool,
+        proposal_id: str | None,
+        reason: str | None,
+        approver: str,
+        key_id: str | None,
+    ) -> dict[str, Any]:
+        """Record one approver's vote on a proposal waiting on `channel` (via the run's actor)."""
+        record = await self.visible_record(run_id, tenant)
+        pending = [p for p in record.summary.get("pending", {}).values() if p["channel"] == channel]
+        if proposal_id is not None:
+            pending = [p for p in pending if p["proposal_id"] == proposal_id]
+        if not pending:
+            raise ThymosError(
+                ErrorCode.APPROVAL_NOT_FOUND,
+                f"nothing is pending on channel {channel!r} of run {run_id}",
+            )
+        if len(pending) > 1:
+            raise ThymosError(
+                ErrorCode.PROPOSAL_AMBIGUOUS,
+                f"{len(pending)} proposals wait on channel {channel!r}; name one with proposal_id",
+                {"proposal_ids": [p["proposal_id"] for p in pending]},
+            )
+        active = self._active.get(run_id)
+        if active is None:
+            raise ThymosError(
+                ErrorCode.NOT_READY,
+                "the run is not loaded yet; retry shortly",
+                {"retry_after_s": 1},
+            )
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        active.actor.submit_vote(
+            Vote(channel, approve, pending[0]["proposal_id"], reason, approver, key_id, future)
+        )
+        return await future
+
+    async def revoke(
+        self, writ_id: str, tenant: str | None, *, by: str, reason: str | None
+    ) -> dict[str, Any]:
+        """Persist a writ's revocation; it voids every writ derived from it."""
+        record = await self.store.find_run_by_writ(writ_id) if is_hex64(writ_id) else None
+        if record is None or (tenant is not None and record.tenant != tenant):
+            raise ThymosError(
+                ErrorCode.WRIT_NOT_FOUND, f"no writ {writ_id} is visible to this caller"
+            )
+        now = rfc3339_from_us(self.clock.now_us())
+        newly = await self.store.revoke(
+            writ_id, tenant=record.tenant, revoked_at=now, revoked_by=by, reason=reason
+        )
+        self._revocations = self._revocations | {writ_id}
+        # A run waiting for approval re-checks its writ when the vote comes; nothing else to wake.
+        return {
+            "writ_id": writ_id,
+            "run_id": record.run_id,
+            "revoked": True,
+            "already_revoked": not newly,
+        }
+
+    def root_key(self) -> dict[str, Any]:
+        return {
+            "algorithm": "ed25519",
+            "format": WRIT_FORMAT,
+            "public_key": public_key_hex(self.root.public_key),
+        }
 
     # -- reading runs ------------------------------------------------------------------------
 
@@ -457,7 +631,11 @@ class Runtime:
     ) -> dict[str, Any]:
         record = await self.visible_record(run_id, tenant)
         report = await replay_report(
-            self.store, record, require_compiler=require_compiler, require_policy=require_policy
+            self.store,
+            record,
+            root=self.root.public_key,
+            require_compiler=require_compiler,
+            require_policy=require_policy,
         )
         try:
             live = await self.world(run_id, tenant, None)
@@ -584,7 +762,11 @@ def execution_view(
         "error": summary.error,
         "counters": summary.counters(),
         "usage": summary.usage.as_dict(),
-        "pending_approvals": [],
+        "pending_approvals": [
+            {k: v for k, v in pending.items() if k != "suspended_at"}
+            | {"since": pending.get("suspended_at")}
+            for pending in summary.pending.values()
+        ],
         "head_seq": summary.head_seq,
         "log": list(summary.log),
     }

@@ -32,12 +32,17 @@ class RunState:
     undecided: dict[str, tuple[int, Intent]] = field(default_factory=dict)
     """Intents recorded but not yet rejected, committed or failed: entry id -> (seq, intent)."""
     last_checkpoint_seq: int = -1
+    turn_final: str | None = None
+    """The final answer of the latest turn, if it gave one (the run ends once its intents are
+    decided)."""
 
     def fold(self, entry: Entry) -> None:
         self.summary.fold(entry)
         body = entry.body
         kind = entry.kind
         if kind == EntryKind.TURN:
+            final = body.get("final")
+            self.turn_final = final if isinstance(final, str) else None
             self.history.append(
                 AssistantTurn(int(body.get("step", 0)), str(body.get("text", "")), ())
             )

@@ -44,6 +44,8 @@ class RunRecord:
     summary: dict[str, Any]
     created_by: str | None = None
     """The API key that created the run (None on an open server)."""
+    writ_id: str | None = None
+    """The id of the run's writ (what `POST /writs/:id/revoke` names)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,3 +132,13 @@ class LedgerStore(Protocol):
     async def latest_checkpoint(self, run_id: str, *, at_or_before: int) -> Checkpoint | None: ...
 
     async def find_idempotency(self, tenant: str, key: str) -> IdempotencyHit | None: ...
+
+    async def find_run_by_writ(self, writ_id: str) -> RunRecord | None: ...
+
+    async def revoke(
+        self, writ_id: str, *, tenant: str, revoked_at: str, revoked_by: str, reason: str | None
+    ) -> bool:
+        """Persist a revocation; False if that writ was already revoked."""
+        ...
+
+    async def revocations(self) -> list[str]: ...

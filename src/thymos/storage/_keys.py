@@ -258,8 +258,7 @@ class SqliteKeyStore:
 
         def work(conn: sqlite3.Connection) -> dict[str, RunTotals]:
             return {
-                str(row[0]): RunTotals(*(int(v or 0) for v in row[1:]))
-                for row in conn.execute(sql)
+                str(row[0]): RunTotals(*(int(v or 0) for v in row[1:])) for row in conn.execute(sql)
             }
 
         return await self._ledger._read(work)

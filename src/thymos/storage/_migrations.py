@@ -66,6 +66,8 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             reason TEXT
         )""",
         "ALTER TABLE runs ADD COLUMN created_by TEXT",
+        "ALTER TABLE runs ADD COLUMN writ_id TEXT",
+        "CREATE INDEX runs_by_writ ON runs (writ_id)",
         "CREATE INDEX runs_by_creator ON runs (created_by)",
     ),
 )

@@ -68,7 +68,7 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 
 def _record(row: sqlite3.Row | tuple[Any, ...]) -> RunRecord:
-    run_id, tenant, status, created_at, updated_at, spec, summary, created_by = row
+    run_id, tenant, status, created_at, updated_at, spec, summary, created_by, writ_id = row
     return RunRecord(
         run_id,
         tenant,
@@ -78,10 +78,11 @@ def _record(row: sqlite3.Row | tuple[Any, ...]) -> RunRecord:
         orjson.loads(spec),
         orjson.loads(summary),
         created_by,
+        writ_id,
     )
 
 
-_RUN_COLUMNS = "run_id, tenant, status, created_at, updated_at, spec, summary, created_by"
+_RUN_COLUMNS = "run_id, tenant, status, created_at, updated_at, spec, summary, created_by, writ_id"
 
 
 class SqliteLedgerStore:
@@ -249,7 +250,7 @@ class SqliteLedgerStore:
             if exists:
                 raise SeqConflict(record.run_id, 0)
             conn.execute(
-                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.run_id,
                     record.tenant,
@@ -259,6 +260,7 @@ class SqliteLedgerStore:
                     orjson.dumps(record.spec),
                     orjson.dumps(record.summary),
                     record.created_by,
+                    record.writ_id,
                 ),
             )
             _insert_entries(conn, record.run_id, [first])
@@ -379,6 +381,33 @@ class SqliteLedgerStore:
                 (run_id, at_or_before),
             ).fetchone()
             return Checkpoint(run_id, row[0], bytes(row[1])) if row else None
+
+        return await self._read(work)
+
+    async def find_run_by_writ(self, writ_id: str) -> RunRecord | None:
+        def work(conn: sqlite3.Connection) -> RunRecord | None:
+            row = conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE writ_id = ?", (writ_id,)
+            ).fetchone()
+            return _record(row) if row else None
+
+        return await self._read(work)
+
+    async def revoke(
+        self, writ_id: str, *, tenant: str, revoked_at: str, revoked_by: str, reason: str | None
+    ) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO revocations (writ_id, tenant, revoked_at, revoked_by, reason) VALUES (?, ?, ?, ?, ?)",
+                (writ_id, tenant, revoked_at, revoked_by, reason),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(work)
+
+    async def revocations(self) -> list[str]:
+        def work(conn: sqlite3.Connection) -> list[str]:
+            return [row[0] for row in conn.execute("SELECT writ_id FROM revocations")]
 
         return await self._read(work)
 

@@ -1,0 +1,78 @@
+"""Authority routes: approvals, writ revocation, the root public key and the policy schema."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+from starlette.responses import Response
+
+from thymos.governance import SCHEMA
+
+from ._body import parse_body, request_body_schema
+from ._caller import Caller, Role, current_caller
+from ._deps import runtime_of
+from ._models import ERROR_RESPONSES, ApprovalBody, RevokeBody
+
+router = APIRouter(tags=["authority"], responses=ERROR_RESPONSES)
+CallerDep = Annotated[Caller, Depends(current_caller)]
+CHANNEL = Annotated[str, Path(pattern="^[a-z0-9][a-z0-9_-]{0,63}$")]
+
+
+@router.post(
+    "/runs/{run_id}/approvals/{channel}",
+    summary="Approve or deny a pending proposal",
+    openapi_extra=request_body_schema(ApprovalBody),
+)
+async def approve(
+    run_id: str, channel: CHANNEL, request: Request, caller: CallerDep
+) -> dict[str, Any]:
+    caller.require(Role.OPERATOR)
+    body = await parse_body(request, ApprovalBody)
+    return await runtime_of(request).approve(
+        run_id,
+        caller.tenant,
+        channel=channel,
+        approve=body.approve,
+        proposal_id=body.proposal_id,
+        reason=body.reason,
+        approver=caller.name,
+        key_id=caller.key_id,
+    )
+
+
+@router.post(
+    "/writs/{writ_id}/revoke",
+    summary="Revoke a writ and every writ derived from it (admin)",
+    openapi_extra={
+        **request_body_schema(RevokeBody),
+        "requestBody": {**request_body_schema(RevokeBody)["requestBody"], "required": False},
+    },
+)
+async def revoke(writ_id: str, request: Request, caller: CallerDep) -> dict[str, Any]:
+    caller.require(Role.ADMIN)
+    reason = None
+    if (await request.body()).strip():
+        reason = (await parse_body(request, RevokeBody)).reason
+    return await runtime_of(request).revoke(writ_id, caller.tenant, by=caller.name, reason=reason)
+
+
+@router.get("/writs/root-key", summary="The root public key that verifies every writ")
+async def root_key(request: Request, caller: CallerDep) -> dict[str, Any]:
+    return runtime_of(request).root_key()
+
+
+@router.get("/policy", summary="The active policy set: its files and hash")
+async def policy(request: Request, caller: CallerDep) -> dict[str, Any]:
+    active = runtime_of(request).policy
+    return {"policy_hash": active.hash, "files": list(active.files)}
+
+
+@router.get(
+    "/policy/schema",
+    summary="Thymos's Cedar schema, which policies are validated against",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def policy_schema(caller: CallerDep) -> Response:
+    return Response(SCHEMA, media_type="text/plain; charset=utf-8")

@@ -1,0 +1,103 @@
+"""Start-up checks and loading of authority: the root key and the policy set.
+
+Runs when the app is built, before the server listens, so a bad policy or a missing key stops
+`thymos serve` with a clear message (exit code 2) instead of failing later.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import biscuit_auth as biscuit
+
+from thymos.governance import (
+    PolicyError,
+    PolicyFile,
+    PolicySet,
+    WritError,
+    default_policy_files,
+    key_pair,
+    new_root_key,
+    private_key_from_hex,
+)
+from thymos.settings import Settings, SettingsError
+
+POLICY_FILE_BYTES_MAX = 1024 * 1024
+
+
+def load_policy(settings: Settings) -> PolicySet:
+    """The policy set from THYMOS_POLICY_DIR (every `*.cedar` file), or the shipped default."""
+    if settings.policy_dir is None:
+        return PolicySet(default_policy_files())
+    files = []
+    for path in sorted(settings.policy_dir.glob("*.cedar")):
+        if path.stat().st_size > POLICY_FILE_BYTES_MAX:
+            raise PolicyError(path.name, 1, 1, f"the file is over {POLICY_FILE_BYTES_MAX} bytes")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise PolicyError(path.name, 1, 1, "the file is not UTF-8 text") from None
+        files.append(PolicyFile(path.name, text))
+    if not files:
+        raise PolicyError(str(settings.policy_dir), 1, 1, "THYMOS_POLICY_DIR holds no *.cedar file")
+    return PolicySet(files)
+
+
+def load_root_key(settings: Settings) -> biscuit.KeyPair:
+    """The configured root key, the one kept in the data directory, or (reference mode, first
+    start) a new one written there with owner-only permissions."""
+    try:
+        if settings.root_key is not None:
+            return key_pair(private_key_from_hex(settings.root_key))
+        if settings.root_key_file is not None:
+            return key_pair(private_key_from_hex(settings.root_key_file.read_text()))
+        path = settings.generated_root_key_path
+        if path.exists():
+            return key_pair(private_key_from_hex(path.read_text()))
+    except OSError as exc:
+        raise SettingsError(f"cannot read the root key: {exc}") from None
+    except WritError as exc:
+        raise SettingsError(str(exc)) from None
+    if settings.mode == "production":
+        raise SettingsError(
+            "production mode needs a persistent root key: set THYMOS_ROOT_KEY or THYMOS_ROOT_KEY_FILE "
+            f"(or keep one at {path})"
+        )
+    pair = new_root_key()
+    _write_secret(path, bytes(pair.private_key.to_bytes()).hex())
+    return pair
+
+
+def _write_secret(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text + "\n")
+
+
+def check_production(settings: Settings) -> None:
+    """Production refuses to start without API keys and a durable ledger."""
+    if settings.mode != "production":
+        return
+    if settings.sqlite_synchronous.upper() != "FULL":
+        raise SettingsError(
+            "production mode needs a durable ledger: set THYMOS_SQLITE_SYNCHRONOUS=full"
+        )
+    if settings.api_keys or _stored_key_count(settings.sqlite_path) > 0:
+        return
+    raise SettingsError(
+        "production mode needs API keys: set THYMOS_API_KEYS or run `thymos keys create`"
+    )
+
+
+def _stored_key_count(path: Path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            row = conn.execute("SELECT COUNT(*) FROM api_keys").fetchone()
+    except sqlite3.Error:
+        return 0
+    return int(row[0])
