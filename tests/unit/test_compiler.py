@@ -3,53 +3,103 @@ ordered stages whose first refusal decides."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from thymos.core import Budget, Intent, Usage
+from thymos.core import Budget, Effect, Intent, Usage
 from thymos.governance import (
     COMPILER_VERSION,
     Authority,
+    Decision,
+    PolicyFile,
+    PolicySet,
     Rejected,
     RejectionReason,
     Staged,
+    Suspended,
     ToolCatalog,
+    WritTerms,
     compile_intent,
+    default_policy_files,
+    lineage_of,
+    mint,
+    new_root_key,
+    parse,
 )
 from thymos.governance._compiler import ARG_ERRORS_MAX
 from thymos.tools import builtin_tools
 
 CATALOG = ToolCatalog(builtin_tools().specs())
-ALL_TOOLS = frozenset(CATALOG.names())
+ROOT = new_root_key()
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+SPECS = list(builtin_tools().specs().values())
+
+
+def authority(
+    *,
+    tools: tuple[str, ...] = ("*",),
+    ceiling: Effect = Effect.IRREVERSIBLE,
+    budget: Budget | None = None,
+    not_before: datetime | None = None,
+    expires: datetime | None = None,
+    policy: PolicySet | None = None,
+) -> Authority:
+    terms = WritTerms(
+        tenant="acme",
+        tools=tools,
+        effect_ceiling=ceiling,
+        budget=budget or Budget(),
+        not_before=not_before or NOW - timedelta(minutes=1),
+        expires=expires or NOW + timedelta(hours=1),
+    )
+    token = parse(mint(ROOT.private_key, terms).token, ROOT.public_key)
+    chosen = policy or PolicySet(default_policy_files())
+    return Authority(
+        run_id="run-1",
+        tenant="acme",
+        writ=token,
+        lineage=lineage_of(token),
+        policy=chosen,
+        entities=chosen.entities(run_id="run-1", tenant="acme", task="t", tools=SPECS),
+    )
 
 
 def decide(
     tool: str,
     args: dict[str, Any],
     *,
-    tools: frozenset[str] = ALL_TOOLS,
-    tool_calls: int | None = None,
+    auth: Authority | None = None,
     used: int = 0,
-) -> Rejected | Staged:
+    now: datetime = NOW,
+    revocations: frozenset[str] = frozenset(),
+) -> Decision:
     return compile_intent(
         Intent(tool, args, "call"),
         catalog=CATALOG,
-        authority=Authority(tools, Budget(tool_calls=tool_calls)),
+        authority=auth or authority(),
         usage=Usage(tool_calls=used),
+        now=now,
+        revocations=revocations,
     )
 
 
-def reason_of(decision: Rejected | Staged) -> RejectionReason:
+def reason_of(decision: Decision) -> RejectionReason:
     assert isinstance(decision, Rejected), decision
     return decision.reason
 
 
-def test_a_valid_in_scope_intent_is_staged_with_its_tool() -> None:
-    """An intent for a known tool in scope, within budget and with valid arguments is staged."""
-    decision = decide("kv_set", {"key": "a", "value": [1, 2]}, tool_calls=5, used=4)
+def test_a_valid_in_scope_intent_is_staged_with_its_tool_and_basis() -> None:
+    """An intent for a known tool in scope, within budget, with valid arguments and permitted by
+    policy is staged, with the time, usage and policy hash it was decided on."""
+    auth = authority(budget=Budget(tool_calls=5))
+    decision = decide("kv_set", {"key": "a", "value": [1, 2]}, auth=auth, used=4)
     assert isinstance(decision, Staged)
     assert decision.tool.name == "kv_set"
+    assert decision.basis.tool_calls == 4
+    assert decision.basis.policy_hash == auth.policy.hash
+    assert decision.basis.policies == ("default-permit",)
     assert COMPILER_VERSION.startswith("thymos-compiler/")
 
 
@@ -62,23 +112,43 @@ def test_an_unknown_tool_is_rejected_as_unknown_tool() -> None:
     assert decision.as_body()["reason"] == "unknown_tool"
 
 
+def test_a_revoked_writ_is_rejected_as_revoked() -> None:
+    """A writ whose id (or any ancestor's id) is revoked refuses every call."""
+    auth = authority()
+    decision = decide("kv_get", {"key": "a"}, auth=auth, revocations=frozenset({auth.lineage[0]}))
+    assert reason_of(decision) is RejectionReason.REVOKED
+
+
+def test_a_writ_outside_its_window_is_rejected_as_expired_or_not_yet_valid() -> None:
+    """Before the window opens the reason is not_yet_valid; after it closes, expired."""
+    auth = authority()
+    assert reason_of(decide("kv_get", {"key": "a"}, auth=auth, now=NOW - timedelta(hours=1))) is (
+        RejectionReason.NOT_YET_VALID
+    )
+    assert reason_of(decide("kv_get", {"key": "a"}, auth=auth, now=NOW + timedelta(hours=2))) is (
+        RejectionReason.EXPIRED
+    )
+
+
 def test_a_registered_tool_outside_the_scopes_is_rejected_as_out_of_scope() -> None:
-    """A registered tool the run was not given is rejected with reason out_of_scope, listing the
-    run's tools."""
-    decision = decide("kv_set", {"key": "a", "value": 1}, tools=frozenset({"kv_get"}))
+    """A registered tool the writ does not cover is rejected with reason out_of_scope."""
+    decision = decide("kv_set", {"key": "a", "value": 1}, auth=authority(tools=("kv_get", "fs_*")))
     assert reason_of(decision) is RejectionReason.OUT_OF_SCOPE
-    assert isinstance(decision, Rejected)
-    assert decision.details["scopes"] == ["kv_get"]
+
+
+def test_a_tool_above_the_effect_ceiling_is_rejected_as_effect_above_ceiling() -> None:
+    """A write tool under a read-only ceiling is refused."""
+    decision = decide("kv_set", {"key": "a", "value": 1}, auth=authority(ceiling=Effect.READ))
+    assert reason_of(decision) is RejectionReason.EFFECT_ABOVE_CEILING
 
 
 @pytest.mark.parametrize(("limit", "used"), [(0, 0), (3, 3), (3, 7)])
 def test_a_spent_tool_call_budget_is_rejected_as_budget_exhausted(limit: int, used: int) -> None:
-    """Once the tool calls used reach the budget, further intents are rejected with reason
-    budget_exhausted and the limit and usage in the details."""
-    decision = decide("kv_get", {"key": "a"}, tool_calls=limit, used=used)
+    """Once the tool calls used reach the writ's budget, further intents are refused."""
+    decision = decide(
+        "kv_get", {"key": "a"}, auth=authority(budget=Budget(tool_calls=limit)), used=used
+    )
     assert reason_of(decision) is RejectionReason.BUDGET_EXHAUSTED
-    assert isinstance(decision, Rejected)
-    assert decision.details == {"budget": "tool_calls", "limit": limit, "used": used}
 
 
 @pytest.mark.parametrize(
@@ -89,8 +159,8 @@ def test_a_spent_tool_call_budget_is_rejected_as_budget_exhausted(limit: int, us
 def test_arguments_that_break_the_schema_are_rejected_as_invalid_arguments(
     args: dict[str, Any],
 ) -> None:
-    """Arguments that do not validate against the tool's JSON Schema are rejected with reason
-    invalid_arguments and the schema errors (path and message) in the details."""
+    """Arguments that do not validate against the tool's JSON Schema are rejected with the schema
+    errors (path and message) in the details."""
     decision = decide("kv_get", args)
     assert reason_of(decision) is RejectionReason.INVALID_ARGUMENTS
     assert isinstance(decision, Rejected)
@@ -107,37 +177,78 @@ def test_schema_errors_are_capped_and_carry_their_paths() -> None:
     assert isinstance(decision, Rejected)
     errors = decision.details["errors"]
     assert 1 <= len(errors) <= ARG_ERRORS_MAX
-    assert all(e["path"].startswith("/") for e in errors)
     assert any(e["path"] == "/path" for e in errors)
 
 
+def test_a_forbid_policy_rejects_as_policy_denied_naming_the_policy() -> None:
+    """A satisfied forbid policy refuses the call and is named as the determining policy."""
+    policy = PolicySet(
+        [
+            PolicyFile("base.cedar", "permit(principal, action, resource);"),
+            PolicyFile(
+                "no-kv.cedar",
+                '@id("no-kv-writes") forbid(principal, action, resource) when { resource.name == "kv_set" };',
+            ),
+        ]
+    )
+    decision = decide("kv_set", {"key": "a", "value": 1}, auth=authority(policy=policy))
+    assert reason_of(decision) is RejectionReason.POLICY_DENIED
+    assert isinstance(decision, Rejected)
+    assert decision.basis.policies == ("no-kv-writes",)
+    assert decision.basis.policy_hash == policy.hash
+    assert isinstance(decide("kv_get", {"key": "a"}, auth=authority(policy=policy)), Staged)
+
+
+def test_an_approval_permit_suspends_on_its_channel_with_its_quorum() -> None:
+    """A satisfied permit with @approval and @quorum suspends the proposal there."""
+    policy = PolicySet(
+        [
+            PolicyFile(
+                "ops.cedar", '@approval("ops") @quorum("2") permit(principal, action, resource);'
+            )
+        ]
+    )
+    decision = decide("kv_get", {"key": "a"}, auth=authority(policy=policy))
+    assert isinstance(decision, Suspended)
+    assert (decision.channel, decision.quorum) == ("ops", 2)
+    assert decision.basis.policies == ("ops.cedar#1",)
+
+
 @pytest.mark.parametrize(
-    ("tool", "args", "tools", "limit", "expected"),
+    ("tool", "args", "kwargs", "expected"),
     [
-        # An unknown tool is unknown even when it is "in scope" and the budget is spent.
-        ("nope", {}, frozenset({"nope"}), 0, RejectionReason.UNKNOWN_TOOL),
-        # Out of scope beats a spent budget and bad arguments.
-        ("kv_set", {}, frozenset({"kv_get"}), 0, RejectionReason.OUT_OF_SCOPE),
-        # A spent budget beats bad arguments.
-        ("kv_set", {}, ALL_TOOLS, 0, RejectionReason.BUDGET_EXHAUSTED),
-        ("kv_set", {}, ALL_TOOLS, None, RejectionReason.INVALID_ARGUMENTS),
+        ("nope", {}, {"revoked": True}, RejectionReason.UNKNOWN_TOOL),
+        ("kv_set", {}, {"revoked": True, "late": True}, RejectionReason.REVOKED),
+        ("kv_set", {}, {"late": True, "scopes": ("kv_get",)}, RejectionReason.EXPIRED),
+        (
+            "kv_set",
+            {},
+            {"scopes": ("kv_get",), "ceiling": Effect.READ},
+            RejectionReason.OUT_OF_SCOPE,
+        ),
+        ("kv_set", {}, {"ceiling": Effect.READ, "budget": 0}, RejectionReason.EFFECT_ABOVE_CEILING),
+        ("kv_set", {}, {"budget": 0}, RejectionReason.BUDGET_EXHAUSTED),
+        ("kv_set", {}, {}, RejectionReason.INVALID_ARGUMENTS),
     ],
-    ids=["unknown-first", "scope-before-budget", "budget-before-arguments", "arguments-last"],
+    ids=["unknown", "revoked", "expired", "scope", "ceiling", "budget", "arguments"],
 )
 def test_stages_run_in_order_and_the_first_refusal_decides(
-    tool: str,
-    args: dict[str, Any],
-    tools: frozenset[str],
-    limit: int | None,
-    expected: RejectionReason,
+    tool: str, args: dict[str, Any], kwargs: dict[str, Any], expected: RejectionReason
 ) -> None:
-    """Stage order is fixed: tool known, in scope, budget, arguments; when several would refuse,
-    the earliest stage's reason is the one recorded."""
-    assert reason_of(decide(tool, args, tools=tools, tool_calls=limit)) is expected
+    """When several stages would refuse, the earliest stage's reason is the one recorded."""
+    auth = authority(
+        tools=kwargs.get("scopes", ("*",)),
+        ceiling=kwargs.get("ceiling", Effect.IRREVERSIBLE),
+        budget=Budget(tool_calls=kwargs.get("budget")),
+    )
+    revocations = frozenset(auth.lineage) if kwargs.get("revoked") else frozenset()
+    now = NOW + timedelta(hours=2) if kwargs.get("late") else NOW
+    assert reason_of(decide(tool, args, auth=auth, now=now, revocations=revocations)) is expected
 
 
 def test_compiling_is_pure() -> None:
     """The same inputs give equal decisions every time (replay relies on it)."""
-    first = decide("kv_get", {"key": 1})
-    second = decide("kv_get", {"key": 1})
+    auth = authority()
+    first = decide("kv_get", {"key": 1}, auth=auth)
+    second = decide("kv_get", {"key": 1}, auth=auth)
     assert first == second

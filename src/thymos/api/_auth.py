@@ -41,9 +41,10 @@ COUNTER_FLUSH_S = 2.0
 """How often request counters are written; a crash loses at most this long of counts.
 
 Why batch rather than write per request: a write per request through the grouped writer costs
-a queue hop, a thread wake-up and a share of a transaction (measured ~60 us of writer time per
-request on this machine under load, against ~1 us for a dict increment), and it competes with
-ledger appends for the one writer. Request counts are statistics, not ledger facts, so a bounded
+a queue hop, a thread wake-up and a share of a transaction. Measured with `SqliteKeyStore`
+(3,000 increments, WAL, synchronous=NORMAL): 65 us each awaited one by one, 35 us each when
+submitted concurrently and grouped, against 0.1 us for a dict increment; and every such write
+takes the one writer from ledger appends. Request counts are statistics, not ledger facts, so a bounded
 loss on a crash is the right trade; `GET /usage` adds the unflushed counts, so it is exact while
 the process lives, and shutdown flushes them.
 """
