@@ -1,7 +1,10 @@
 """Benchmark figures for DESIGN.md's performance targets.
 
-1. Governance overhead per intent (compile, execute the mock tool, append, projection update),
-   at seq ~100 and at seq ~100,000 of one run: they should be within 20% of each other.
+0. The cost of the writ check (Biscuit) and the policy check (Cedar) alone, and of the whole
+   compile with and without them.
+1. Governance overhead per intent (compile with writ and policy, execute the mock tool, append,
+   projection update), at seq ~100 and at seq ~100,000 of one run: they should be within 20% of
+   each other.
 2. Replay rate (verify every hash and link, fold every commit) over that run's ledger of at
    least 100,000 entries, read from SQLite.
 3. End-to-end mock runs per second over real HTTP against a real `thymos serve` process, with
@@ -20,13 +23,29 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from thymos.cognition import CognitionContext, Emit, Turn
-from thymos.core import Intent, RunSpec
+from thymos.core import Budget, Effect, Intent, RunSpec, Usage
+from thymos.governance import (
+    Authority,
+    PolicySet,
+    ToolCatalog,
+    WritFacts,
+    WritTerms,
+    authorize,
+    compile_intent,
+    default_policy_files,
+    lineage_of,
+    mint,
+    new_root_key,
+    parse,
+)
 from thymos.runtime import MAX_STEPS_MAX, Runtime, RuntimeConfig, StartRun
 from thymos.storage import SqliteLedgerStore
 from thymos.tools import builtin_tools
@@ -222,10 +241,79 @@ def _http_runs(runs: int, clients: int, data_dir: Path) -> dict[str, Any]:
     return {"http_runs": runs, "http_clients": clients, "http_runs_per_s": round(runs / seconds, 1)}
 
 
+def _median_us(call: Callable[[], object], repeat: int = 2000) -> float:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1e6
+
+
+def _authority_costs() -> dict[str, Any]:
+    """What writ and policy checks add per intent: each measured alone, and the whole compile
+    with and without them (the foundation's compiler had only the catalog and schema stages)."""
+    specs = builtin_tools().specs()
+    catalog = ToolCatalog(specs)
+    root = new_root_key()
+    now = datetime.now(UTC)
+    terms = WritTerms(
+        "bench",
+        ("kv_*",),
+        Effect.WRITE,
+        Budget(tool_calls=10**9),
+        now - timedelta(minutes=1),
+        now + timedelta(hours=1),
+    )
+    token = parse(mint(root.private_key, terms).token, root.public_key)
+    policy = PolicySet(default_policy_files())
+    entities = policy.entities(run_id="r", tenant="bench", task="t", tools=list(specs.values()))
+    authority = Authority("r", "bench", token, lineage_of(token), policy, entities)
+    intent = Intent("kv_set", {"key": "k", "value": 1}, "c")
+    usage = Usage(tool_calls=3)
+    facts = WritFacts("bench", "kv_set", Effect.WRITE, now, 3, 0, 0)
+    writ_us = _median_us(lambda: authorize(token, facts))
+    policy_us = _median_us(
+        lambda: policy.decide(
+            run_id="r",
+            tool=specs["kv_set"],
+            arguments_json='{"key":"k","value":1}',
+            tool_calls=3,
+            tokens=0,
+            usd_millicents=0,
+            entities=entities,
+        )
+    )
+    compile_us = _median_us(
+        lambda: compile_intent(
+            intent,
+            catalog=catalog,
+            authority=authority,
+            usage=usage,
+            now=now,
+            revocations=frozenset(),
+        )
+    )
+    schema_only_us = _median_us(lambda: catalog.argument_errors("kv_set", intent.args))
+    return {
+        "writ_check_us": round(writ_us, 1),
+        "policy_check_us": round(policy_us, 1),
+        "compile_us": round(compile_us, 1),
+        "compile_without_authority_us": round(schema_only_us, 1),
+    }
+
+
 def main(*, entries: int, runs: int, clients: int) -> None:
     with tempfile.TemporaryDirectory(prefix="thymos-bench-") as tmp:
         data_dir = Path(tmp)
-        figures = asyncio.run(_governance_and_replay(entries, data_dir))
+        figures = _authority_costs()
+        print(f"writ check (Biscuit authorizer):          {figures['writ_check_us']} us")
+        print(f"policy check (Cedar):                     {figures['policy_check_us']} us")
+        print(f"compile, all stages:                      {figures['compile_us']} us")
+        print(
+            f"compile without writ and policy:          {figures['compile_without_authority_us']} us"
+        )
+        figures.update(asyncio.run(_governance_and_replay(entries, data_dir)))
         print(f"ledger entries in the benchmark run:      {figures['ledger_entries']}")
         print(
             f"governance overhead per intent, seq ~100: {figures['overhead_us_per_intent_seq_100']} us"

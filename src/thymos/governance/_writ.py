@@ -191,26 +191,40 @@ def lineage_of(token: biscuit.Biscuit) -> tuple[str, ...]:
     return tuple(blake3_hex(bytes.fromhex(r)) for r in token.revocation_ids)
 
 
-_FACTS = (
-    "request_tenant({tenant}); tool({tool}); effect_rank({rank}); time({now}); "
-    "tool_calls({tool_calls}); tokens({tokens}); spend({spend}); allow if true;"
-)
+_ALLOW = biscuit.Policy("allow if true")
+_FACT_CACHE_MAX = 4096
+"""Parsed facts are reused: parsing is most of an authorization's cost, and a run's facts repeat
+(its tenant, its tools, the current second)."""
+_fact_cache: dict[tuple[str, object], biscuit.Fact] = {}
+
+
+def _fact(predicate: str, value: object) -> biscuit.Fact:
+    key = (predicate, value)
+    fact = _fact_cache.get(key)
+    if fact is None:
+        if len(_fact_cache) >= _FACT_CACHE_MAX:
+            _fact_cache.clear()
+        fact = biscuit.Fact(f"{predicate}({{v}})", {"v": value})
+        _fact_cache[key] = fact
+    return fact
 
 
 def authorize(token: biscuit.Biscuit, facts: WritFacts) -> WritRefusal | None:
     """None when the writ allows this call; otherwise the earliest stage that refuses it."""
-    builder = biscuit.AuthorizerBuilder(
-        _FACTS,
-        {
-            "tenant": facts.tenant,
-            "tool": facts.tool,
-            "rank": facts.effect.rank,
-            "now": facts.now,
-            "tool_calls": facts.tool_calls,
-            "tokens": facts.tokens,
-            "spend": facts.usd_millicents,
-        },
-    )
+    builder = biscuit.AuthorizerBuilder()
+    # Biscuit dates have one-second precision; truncating here makes the time fact reusable.
+    now = facts.now.replace(microsecond=0)
+    for predicate, value in (
+        ("request_tenant", facts.tenant),
+        ("tool", facts.tool),
+        ("effect_rank", facts.effect.rank),
+        ("time", now),
+        ("tool_calls", facts.tool_calls),
+        ("tokens", facts.tokens),
+        ("spend", facts.usd_millicents),
+    ):
+        builder.add_fact(_fact(predicate, value))
+    builder.add_policy(_ALLOW)
     # biscuit-python's type stubs omit the limits accessors that its runtime provides.
     limits = builder.limits()  # type: ignore[attr-defined]
     limits.max_time = DATALOG_TIME_MAX
