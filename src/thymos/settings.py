@@ -217,10 +217,6 @@ def _validated(settings: Settings) -> Settings:
         raise SettingsError("grace and keep-alive intervals must be positive")
     if settings.policy_dir is not None and not settings.policy_dir.is_dir():
         raise SettingsError(f"THYMOS_POLICY_DIR {str(settings.policy_dir)!r} is not a folder")
-    if not settings.insecure and not settings.api_keys and not is_loopback(settings.host):
-        raise SettingsError(
-            f"refusing to bind an open server (no API keys) to {settings.host}; bind to loopback or pass --insecure"
-        )
     return settings
 
 

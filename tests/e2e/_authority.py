@@ -33,7 +33,9 @@ KEYS_ENV = ",".join(
         f"b-admin:B:admin:{SECRETS['b-admin']}",
     ]
 )
-QUORUM_POLICY = '@id("ops-quorum")\n@approval("ops") @quorum("2")\npermit(principal, action, resource);\n'
+QUORUM_POLICY = (
+    '@id("ops-quorum")\n@approval("ops") @quorum("2")\npermit(principal, action, resource);\n'
+)
 
 
 def policy_dir(root: Path, **files: str) -> Path:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from thymos.api._setup import check_exposure
 from thymos.settings import (
     KEY_RPM_MAX,
     ApiKeySpec,
@@ -121,10 +122,15 @@ def test_invalid_keys_stop_settings_loading(tmp_path: Path) -> None:
 
 
 def test_keys_allow_a_non_loopback_bind_that_an_open_server_refuses(tmp_path: Path) -> None:
-    """Without keys, binding 0.0.0.0 needs --insecure; with keys configured it is allowed."""
+    """Without keys (in the environment or the key store), binding 0.0.0.0 needs --insecure;
+    with keys configured, or with --insecure, it is allowed."""
+    data = {"THYMOS_WORKSPACE": str(tmp_path), "THYMOS_DATA_DIR": str(tmp_path / "data")}
+    open_server = load_settings({**data, "THYMOS_ADDR": "0.0.0.0:3001"})
     with pytest.raises(SettingsError, match="refusing to bind"):
-        load_settings({"THYMOS_WORKSPACE": str(tmp_path), "THYMOS_ADDR": "0.0.0.0:3001"})
+        check_exposure(open_server)
+    check_exposure(load_settings({**data, "THYMOS_ADDR": "0.0.0.0:3001"}, insecure=True))
     guarded = load_settings(
-        {**_env(f"ops:acme:operator:{SECRET}", tmp_path), "THYMOS_ADDR": "0.0.0.0:3001"}
+        {**_env(f"ops:acme:operator:{SECRET}", tmp_path), **data, "THYMOS_ADDR": "0.0.0.0:3001"}
     )
+    check_exposure(guarded)
     assert guarded.host == "0.0.0.0"

@@ -25,7 +25,7 @@ from ._routes_meta import router as meta_router
 from ._routes_runs import router as runs_router
 from ._routes_streams import router as streams_router
 from ._routes_usage import router as usage_router
-from ._setup import check_production, load_policy, load_root_key
+from ._setup import check_exposure, load_policy, load_root_key
 
 log = logging.getLogger("thymos.api")
 
@@ -41,7 +41,7 @@ def open_store(settings: Settings) -> LedgerStore:
 def create_app(settings: Settings) -> FastAPI:
     """Build the app. Raises `SettingsError` or `PolicyError` (before anything listens) when the
     root key or the policy set cannot be loaded."""
-    check_production(settings)
+    check_exposure(settings)
     root = load_root_key(settings)
     policy = load_policy(settings)
 

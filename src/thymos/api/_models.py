@@ -52,6 +52,7 @@ class CreateRunBody(_Strict):
             budget=Budget(
                 budget.tokens, budget.tool_calls, budget.usd_millicents, budget.wall_clock_ms
             ),
+            effect_ceiling=self.effect_ceiling,
         )
 
 

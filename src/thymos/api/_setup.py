@@ -22,7 +22,7 @@ from thymos.governance import (
     new_root_key,
     private_key_from_hex,
 )
-from thymos.settings import Settings, SettingsError
+from thymos.settings import Settings, SettingsError, is_loopback
 
 POLICY_FILE_BYTES_MAX = 1024 * 1024
 
@@ -77,15 +77,21 @@ def _write_secret(path: Path, text: str) -> None:
         handle.write(text + "\n")
 
 
-def check_production(settings: Settings) -> None:
-    """Production refuses to start without API keys and a durable ledger."""
+def check_exposure(settings: Settings) -> None:
+    """An open server (no API keys in the environment or the key store) binds only to loopback
+    unless `--insecure`; production refuses to start without API keys and a durable ledger."""
+    has_keys = bool(settings.api_keys) or _stored_key_count(settings.sqlite_path) > 0
+    if not has_keys and not settings.insecure and not is_loopback(settings.host):
+        raise SettingsError(
+            f"refusing to bind an open server (no API keys) to {settings.host}; bind to loopback or pass --insecure"
+        )
     if settings.mode != "production":
         return
     if settings.sqlite_synchronous.upper() != "FULL":
         raise SettingsError(
             "production mode needs a durable ledger: set THYMOS_SQLITE_SYNCHRONOUS=full"
         )
-    if settings.api_keys or _stored_key_count(settings.sqlite_path) > 0:
+    if has_keys:
         return
     raise SettingsError(
         "production mode needs API keys: set THYMOS_API_KEYS or run `thymos keys create`"

@@ -718,6 +718,8 @@ def run_view(record: RunRecord) -> dict[str, Any]:
         "tools": spec["tools"],
         "cognition": {"provider": cognition.get("provider"), "model": cognition.get("model")},
         "budget": spec.get("budget"),
+        "effect_ceiling": spec.get("effect_ceiling"),
+        "writ": {k: v for k, v in (spec.get("writ") or {}).items() if k != "token"} or None,
         "usage": summary.get("usage"),
         "parent_run_id": None,
         "branch_of": None,
