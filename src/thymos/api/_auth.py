@@ -18,13 +18,13 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 
-from thymos.core import ErrorCode, ThymosError, rfc3339_from_us
+from thymos.core import ErrorCode, ThymosError, Usage, rfc3339_from_us
 from thymos.storage import ApiKey, KeySeed, SqliteKeyStore, StorageError, hash_secret
 
 from ._caller import ANONYMOUS, Caller, Role
@@ -219,8 +219,11 @@ class Gateway:
 
     # -- GET /usage --------------------------------------------------------------------------
 
-    async def usage(self, caller: Caller) -> dict[str, Any]:
-        """One row per key `caller` may see: every key for an admin, else only its own."""
+    async def usage(
+        self, caller: Caller, live: Mapping[str, Usage] | None = None
+    ) -> dict[str, Any]:
+        """One row per key `caller` may see: every key for an admin, else only its own. `live`
+        adds what active runs have used since their rows were last written."""
         if self._keys is None or not self._by_hash:
             return {"gateway": False, "window_seconds": RATE_WINDOW_S, "keys": []}
         keys = await self._keys.list_keys()
@@ -237,6 +240,7 @@ class Gateway:
         rows = []
         for key in keys:
             run = totals.get(key.key_id)
+            more = (live or {}).get(key.key_id, Usage())
             rows.append(
                 {
                     "key_id": key.key_id,
@@ -247,10 +251,10 @@ class Gateway:
                     "created_at": key.created_at,
                     "requests": requests[key.key_id],
                     "runs_created": run.runs if run else 0,
-                    "input_tokens": run.input_tokens if run else 0,
-                    "output_tokens": run.output_tokens if run else 0,
-                    "tool_calls": run.tool_calls if run else 0,
-                    "usd_millicents": run.usd_millicents if run else 0,
+                    "input_tokens": (run.input_tokens if run else 0) + more.input_tokens,
+                    "output_tokens": (run.output_tokens if run else 0) + more.output_tokens,
+                    "tool_calls": (run.tool_calls if run else 0) + more.tool_calls,
+                    "usd_millicents": (run.usd_millicents if run else 0) + more.usd_millicents,
                     "rpm": key.rpm,
                     "window": self._window_view(key, now, now_us),
                 }

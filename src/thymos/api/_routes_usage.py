@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from ._auth import Gateway
 from ._caller import Caller, current_caller
+from ._deps import runtime_of
 from ._models import ERROR_RESPONSES
 
 router = APIRouter(tags=["usage"])
@@ -61,5 +62,5 @@ class UsageReport(BaseModel):
 )
 async def usage(request: Request, caller: CallerDep) -> Any:
     gateway: Gateway = request.app.state.gateway
-    report: dict[str, Any] = await gateway.usage(caller)
+    report: dict[str, Any] = await gateway.usage(caller, runtime_of(request).unpersisted_usage())
     return report

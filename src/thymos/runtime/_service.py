@@ -31,6 +31,7 @@ from thymos.core import (
     RunSummary,
     TerminatedBy,
     ThymosError,
+    Usage,
     World,
     blake3_hex,
     canonical_bytes,
@@ -490,6 +491,24 @@ class Runtime:
             "revoked": True,
             "already_revoked": not newly,
         }
+
+    def unpersisted_usage(self) -> dict[str, Usage]:
+        """By creating key: what active runs have used beyond what their stored rows say."""
+        extra: dict[str, Usage] = {}
+        for active in self._active.values():
+            creator = active.record.created_by if active.record else None
+            if creator is None:
+                continue
+            trajectory = active.actor.trajectory
+            live, stored = trajectory.state.summary.usage, trajectory.persisted_usage
+            delta = Usage(
+                live.input_tokens - stored.input_tokens,
+                live.output_tokens - stored.output_tokens,
+                live.tool_calls - stored.tool_calls,
+                live.usd_millicents - stored.usd_millicents,
+            )
+            extra[creator] = extra.get(creator, Usage()).plus(delta)
+        return extra
 
     def root_key(self) -> dict[str, Any]:
         return {

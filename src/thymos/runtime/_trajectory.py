@@ -52,6 +52,8 @@ class Trajectory:
         self._entries = entries
         self._on_change = on_change
         self._persisted_status = state.summary.status.value
+        self.persisted_usage = state.summary.usage
+        """The usage in the run row as last written (readers add what the live summary has more)."""
         self._last_write: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None
 
@@ -97,6 +99,7 @@ class Trajectory:
         if status.value != self._persisted_status or status.terminal:
             update = RunUpdate(status.value, time, self.state.summary.as_dict())
             self._persisted_status = status.value
+            self.persisted_usage = self.state.summary.usage
         write = asyncio.ensure_future(self._store.append(self.run_id, sealed, update, checkpoint))
         write.add_done_callback(lambda done: self._settled(done, sealed))
         self._last_write = write

@@ -244,8 +244,8 @@ class SqliteKeyStore:
     async def run_totals(self) -> dict[str, RunTotals]:
         """Runs created and their usage, by creating key id (runs of the open server, which have
         no creator, are left out). Usage comes from each run's stored summary, which is written
-        whenever the run's status changes, so an active run counts what it had at its last
-        status change."""
+        whenever the run's status changes; for active runs the caller adds what their live
+        summaries hold beyond that (`Runtime.unpersisted_usage`)."""
         # The summary column holds orjson bytes (a BLOB); CAST makes it JSON text for SQLite.
         sql = """
             SELECT created_by, COUNT(*),
