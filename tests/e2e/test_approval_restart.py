@@ -19,7 +19,7 @@ from tests.e2e._authority import (
     wait_pending,
     writ_id_of,
 )
-from tests.e2e._harness import ServerProcess, create_run, wait_for, wait_terminal
+from tests.e2e._harness import ServerProcess, assert_error, create_run, wait_for, wait_terminal
 from tests.e2e.conftest import ServerFactory
 
 pytestmark = pytest.mark.blackbox
@@ -87,9 +87,10 @@ def test_pending_approval_survives_sigkill_and_the_approved_run_completes_and_re
 def test_revocation_persists_across_a_restart_and_spares_new_runs(
     server_factory: ServerFactory, tmp_path: Path
 ) -> None:
-    """A writ revoked before a restart stays revoked after it: the revoked run's proposal,
-    approved after the restart, is rejected `revoked`; revoking it again says already_revoked;
-    a new run's writ is unaffected and its approved call commits."""
+    """A writ revoked before a restart stays revoked after it: the restarted server re-decides
+    the revoked run's pending proposal and rejects it `revoked` without waiting for votes (a vote
+    then finds nothing pending, 404); revoking it again says already_revoked; a new run's writ
+    is unaffected and its approved call commits."""
     server = _server(server_factory, tmp_path)
     a1, run_id = _start(server)
     wait_pending(a1, run_id)
@@ -101,16 +102,16 @@ def test_revocation_persists_across_a_restart_and_spares_new_runs(
     server.start()
 
     a1, a2 = as_key(server, "a1"), as_key(server, "a2")
-    wait_pending(a1, run_id)
-    again = as_key(server, "a-admin").post(f"/writs/{writ_id}/revoke")
-    assert again.status_code == 200, again.text
-    assert again.json()["already_revoked"] is True
-    assert _vote(a1, run_id).status_code == 200
-    assert _vote(a2, run_id).status_code == 200
-    wait_terminal(a1, run_id)
+    record = wait_terminal(a1, run_id)
+    assert record["status"] == "completed", record
     (rejection,) = of_kind(entries(a1, run_id), "rejection")
     assert rejection["payload"]["reason"] == "revoked"
     assert rejection["payload"]["details"] == {"writ_id": writ_id}
+    assert of_kind(entries(a1, run_id), "commit") == []
+    assert_error(_vote(a1, run_id), 404, "approval_not_found")
+    again = as_key(server, "a-admin").post(f"/writs/{writ_id}/revoke")
+    assert again.status_code == 200, again.text
+    assert again.json()["already_revoked"] is True
 
     _, fresh = _start(server)
     wait_pending(a1, fresh)

@@ -146,15 +146,28 @@ def _statements(file: PolicyFile) -> list[_Statement]:
         elif char == ";" and depth == 0:
             chunk = text[start : i + 1]
             if chunk.strip():
-                offset = start + (len(chunk) - len(chunk.lstrip()))
-                out.append(_Statement(file.name, *_position(text, offset), chunk))
+                lead = _leading(chunk)
+                out.append(_Statement(file.name, *_position(text, start + lead), chunk[lead:]))
             start = i + 1
         i += 1
     rest = text[start:]
     if _strip_comments(rest).strip():
-        offset = start + (len(rest) - len(rest.lstrip()))
-        out.append(_Statement(file.name, *_position(text, offset), rest))
+        lead = _leading(rest)
+        out.append(_Statement(file.name, *_position(text, start + lead), rest[lead:]))
     return out
+
+
+def _leading(chunk: str) -> int:
+    """How many characters of whitespace and `//` comments come before a statement's first token
+    (a statement's position and text start there, so error positions inside it line up)."""
+    i = 0
+    while True:
+        while i < len(chunk) and chunk[i].isspace():
+            i += 1
+        if not chunk.startswith("//", i):
+            return i
+        end = chunk.find("\n", i)
+        i = len(chunk) if end < 0 else end
 
 
 def _strip_comments(text: str) -> str:
