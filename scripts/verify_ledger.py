@@ -37,7 +37,9 @@ def main() -> int:
     if problem:
         print(f"not verified: {problem}")
         return 1
-    print(f"verified: {len(lines)} entries, head {blake3.blake3(lines[-1]).hexdigest() if lines else None}")
+    print(
+        f"verified: {len(lines)} entries, head {blake3.blake3(lines[-1]).hexdigest() if lines else None}"
+    )
     return 0
 
 
