@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -31,7 +31,7 @@ import cedarpy
 import jsonschema
 from jsonschema.protocols import Validator
 
-from thymos.core import Effect, Intent, ToolSpec, Usage, canonical_bytes
+from thymos.core import Effect, Intent, ToolSpec, Usage, canonical_bytes, rfc3339_from_us
 
 from ._policy import PolicyDecision, PolicySet
 from ._schema import Acceptor, fast_acceptor
@@ -161,8 +161,12 @@ class ToolCatalog:
         ]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _time_text(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The decision time at the writ's own precision (whole seconds), as RFC 3339."""
+    return rfc3339_from_us((moment - _EPOCH) // timedelta(seconds=1) * 1_000_000)[:-8] + "Z"
 
 
 def compile_intent(
@@ -217,7 +221,9 @@ def compile_intent(
     decision = authority.policy.decide(
         run_id=authority.run_id,
         tool=spec,
-        arguments_json=canonical_bytes(intent.args).decode(),
+        arguments_json=canonical_bytes(intent.args).decode()
+        if authority.policy.reads_arguments
+        else "",
         tool_calls=usage.tool_calls,
         tokens=tokens,
         usd_millicents=usage.usd_millicents,

@@ -243,6 +243,8 @@ class PolicySet:
             where = statements[index]
             raise PolicyError(where.file, where.line, where.column, error.error)
         self._policies = cedarpy.PolicySet.from_str(combined)
+        self._dynamic = _dynamic_context(cedarpy.policies_to_json_str(combined))
+        self._decisions: dict[tuple[object, ...], PolicyDecision] = {}
         self.hash = blake3_hex(
             canonical_bytes([[f.name, f.text] for f in sorted(files, key=lambda f: f.name)])
         )
@@ -315,9 +317,48 @@ class PolicySet:
             )
         return cedarpy.Entities.from_json_str(json.dumps(items), self._schema)
 
+    @property
+    def reads_arguments(self) -> bool:
+        """Whether any policy looks at `context.arguments` (callers may then skip encoding it)."""
+        return "arguments" in self._dynamic
+
     def decide(
         self,
         *,
+        run_id: str,
+        tool: ToolSpec,
+        arguments_json: str,
+        tool_calls: int,
+        tokens: int,
+        usd_millicents: int,
+        entities: cedarpy.Entities,
+    ) -> PolicyDecision:
+        """The policy decision for one call.
+
+        Decisions are memoised on exactly the inputs the policies can see: the run, the tool,
+        and those context attributes some policy reads (found by walking the policies' syntax
+        trees at load). A policy set that never reads the arguments or the usage decides once per
+        run and tool."""
+        dynamic = {
+            "arguments": arguments_json,
+            "tool_calls": tool_calls,
+            "tokens": tokens,
+            "usd_millicents": usd_millicents,
+        }
+        key = (run_id, tool.name, *(dynamic[name] for name in sorted(self._dynamic)))
+        cached = self._decisions.get(key)
+        if cached is not None:
+            return cached
+        decision = self._evaluate(
+            run_id, tool, arguments_json, tool_calls, tokens, usd_millicents, entities
+        )
+        if len(self._decisions) >= DECISION_CACHE_MAX:
+            self._decisions.clear()
+        self._decisions[key] = decision
+        return decision
+
+    def _evaluate(
+        self,
         run_id: str,
         tool: ToolSpec,
         arguments_json: str,
@@ -352,6 +393,22 @@ class PolicySet:
             quorum = max(m.quorum for m in approvals if m.channel == channel)
             return PolicyDecision("suspend", names, self.hash, channel, quorum)
         return PolicyDecision("permit", names, self.hash)
+
+
+DECISION_CACHE_MAX = 8192
+_DYNAMIC_ATTRIBUTES = frozenset({"arguments", "tool_calls", "tokens", "usd_millicents"})
+_CONTEXT_VAR = '{"Var":"context"}'
+_CONTEXT_ATTRIBUTE = re.compile(r'\{"Var":"context"\},"attr":"([^"]+)"')
+
+
+def _dynamic_context(policies_json: str) -> frozenset[str]:
+    """The per-call context attributes the policies read. Conservative: if `context` is used
+    in any way other than reading a named attribute, every per-call attribute counts."""
+    compact = json.dumps(json.loads(policies_json), separators=(",", ":"))
+    named = _CONTEXT_ATTRIBUTE.findall(compact)
+    if len(named) != compact.count(_CONTEXT_VAR):
+        return _DYNAMIC_ATTRIBUTES
+    return frozenset(named) & _DYNAMIC_ATTRIBUTES
 
 
 def default_policy_files() -> list[PolicyFile]:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ log = logging.getLogger("thymos.runtime")
 
 INTENTS_PER_YIELD = 16
 """Decisions made between yields to the event loop when a turn brings many in-process intents."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 ARGUMENTS_PREVIEW_CHARS_MAX = 300
 """Approvers see this much of a proposal's arguments in the execution session; the ledger has
@@ -230,7 +232,7 @@ class RunActor:
                 max_steps=spec.max_steps,
                 turns_taken=summary.steps_executed,
                 tools=self._tool_views,
-                history=tuple(state.history),
+                history=state.context_history(),
             )
             try:
                 turn = await self.cognition.turn(context, self._emit)
@@ -295,7 +297,7 @@ class RunActor:
             catalog=self.deps.catalog,
             authority=self.authority,
             usage=self.trajectory.state.summary.usage,
-            now=datetime.fromtimestamp(self.deps.clock.now_us() / 1_000_000, tz=UTC),
+            now=_EPOCH + timedelta(microseconds=self.deps.clock.now_us()),
             revocations=self.deps.revocations(),
         )
 

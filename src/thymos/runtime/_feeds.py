@@ -29,6 +29,7 @@ class Feed(Generic[T]):
         self._items: deque[tuple[int, T]] = deque(maxlen=window)
         self._next_id = first_id
         self._changed = asyncio.Event()
+        self._waiters = 0
         self.closed = False
 
     @property
@@ -48,8 +49,11 @@ class Feed(Generic[T]):
         self._wake()
 
     def _wake(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        # Only an event someone waits on needs setting (and replacing); publishing to a feed
+        # nobody follows costs nothing.
+        if self._waiters:
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
 
     def available_after(self, after_id: int, *, strict: bool) -> list[tuple[int, T]]:
         """Items with id > after_id. With `strict`, raise `FellBehind` if some were dropped."""
@@ -66,10 +70,13 @@ class Feed(Generic[T]):
         """Wait until something is published or the feed closes (or the timeout passes)."""
         if self.closed:
             return
+        self._waiters += 1
         try:
             await asyncio.wait_for(self._changed.wait(), timeout_s)
         except TimeoutError:
             return
+        finally:
+            self._waiters -= 1
 
     async def follow(
         self, after_id: int, *, timeout_s: float, strict: bool
@@ -84,10 +91,13 @@ class Feed(Generic[T]):
             if self.closed:
                 return
             changed = self._changed
+            self._waiters += 1
             try:
                 await asyncio.wait_for(changed.wait(), timeout_s)
             except TimeoutError:
                 yield []
+            finally:
+                self._waiters -= 1
 
 
 class Cell(Generic[T]):
@@ -102,6 +112,7 @@ class Cell(Generic[T]):
         self._built_version = -1
         self.version = 0
         self._changed = asyncio.Event()
+        self._waiters = 0
         self.closed = False
 
     @property
@@ -113,8 +124,9 @@ class Cell(Generic[T]):
 
     def touch(self) -> None:
         self.version += 1
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        if self._waiters:
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
 
     def close(self) -> None:
         self.closed = True
@@ -125,8 +137,11 @@ class Cell(Generic[T]):
         if self.version != version or self.closed:
             return True
         changed = self._changed
+        self._waiters += 1
         try:
             await asyncio.wait_for(changed.wait(), timeout_s)
         except TimeoutError:
             return False
+        finally:
+            self._waiters -= 1
         return True

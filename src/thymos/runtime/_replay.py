@@ -119,6 +119,7 @@ class _Replayer:
         at = str(facts.get("authorized_at", ""))
         try:
             moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
+            recorded = datetime.fromisoformat(entry.time.replace("Z", "+00:00"))
             effect = Effect(str(body.get("effect")))
         except ValueError:
             self._fail(
@@ -127,7 +128,7 @@ class _Replayer:
                 f"entry {entry.seq} records malformed authority facts",
             )
             return
-        if at > entry.time:
+        if moment > recorded:
             self._fail(
                 entry.seq,
                 "authority_mismatch",

@@ -32,6 +32,9 @@ class RunState:
     undecided: dict[str, tuple[int, Intent]] = field(default_factory=dict)
     """Intents recorded but not yet rejected, committed or failed: entry id -> (seq, intent)."""
     last_checkpoint_seq: int = -1
+    open_intents: list[Intent] = field(default_factory=list)
+    """Intents of the latest turn not yet attached to its history item (attached in one go,
+    so a turn with k intents costs O(k), not O(k^2))."""
     turn_final: str | None = None
     """The final answer of the latest turn, if it gave one (the run ends once its intents are
     decided)."""
@@ -40,6 +43,8 @@ class RunState:
         self.summary.fold(entry)
         body = entry.body
         kind = entry.kind
+        if kind != EntryKind.INTENT and self.open_intents:
+            self._attach_intents()
         if kind == EntryKind.TURN:
             final = body.get("final")
             self.turn_final = final if isinstance(final, str) else None
@@ -49,9 +54,7 @@ class RunState:
         elif kind == EntryKind.INTENT:
             intent = Intent(body["tool"], body.get("args", {}), body.get("call_id", entry.id[:12]))
             self.undecided[entry.id] = (entry.seq, intent)
-            last = self.history[-1] if self.history else None
-            if isinstance(last, AssistantTurn):
-                self.history[-1] = AssistantTurn(last.step, last.text, (*last.intents, intent))
+            self.open_intents.append(intent)
         elif kind in (EntryKind.REJECTION, EntryKind.COMMIT, EntryKind.TOOL_FAILURE):
             ref = body.get("intent")
             decided = self.undecided.pop(ref, None) if isinstance(ref, str) else None
@@ -60,6 +63,20 @@ class RunState:
             self.history.append(Observation(call_id, str(body.get("tool")), outcome, content))
             if kind == EntryKind.COMMIT:
                 self.world.apply_all(deltas_of(body))
+
+    def _attach_intents(self) -> None:
+        last = self.history[-1] if self.history else None
+        if isinstance(last, AssistantTurn):
+            self.history[-1] = AssistantTurn(
+                last.step, last.text, (*last.intents, *self.open_intents)
+            )
+        self.open_intents.clear()
+
+    def context_history(self) -> tuple[HistoryItem, ...]:
+        """The history cognition sees, with the latest turn's intents attached."""
+        if self.open_intents:
+            self._attach_intents()
+        return tuple(self.history)
 
     def checkpoint_due(self) -> bool:
         since = self.summary.head_seq - self.last_checkpoint_seq
