@@ -77,11 +77,14 @@ def test_incremental_scratch_and_checkpoint_folds_agree(
     scratch = World.from_resources(list(incremental.resources()))
     snapshot = fold(deltas[:cut]).snapshot()
     restored = fold(deltas[cut:], World.restore(snapshot))
+    lazy = fold(deltas, World(lazy_hash=True))  # replay's fold: hashed once, at the end
 
     assert state_of(scratch) == state_of(incremental)
     assert state_of(restored) == state_of(incremental)
+    assert state_of(lazy) == state_of(incremental)
     assert scratch.hash == incremental.hash
     assert restored.hash == incremental.hash
+    assert lazy.hash == incremental.hash
     assert len(restored) == len(incremental)
 
 

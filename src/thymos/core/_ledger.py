@@ -135,8 +135,9 @@ class CorruptEntry(ValueError):
         self.message = message
 
 
-def parse_envelope(raw: bytes, *, run_id: str, seq: int) -> Entry:
-    """Parse stored bytes into an `Entry`, checking the envelope's shape (not the chain)."""
+def parse_envelope(raw: bytes, *, run_id: str, seq: int, entry_id: str | None = None) -> Entry:
+    """Parse stored bytes into an `Entry`, checking the envelope's shape (not the chain).
+    `entry_id`, when the caller has just hashed `raw`, saves hashing it again."""
     try:
         envelope = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -163,7 +164,7 @@ def parse_envelope(raw: bytes, *, run_id: str, seq: int) -> Entry:
     return Entry(
         run_id=run_id,
         seq=seq,
-        id=blake3_hex(raw),
+        id=entry_id if entry_id is not None else blake3_hex(raw),
         parent=parent,
         kind=envelope["kind"],
         time=envelope["time"],
@@ -217,7 +218,7 @@ class ChainVerifier:
         if actual_id != row.id:
             self._fail(row.seq, "hash_mismatch", f"entry {row.seq} does not hash to its stored id")
         try:
-            entry = parse_envelope(row.raw, run_id=self.run_id, seq=row.seq)
+            entry = parse_envelope(row.raw, run_id=self.run_id, seq=row.seq, entry_id=actual_id)
         except CorruptEntry as exc:
             self._fail(exc.seq, exc.code, exc.message)
             self.previous_id = actual_id

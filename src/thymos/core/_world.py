@@ -102,9 +102,11 @@ class World:
 
     __slots__ = ("_lattice", "_resources")
 
-    def __init__(self) -> None:
+    def __init__(self, *, lazy_hash: bool = False) -> None:
+        """`lazy_hash` skips the per-delta lattice update and computes the hash from the
+        resources when asked: cheaper for a fold that needs the hash once, at the end (replay)."""
         self._resources: dict[tuple[str, str], Resource] = {}
-        self._lattice = 0
+        self._lattice: int | None = None if lazy_hash else 0
 
     def __len__(self) -> int:
         return len(self._resources)
@@ -117,9 +119,17 @@ class World:
         for key in sorted(self._resources):
             yield self._resources[key]
 
+    def _lattice_value(self) -> int:
+        if self._lattice is not None:
+            return self._lattice
+        lattice = 0
+        for resource in self._resources.values():
+            lattice = _lanes_add(lattice, _element(resource))
+        return lattice
+
     @property
     def hash(self) -> str:
-        return blake3.blake3(self._lattice.to_bytes(DIGEST_BYTES, "little")).hexdigest()
+        return blake3.blake3(self._lattice_value().to_bytes(DIGEST_BYTES, "little")).hexdigest()
 
     def check(self, delta: Delta) -> None:
         """Raise `DeltaConflict` unless `delta` applies to the world as it stands."""
@@ -143,20 +153,25 @@ class World:
         current = self._resources.get(key)
         if delta.op == "retract":
             assert current is not None
-            self._lattice = _lanes_sub(self._lattice, _element(current))
+            if self._lattice is not None:
+                self._lattice = _lanes_sub(self._lattice, _element(current))
             del self._resources[key]
             return
         version = 1 if current is None else current.version + 1
         new = Resource(delta.kind, delta.id, version, delta.value)
         try:
+            if self._lattice is None:
+                canonical_bytes(delta.value)  # the value must still have a canonical form
+                self._resources[key] = new
+                return
             added = _element(new)
         except NotCanonicalizable as exc:
             raise DeltaConflict(
                 f"the value of {delta.kind}/{delta.id} has no canonical JSON form"
             ) from exc
+        self._resources[key] = new
         if current is not None:
             self._lattice = _lanes_sub(self._lattice, _element(current))
-        self._resources[key] = new
         self._lattice = _lanes_add(self._lattice, added)
 
     def check_all(self, deltas: Iterable[Delta]) -> None:
@@ -182,7 +197,7 @@ class World:
             self._resources, self._lattice = probe._resources, probe._lattice
 
     def copy(self) -> World:
-        other = World()
+        other = World(lazy_hash=self._lattice is None)
         other._resources = dict(self._resources)
         other._lattice = self._lattice
         return other
@@ -191,7 +206,7 @@ class World:
         """A checkpoint: every resource and the lattice state, as JSON bytes."""
         return orjson.dumps(
             {
-                "lattice": self._lattice.to_bytes(DIGEST_BYTES, "little").hex(),
+                "lattice": self._lattice_value().to_bytes(DIGEST_BYTES, "little").hex(),
                 "resources": [r.as_dict() for r in self._resources.values()],
             }
         )
@@ -210,9 +225,11 @@ class World:
     def from_resources(resources: Iterable[Resource]) -> World:
         """Build a world directly from a set of resources (a fold from nothing)."""
         world = World()
+        lattice = 0
         for resource in resources:
             world._resources[(resource.kind, resource.id)] = resource
-            world._lattice = _lanes_add(world._lattice, _element(resource))
+            lattice = _lanes_add(lattice, _element(resource))
+        world._lattice = lattice
         return world
 
 

@@ -349,7 +349,7 @@ class PolicySet:
         cached = self._decisions.get(key)
         if cached is not None:
             return cached
-        decision = self._evaluate(
+        decision = self.evaluate(
             run_id, tool, arguments_json, tool_calls, tokens, usd_millicents, entities
         )
         if len(self._decisions) >= DECISION_CACHE_MAX:
@@ -357,7 +357,7 @@ class PolicySet:
         self._decisions[key] = decision
         return decision
 
-    def _evaluate(
+    def evaluate(
         self,
         run_id: str,
         tool: ToolSpec,
@@ -367,6 +367,7 @@ class PolicySet:
         usd_millicents: int,
         entities: cedarpy.Entities,
     ) -> PolicyDecision:
+        """Evaluate the policy set for one call with Cedar (no memo)."""
         request = {
             "principal": {"type": "Thymos::Run", "id": run_id},
             "action": {"type": "Thymos::Action", "id": "invoke"},

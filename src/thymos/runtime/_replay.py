@@ -45,7 +45,7 @@ class _Replayer:
     require_compiler: str | None
     require_policy: str | None
     verifier: ChainVerifier
-    world: World = field(default_factory=World)
+    world: World = field(default_factory=lambda: World(lazy_hash=True))
     kinds: Counter[str] = field(default_factory=Counter)
     compilers: set[str] = field(default_factory=set)
     policies: set[str] = field(default_factory=set)
