@@ -300,7 +300,7 @@ def main(*, entries: int, runs: int, clients: int) -> None:
         data_dir = Path(tmp)
         figures = _authority_costs()
         print(f"writ check (Biscuit authorizer):          {figures['writ_check_us']} us")
-        print(f"policy check (Cedar, not memoised):      {figures['policy_check_us']} us")
+        print(f"policy check (Cedar, not memoised):       {figures['policy_check_us']} us")
         print(f"compile, all stages:                      {figures['compile_us']} us")
         print(
             f"compile without writ and policy:          {figures['compile_without_authority_us']} us"
