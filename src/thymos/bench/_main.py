@@ -34,6 +34,7 @@ from thymos.cognition import CognitionContext, Emit, Turn
 from thymos.core import Budget, Effect, Intent, RunSpec, Usage
 from thymos.governance import (
     Authority,
+    PolicyCall,
     PolicySet,
     ToolCatalog,
     WritFacts,
@@ -274,7 +275,9 @@ def _authority_costs() -> dict[str, Any]:
     facts = WritFacts("bench", "kv_set", Effect.WRITE, now, 3, 0, 0)
     writ_us = _median_us(lambda: authorize(token, facts))
     policy_us = _median_us(
-        lambda: policy.evaluate("r", specs["kv_set"], '{"key":"k","value":1}', 3, 0, 0, entities)
+        lambda: policy.evaluate(
+            PolicyCall("r", specs["kv_set"], '{"key":"k","value":1}', 3, 0, 0), entities
+        )
     )
     compile_us = _median_us(
         lambda: compile_intent(

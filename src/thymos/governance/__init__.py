@@ -20,6 +20,7 @@ from ._compiler import (
 from ._policy import (
     DEFAULT_POLICIES,
     SCHEMA,
+    PolicyCall,
     PolicyDecision,
     PolicyError,
     PolicyFile,
@@ -54,6 +55,7 @@ __all__ = [
     "Authority",
     "Basis",
     "Decision",
+    "PolicyCall",
     "PolicyDecision",
     "PolicyError",
     "PolicyFile",

@@ -33,7 +33,7 @@ from jsonschema.protocols import Validator
 
 from thymos.core import Effect, Intent, ToolSpec, Usage, canonical_bytes, rfc3339_from_us
 
-from ._policy import PolicyDecision, PolicySet
+from ._policy import PolicyCall, PolicyDecision, PolicySet
 from ._schema import Acceptor, fast_acceptor
 from ._writ import WritFacts, authorize, revoked
 
@@ -218,17 +218,15 @@ def compile_intent(
             {"errors": shown},
             basis,
         )
-    decision = authority.policy.decide(
+    call = PolicyCall(
         run_id=authority.run_id,
         tool=spec,
-        arguments_json=canonical_bytes(intent.args).decode()
-        if authority.policy.reads_arguments
-        else "",
+        arguments=canonical_bytes(intent.args).decode() if authority.policy.reads_arguments else "",
         tool_calls=usage.tool_calls,
         tokens=tokens,
         usd_millicents=usage.usd_millicents,
-        entities=authority.entities,
     )
+    decision = authority.policy.decide(call, authority.entities)
     return _apply_policy(spec, basis, decision)
 
 

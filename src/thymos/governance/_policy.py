@@ -105,6 +105,19 @@ class PolicyMeta:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyCall:
+    """One proposed call as policy sees it; the field names are the context attributes."""
+
+    run_id: str
+    tool: ToolSpec
+    arguments: str
+    """The arguments as canonical JSON text (empty when no policy reads them)."""
+    tool_calls: int
+    tokens: int
+    usd_millicents: int
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyDecision:
     """`permit`, `deny` or `suspend` (with the channel and quorum), and why."""
 
@@ -322,54 +335,32 @@ class PolicySet:
         """Whether any policy looks at `context.arguments` (callers may then skip encoding it)."""
         return "arguments" in self._dynamic
 
-    def decide(
-        self,
-        *,
-        run_id: str,
-        tool: ToolSpec,
-        arguments_json: str,
-        tool_calls: int,
-        tokens: int,
-        usd_millicents: int,
-        entities: cedarpy.Entities,
-    ) -> PolicyDecision:
+    def decide(self, call: PolicyCall, entities: cedarpy.Entities) -> PolicyDecision:
         """The policy decision for one call.
 
         Decisions are memoised on exactly the inputs the policies can see: the run, the tool,
         and those context attributes some policy reads (found by walking the policies' syntax
         trees at load). A policy set that never reads the arguments or the usage decides once per
         run and tool."""
-        dynamic = {
-            "arguments": arguments_json,
-            "tool_calls": tool_calls,
-            "tokens": tokens,
-            "usd_millicents": usd_millicents,
-        }
-        key = (run_id, tool.name, *(dynamic[name] for name in sorted(self._dynamic)))
+        key = (
+            call.run_id,
+            call.tool.name,
+            *(getattr(call, name) for name in sorted(self._dynamic)),
+        )
         cached = self._decisions.get(key)
         if cached is not None:
             return cached
-        decision = self.evaluate(
-            run_id, tool, arguments_json, tool_calls, tokens, usd_millicents, entities
-        )
+        decision = self.evaluate(call, entities)
         if len(self._decisions) >= DECISION_CACHE_MAX:
             self._decisions.clear()
         self._decisions[key] = decision
         return decision
 
-    def evaluate(
-        self,
-        run_id: str,
-        tool: ToolSpec,
-        arguments_json: str,
-        tool_calls: int,
-        tokens: int,
-        usd_millicents: int,
-        entities: cedarpy.Entities,
-    ) -> PolicyDecision:
+    def evaluate(self, call: PolicyCall, entities: cedarpy.Entities) -> PolicyDecision:
         """Evaluate the policy set for one call with Cedar (no memo)."""
+        tool = call.tool
         request = {
-            "principal": {"type": "Thymos::Run", "id": run_id},
+            "principal": {"type": "Thymos::Run", "id": call.run_id},
             "action": {"type": "Thymos::Action", "id": "invoke"},
             "resource": {"type": "Thymos::Tool", "id": tool.name},
             "context": {
@@ -377,10 +368,10 @@ class PolicySet:
                 "effect_rank": Effect(tool.effect).rank,
                 "risk": tool.risk.value,
                 "risk_rank": _RISK_RANK[tool.risk],
-                "arguments": arguments_json,
-                "tool_calls": tool_calls,
-                "tokens": tokens,
-                "usd_millicents": usd_millicents,
+                "arguments": call.arguments,
+                "tool_calls": call.tool_calls,
+                "tokens": call.tokens,
+                "usd_millicents": call.usd_millicents,
             },
         }
         result = cedarpy.is_authorized(request, self._policies, entities)
