@@ -97,55 +97,47 @@ async def test_an_unforged_reseal_verifies(
     await fresh_runtime.shutdown(5.0)
 
 
-@pytest.mark.anyio
-async def test_a_commit_of_a_tool_outside_the_writ_is_caught(
-    fresh_runtime: Runtime, store: SqliteLedgerStore, tmp_path: Path
-) -> None:
-    """A re-sealed commit claiming a tool the writ does not cover is `unauthorised_commit`."""
-
-    def change(kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        if kind == EntryKind.COMMIT and body["tool"] == "kv_set":
-            return {**body, "tool": "grep", "effect": "read"}
-        return body
-
-    report = await _forge(fresh_runtime, store, tmp_path, change)
-    assert report["verified"] is False
-    assert "unauthorised_commit" in {f["code"] for f in report["failures"]}
-    await fresh_runtime.shutdown(5.0)
+def _tool_outside_the_writ(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    if kind == EntryKind.COMMIT and body["tool"] == "kv_set":
+        return {**body, "tool": "grep", "effect": "read"}
+    return body
 
 
-@pytest.mark.anyio
-async def test_a_commit_whose_recorded_usage_the_ledger_does_not_show_is_caught(
-    fresh_runtime: Runtime, store: SqliteLedgerStore, tmp_path: Path
-) -> None:
-    """Recording less usage than the ledger shows (to slip under a budget) is `authority_mismatch`."""
+def _understated_usage(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    if kind == EntryKind.COMMIT:
+        return {**body, "authority": {**body["authority"], "tool_calls": 0}}
+    return body
 
-    def change(kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        if kind == EntryKind.COMMIT:
-            return {**body, "authority": {**body["authority"], "tool_calls": 0}}
-        return body
 
-    report = await _forge(fresh_runtime, store, tmp_path, change)
-    assert report["verified"] is False
-    failures = [f for f in report["failures"] if f["code"] == "authority_mismatch"]
-    assert failures, report["failures"]
-    await fresh_runtime.shutdown(5.0)
+def _effect_above_the_ceiling(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    if kind == EntryKind.COMMIT:
+        return {**body, "effect": "irreversible"}
+    return body
 
 
 @pytest.mark.anyio
-async def test_a_commit_above_the_writ_ceiling_is_caught(
-    fresh_runtime: Runtime, store: SqliteLedgerStore, tmp_path: Path
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        (_tool_outside_the_writ, "unauthorised_commit"),
+        (_understated_usage, "authority_mismatch"),
+        (_effect_above_the_ceiling, "unauthorised_commit"),
+    ],
+    ids=["tool-outside-the-writ", "understated-usage", "effect-above-the-ceiling"],
+)
+async def test_a_forged_commit_is_caught_although_the_chain_is_intact(
+    fresh_runtime: Runtime,
+    store: SqliteLedgerStore,
+    tmp_path: Path,
+    change: Callable[[str, dict[str, Any]], dict[str, Any]],
+    code: str,
 ) -> None:
-    """A commit recorded with an effect above the writ's ceiling does not re-authorize."""
-
-    def change(kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        if kind == EntryKind.COMMIT:
-            return {**body, "effect": "irreversible"}
-        return body
-
+    """A re-sealed commit claiming a tool the writ does not cover, or an effect above its
+    ceiling, does not re-authorize (`unauthorised_commit`); one recording less usage than the
+    ledger shows, to slip under a budget, is `authority_mismatch`."""
     report = await _forge(fresh_runtime, store, tmp_path, change)
     assert report["verified"] is False
-    assert "unauthorised_commit" in {f["code"] for f in report["failures"]}
+    assert code in {f["code"] for f in report["failures"]}, report["failures"]
     await fresh_runtime.shutdown(5.0)
 
 
