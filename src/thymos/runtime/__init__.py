@@ -14,8 +14,9 @@ from ._limits import (
     SUBSCRIBERS_PER_RUN_MAX,
 )
 from ._requests import MAX_STEPS_DEFAULT, MAX_STEPS_MAX, TASK_CHARS_MAX, StartRun
-from ._service import DEFAULT_TENANT, ActiveRun, Runtime, RuntimeConfig, execution_view, run_view
+from ._service import DEFAULT_TENANT, ActiveRun, Runtime, RuntimeConfig
 from ._state import CHECKPOINT_INTERVAL, CONTEXT_HISTORY_MAX, RunState
+from ._views import execution_view, run_view
 
 __all__ = [
     "CHECKPOINT_INTERVAL",

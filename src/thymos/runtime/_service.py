@@ -68,6 +68,7 @@ from ._replay import replay_report
 from ._requests import StartRun
 from ._state import RunState
 from ._trajectory import Trajectory
+from ._views import execution_view, run_view
 
 log = logging.getLogger("thymos.runtime")
 
@@ -719,75 +720,3 @@ class Runtime:
 
 def _default_provider(spec: RunSpec) -> Cognition:
     return create_provider(spec.provider, model=spec.model, script=spec.script)
-
-
-def run_view(record: RunRecord) -> dict[str, Any]:
-    """The run record as `GET /runs/:id` and `GET /runs` show it."""
-    spec, summary = record.spec, record.summary
-    cognition = spec.get("cognition", {})
-    view: dict[str, Any] = {
-        "run_id": record.run_id,
-        "task": spec["task"],
-        "status": record.status,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-        "tenant": record.tenant,
-        "max_steps": spec["max_steps"],
-        "tool_scopes": spec["tool_scopes"],
-        "tools": spec["tools"],
-        "cognition": {"provider": cognition.get("provider"), "model": cognition.get("model")},
-        "budget": spec.get("budget"),
-        "effect_ceiling": spec.get("effect_ceiling"),
-        "writ": {k: v for k, v in (spec.get("writ") or {}).items() if k != "token"} or None,
-        "usage": summary.get("usage"),
-        "parent_run_id": None,
-        "branch_of": None,
-        "summary": {
-            "steps_executed": summary["steps_executed"],
-            "intents_submitted": summary["intents_submitted"],
-            "commits": summary["commits"],
-            "rejections": summary["rejections"],
-            "failures": summary["failures"],
-            "final_answer": summary.get("final_answer"),
-            "terminated_by": summary.get("terminated_by"),
-            "error": summary.get("error"),
-            "head_seq": summary["head_seq"],
-            "head_id": summary.get("head_id"),
-        },
-    }
-    return view
-
-
-def execution_view(
-    record: RunRecord, summary: RunSummary, *, phase: str, active_tool: str | None, step: int | None
-) -> dict[str, Any]:
-    """The execution session: the operator-facing truth about a run, live or finished."""
-    status = summary.status
-    if status.terminal:
-        operator_state = "done"
-    elif status is RunStatus.WAITING_APPROVAL:
-        operator_state = "approval_required"
-    else:
-        operator_state = "watching"
-    return {
-        "run_id": record.run_id,
-        "task": record.spec["task"],
-        "status": status.value,
-        "phase": phase,
-        "operator_state": operator_state,
-        "current_step": step if step is not None else summary.steps_executed,
-        "max_steps": record.spec["max_steps"],
-        "active_tool": active_tool,
-        "final_answer": summary.final_answer,
-        "terminated_by": summary.terminated_by,
-        "error": summary.error,
-        "counters": summary.counters(),
-        "usage": summary.usage.as_dict(),
-        "pending_approvals": [
-            {k: v for k, v in pending.items() if k != "suspended_at"}
-            | {"since": pending.get("suspended_at")}
-            for pending in summary.pending.values()
-        ],
-        "head_seq": summary.head_seq,
-        "log": list(summary.log),
-    }
