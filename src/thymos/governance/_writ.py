@@ -236,6 +236,64 @@ def authorize(token: biscuit.Biscuit, facts: WritFacts) -> WritRefusal | None:
     return None
 
 
+_NAME_LITERAL = r'"[A-Za-z0-9_.:\-]*"'
+_SCOPE_TERM = (
+    rf"(?:\[{_NAME_LITERAL}(?:, {_NAME_LITERAL})*\]\.contains\(\$t\)"
+    rf"|\$t\.starts_with\({_NAME_LITERAL}\)"
+    r'|\$t\.matches\("[A-Za-z0-9_.:\-*?^$\\]*"\)'
+    r"|true|false)"
+)
+_MONOTONE_CHECK = re.compile(
+    r"check if (?:true"
+    rf"|request_tenant\({_NAME_LITERAL}\)"
+    rf"|tool\(\$t\), {_SCOPE_TERM}(?: \|\| {_SCOPE_TERM})*"
+    r"|effect_rank\(\$r\), \$r <= \d+"
+    r"|time\(\$t\), \$t (?:>=|<) [0-9TZ:\-]+"
+    r"|(?:tool_calls|tokens|spend)\(\$n\), \$n < \d+);"
+)
+"""The checks `_checks` writes, and nothing else: a scope test may only look at the tool name."""
+
+
+def is_monotone(token: biscuit.Biscuit) -> bool:
+    """True when every block holds only the checks this module writes: a fixed tenant, a scope
+    test on the tool name, an effect ceiling, time bounds and usage ceilings.
+
+    For such a writ, whether a call is allowed depends on its tool and effect, and otherwise only
+    through comparisons that are monotone in the time and usage facts. `authorize_span` relies on
+    this; a writ with any other check (a third party may attenuate a token by hand) must be
+    authorized call by call."""
+    for index in range(token.block_count()):
+        for line in token.block_source(index).splitlines():
+            if line.strip() and not _MONOTONE_CHECK.fullmatch(line.strip()):
+                return False
+    return True
+
+
+def authorize_span(
+    token: biscuit.Biscuit,
+    *,
+    tenant: str,
+    tool: str,
+    effect: Effect,
+    earliest: datetime,
+    latest: datetime,
+    tool_calls: int,
+    tokens: int,
+    usd_millicents: int,
+) -> WritRefusal | None:
+    """Authorize every call of one tool and effect made between `earliest` and `latest` with usage
+    at most the given maxima, in two authorizations. Sound only for `is_monotone` writs: a lower
+    time bound is hardest at the earliest time, an upper one at the latest, a usage ceiling at the
+    maximum usage; passing both extremes means every call in between passes."""
+    for moment in (earliest, latest):
+        refusal = authorize(
+            token, WritFacts(tenant, tool, effect, moment, tool_calls, tokens, usd_millicents)
+        )
+        if refusal is not None:
+            return refusal
+    return None
+
+
 def _refusal(message: str, facts: WritFacts) -> WritRefusal:
     """Map biscuit's failure report to the earliest refusing stage.
 

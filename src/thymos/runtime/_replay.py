@@ -29,7 +29,7 @@ from thymos.core import (
     World,
     deltas_of,
 )
-from thymos.governance import WritError, WritFacts, authorize
+from thymos.governance import WritError, WritFacts, authorize, authorize_span, is_monotone
 from thymos.governance import parse as parse_writ
 from thymos.storage import LedgerStore, RunRecord
 
@@ -57,6 +57,10 @@ class _Replayer:
     writ: biscuit.Biscuit | None = None
     tenant: str = ""
     usage: RunSummary = field(default_factory=RunSummary)
+    monotone: bool = False
+    pending: list[tuple[int, WritFacts]] = field(default_factory=list)
+    """Commits of the current page whose writ check is still to be made (checked per page, so
+    memory stays bounded whatever the ledger's length)."""
 
     def page(self, rows: list[StoredRow]) -> None:
         for row in rows:
@@ -65,6 +69,39 @@ class _Replayer:
             if entry is not None:
                 self._decision_checks(entry)
                 self._fold_usage(entry)
+        self._authorize_pending()
+
+    def _authorize_pending(self) -> None:
+        """Re-authorize this page's commits with the writ. For a writ made only of Thymos's own
+        monotone checks, commits of the same tool and effect are authorized together at their
+        extremes (two authorizer calls per group); a group that fails, or any other writ, is
+        authorized commit by commit so each failure names its seq."""
+        pending, self.pending = self.pending, []
+        if self.writ is None or not pending:
+            return
+        groups: dict[tuple[str, str], list[tuple[int, WritFacts]]] = {}
+        for seq, facts in pending:
+            groups.setdefault((facts.tool, facts.effect.value), []).append((seq, facts))
+        for members in groups.values():
+            if self.monotone:
+                first = members[0][1]
+                refusal = authorize_span(
+                    self.writ,
+                    tenant=first.tenant,
+                    tool=first.tool,
+                    effect=first.effect,
+                    earliest=min(f.now for _, f in members),
+                    latest=max(f.now for _, f in members),
+                    tool_calls=max(f.tool_calls for _, f in members),
+                    tokens=max(f.tokens for _, f in members),
+                    usd_millicents=max(f.usd_millicents for _, f in members),
+                )
+                if refusal is None:
+                    continue
+            for seq, facts in members:
+                refused = authorize(self.writ, facts)
+                if refused is not None:
+                    self._fail(seq, "unauthorised_commit", f"entry {seq}: {refused.message}")
 
     def _fail(self, seq: int, code: str, message: str) -> None:
         self.verifier._fail(seq, code, message)
@@ -83,6 +120,7 @@ class _Replayer:
             return
         try:
             self.writ = parse_writ(writ["token"], self.root)
+            self.monotone = is_monotone(self.writ)
         except WritError as exc:
             self._fail(
                 entry.seq,
@@ -135,20 +173,16 @@ class _Replayer:
                 f"entry {entry.seq} was authorized after it was recorded",
             )
             return
-        refusal = authorize(
-            self.writ,
-            WritFacts(
-                self.tenant,
-                str(body.get("tool")),
-                effect,
-                moment,
-                usage.tool_calls,
-                tokens,
-                usage.usd_millicents,
-            ),
+        facts = WritFacts(
+            self.tenant,
+            str(body.get("tool")),
+            effect,
+            moment,
+            usage.tool_calls,
+            tokens,
+            usage.usd_millicents,
         )
-        if refusal is not None:
-            self._fail(entry.seq, "unauthorised_commit", f"entry {entry.seq}: {refusal.message}")
+        self.pending.append((entry.seq, facts))
 
     def _decision_checks(self, entry: Entry) -> None:
         self.kinds[entry.kind] += 1

@@ -1,0 +1,70 @@
+"""Replay authorizes a run's commits of one tool and effect together: for writs made only of
+Thymos's own checks, two authorizations at the extremes decide exactly what authorizing every
+call would decide."""
+
+from __future__ import annotations
+
+import biscuit_auth as biscuit
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from thymos.core import Effect
+from thymos.governance import (
+    WritFacts,
+    WritTerms,
+    attenuate,
+    authorize,
+    authorize_span,
+    is_monotone,
+    mint,
+    parse,
+)
+
+from .test_writ_attenuation import OPEN, ROOT, TOOLS, facts_strategy, terms_strategy
+
+SPAN_EXAMPLES = 600
+
+
+@settings(max_examples=SPAN_EXAMPLES, deadline=None)
+@given(
+    parent=terms_strategy,
+    child=terms_strategy,
+    tool=st.sampled_from(TOOLS),
+    effect=st.sampled_from(list(Effect)),
+    calls=st.lists(facts_strategy, min_size=1, max_size=6),
+)
+def test_a_span_is_allowed_exactly_when_every_call_in_it_is(
+    parent: WritTerms, child: WritTerms, tool: str, effect: Effect, calls: list[WritFacts]
+) -> None:
+    """For a minted and attenuated writ and calls of one tool, effect and tenant, the span check
+    passes if and only if every call passes on its own."""
+    minted = mint(ROOT.private_key, parent)
+    token = parse(attenuate(minted.token, ROOT.public_key, child).token, ROOT.public_key)
+    assert is_monotone(token)
+    same = [
+        WritFacts("acme", tool, effect, c.now, c.tool_calls, c.tokens, c.usd_millicents)
+        for c in calls
+    ]
+    each = all(authorize(token, call) is None for call in same)
+    span = authorize_span(
+        token,
+        tenant="acme",
+        tool=tool,
+        effect=effect,
+        earliest=min(c.now for c in same),
+        latest=max(c.now for c in same),
+        tool_calls=max(c.tool_calls for c in same),
+        tokens=max(c.tokens for c in same),
+        usd_millicents=max(c.usd_millicents for c in same),
+    )
+    assert (span is None) == each
+
+
+def test_a_hand_made_block_is_not_treated_as_monotone() -> None:
+    """A block with any check Thymos does not write (here an equality on usage, which is not
+    monotone) makes replay authorize call by call."""
+    minted = mint(ROOT.private_key, OPEN)
+    token = parse(minted.token, ROOT.public_key)
+    assert is_monotone(token)
+    odd = token.append(biscuit.BlockBuilder("check if tool($t), tool_calls($n), $n == 5;"))
+    assert not is_monotone(odd)
