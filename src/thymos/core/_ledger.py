@@ -23,6 +23,7 @@ from ._canonical import CANONICAL_VERSION, canonical_bytes
 from ._ids import blake3_hex, is_hex64
 
 ENVELOPE_FIELDS = ("v", "run", "seq", "parent", "kind", "time", "body")
+_ENVELOPE_FIELD_SET = frozenset(ENVELOPE_FIELDS)
 
 
 class EntryKind(StrEnum):
@@ -142,7 +143,7 @@ def parse_envelope(raw: bytes, *, run_id: str, seq: int, entry_id: str | None = 
         envelope = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise CorruptEntry(seq, "malformed_entry", f"entry {seq} is not valid JSON") from exc
-    if not isinstance(envelope, dict) or tuple(sorted(envelope)) != tuple(sorted(ENVELOPE_FIELDS)):
+    if not isinstance(envelope, dict) or envelope.keys() != _ENVELOPE_FIELD_SET:
         raise CorruptEntry(seq, "malformed_entry", f"entry {seq} does not have the envelope fields")
     if envelope["v"] != CANONICAL_VERSION:
         raise CorruptEntry(

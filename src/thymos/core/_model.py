@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -124,7 +124,7 @@ class Usage:
         )
 
     def with_tool_call(self) -> Usage:
-        return replace(self, tool_calls=self.tool_calls + 1)
+        return Usage(self.input_tokens, self.output_tokens, self.tool_calls + 1, self.usd_millicents)
 
     def as_dict(self) -> dict[str, int]:
         return {
