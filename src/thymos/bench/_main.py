@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from thymos.cognition import CognitionContext, Emit, Turn
 from thymos.core import Budget, Effect, Intent, RunSpec, Usage
@@ -50,6 +51,8 @@ from thymos.governance import (
 from thymos.runtime import MAX_STEPS_MAX, Runtime, RuntimeConfig, StartRun
 from thymos.storage import SqliteLedgerStore
 from thymos.tools import builtin_tools
+
+from ._http import BenchConnection
 
 KEY_SPACE = 1000
 """kv_set keys cycle over this many keys, so the world stays a realistic size."""
@@ -182,7 +185,7 @@ async def _wait_ready(client: httpx.AsyncClient, deadline_s: float) -> None:
     raise RuntimeError("the server did not become ready")
 
 
-async def _one_run(client: httpx.AsyncClient, index: int) -> None:
+async def _one_run(connection: BenchConnection, index: int) -> None:
     body = {
         "task": f"bench run {index}",
         "tool_scopes": ["kv_*"],
@@ -191,37 +194,37 @@ async def _one_run(client: httpx.AsyncClient, index: int) -> None:
             "script": [{"tool": "kv_set", "args": {"key": "k", "value": index}}, {"final": "ok"}],
         },
     }
-    response = await client.post("/runs", json=body)
-    response.raise_for_status()
-    run_id = response.json()["run_id"]
+    status, data = await connection.request("POST", "/runs", body)
+    if status != 202:
+        raise RuntimeError(f"POST /runs answered {status}: {data[:200]!r}")
+    run_id = orjson.loads(data)["run_id"]
     # Follow the ledger stream to the end: it closes once the run is terminal.
-    async with client.stream("GET", f"/runs/{run_id}/events") as stream:
-        last = ""
-        async for line in stream.aiter_lines():
-            if line.startswith("event: "):
-                last = line[7:]
-    if last != "run_ended":
+    status, stream = await connection.request("GET", f"/runs/{run_id}/events")
+    last = stream.rstrip().rsplit(b"\nevent: ", 1)[-1].split(b"\n", 1)[0]
+    if status != 200 or last != b"run_ended":
         raise RuntimeError(f"run {run_id} stream ended with {last!r}")
 
 
 async def _drive_http(port: int, runs: int, clients: int) -> float:
-    limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2)
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits
-    ) as client:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
         await _wait_ready(client, 30)
-        await asyncio.gather(*(_one_run(client, -i) for i in range(clients)))  # warm-up
+    connections = [BenchConnection("127.0.0.1", port) for _ in range(clients)]
+    try:
+        await asyncio.gather(*(_one_run(c, -i) for i, c in enumerate(connections)))  # warm-up
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(runs):
             queue.put_nowait(i)
 
-        async def worker() -> None:
+        async def worker(connection: BenchConnection) -> None:
             while not queue.empty():
-                await _one_run(client, queue.get_nowait())
+                await _one_run(connection, queue.get_nowait())
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
+        await asyncio.gather(*(worker(c) for c in connections))
         return time.perf_counter() - started
+    finally:
+        for connection in connections:
+            await connection.close()
 
 
 def _http_runs(runs: int, clients: int, data_dir: Path) -> dict[str, Any]:

@@ -124,7 +124,9 @@ class Usage:
         )
 
     def with_tool_call(self) -> Usage:
-        return Usage(self.input_tokens, self.output_tokens, self.tool_calls + 1, self.usd_millicents)
+        return Usage(
+            self.input_tokens, self.output_tokens, self.tool_calls + 1, self.usd_millicents
+        )
 
     def as_dict(self) -> dict[str, int]:
         return {
