@@ -3,8 +3,8 @@
 0. The cost of the writ check (Biscuit) and the policy check (Cedar) alone, and of the whole
    compile with and without them.
 1. Governance overhead per intent (compile with writ and policy, execute the mock tool, append,
-   projection update), at seq ~100 and at seq ~100,000 of one run: they should be within 20% of
-   each other.
+   projection update), at seq ~100,000 of one run and at seq ~100 of fresh runs measured right
+   before and after it: they should be within 20% of each other.
 2. Replay rate (verify every hash and link, fold every commit) over that run's ledger of at
    least 100,000 entries, read from SQLite.
 3. End-to-end mock runs per second over real HTTP against a real `thymos serve` process, with
@@ -67,21 +67,28 @@ class _BenchCognition:
 
     The time from one turn's return to the next turn's call is exactly the runtime's governance
     work for the previous turn's intents (recording the turn and intents, compiling, executing the
-    mock tool, committing, updating the projection)."""
+    mock tool, committing, updating the projection). With a `gate`, the turn at `gate_at` waits
+    for it (so other measurements can be taken at that moment)."""
 
     live = False
 
-    def __init__(self, plan: list[int]) -> None:
+    def __init__(self, plan: list[int], gate_at: int | None = None) -> None:
         self.plan = plan
         self.returned_at: float | None = None
         self.samples: list[tuple[int, float, int]] = []  # (turn index, seconds, intents)
         self.counter = 0
+        self.gate_at = gate_at
+        self.arrived = asyncio.Event()
+        self.gate = asyncio.Event()
 
     async def turn(self, context: CognitionContext, emit: Emit) -> Turn:
         now = time.perf_counter()
         index = context.turns_taken
         if self.returned_at is not None and index > 0:
             self.samples.append((index - 1, now - self.returned_at, self.plan[index - 1]))
+        if index == self.gate_at:
+            self.arrived.set()
+            await self.gate.wait()
         if index >= len(self.plan):
             self.returned_at = None
             return Turn(final="done")
@@ -94,26 +101,29 @@ class _BenchCognition:
         return Turn(intents=tuple(intents))
 
 
-def _per_intent_us(samples: list[tuple[int, float, int]], turns: range) -> float:
-    values = [
+def _per_intent_us(samples: list[tuple[int, float, int]], turns: range) -> list[float]:
+    return [
         seconds / intents * 1e6 for index, seconds, intents in samples if index in turns and intents
     ]
-    return statistics.median(values)
 
 
 async def _governance_and_replay(entries_target: int, data_dir: Path) -> dict[str, Any]:
+    """One long run is filled to `entries_target` entries, then probed with small turns; a fresh
+    run is probed just before and just after, so the seq ~100 and seq ~100k figures are taken
+    at the same time (the speed of a shared VM drifts over a minute)."""
     fill_turns = max(
-        1,
-        (entries_target - 2 * PROBE_TURNS * (2 * PROBE_INTENTS + 1)) // (2 * FILL_INTENTS + 1) + 1,
+        1, (entries_target - PROBE_TURNS * (2 * PROBE_INTENTS + 1)) // (2 * FILL_INTENTS + 1) + 1
     )
-    plan = (
-        [PROBE_INTENTS] * PROBE_TURNS + [FILL_INTENTS] * fill_turns + [PROBE_INTENTS] * PROBE_TURNS
-    )
-    assert len(plan) < MAX_STEPS_MAX
-    cognition = _BenchCognition(plan)
+    long_plan = [FILL_INTENTS] * fill_turns + [PROBE_INTENTS] * PROBE_TURNS
+    assert len(long_plan) < MAX_STEPS_MAX
+    cognitions = {
+        "bench-long": _BenchCognition(long_plan, gate_at=fill_turns),
+        "bench-fresh-before": _BenchCognition([PROBE_INTENTS] * PROBE_TURNS),
+        "bench-fresh-after": _BenchCognition([PROBE_INTENTS] * PROBE_TURNS),
+    }
 
     def factory(spec: RunSpec) -> _BenchCognition:
-        return cognition
+        return cognitions[spec.task]
 
     store = SqliteLedgerStore(data_dir / "bench.sqlite3")
     await store.open()
@@ -123,30 +133,39 @@ async def _governance_and_replay(entries_target: int, data_dir: Path) -> dict[st
         config=RuntimeConfig(workspace=data_dir),
         provider_factory=factory,
     )
-    try:
-        started = time.perf_counter()
+
+    async def run(task: str) -> str:
         record, _ = await runtime.start_run(
-            StartRun(task="bench", max_steps=MAX_STEPS_MAX, tool_scopes=["kv_set"]), tenant="bench"
+            StartRun(task=task, max_steps=MAX_STEPS_MAX, tool_scopes=["kv_set"]), tenant="bench"
         )
         active = runtime.active(record.run_id)
-        assert active is not None and active.task is not None
+        assert active is not None
+        assert active.task is not None
         await active.task
-        run_seconds = time.perf_counter() - started
-        view = await runtime.get_run(record.run_id, None)
+        return record.run_id
+
+    try:
+        long = cognitions["bench-long"]
+        started = time.perf_counter()
+        long_run = asyncio.create_task(run("bench-long"))
+        await long.arrived.wait()
+        fill_seconds = time.perf_counter() - started
+        await run("bench-fresh-before")
+        long.gate.set()
+        run_id = await long_run
+        await run("bench-fresh-after")
+        view = await runtime.get_run(run_id, None)
         head = view["summary"]["head_seq"]
         assert view["summary"]["terminated_by"] == "final_answer", view["summary"]
-        early = range(1, PROBE_TURNS)
-        late_start = PROBE_TURNS + fill_turns
-        late = range(late_start + 1, late_start + PROBE_TURNS)
-        early_us = _per_intent_us(cognition.samples, early)
-        late_us = _per_intent_us(cognition.samples, late)
-        intents = sum(plan)
+        probes = range(1, PROBE_TURNS)
+        early = _per_intent_us(cognitions["bench-fresh-before"].samples, probes)
+        early += _per_intent_us(cognitions["bench-fresh-after"].samples, probes)
+        late = _per_intent_us(long.samples, range(fill_turns + 1, fill_turns + PROBE_TURNS))
+        early_us, late_us = statistics.median(early), statistics.median(late)
 
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         replay_started = time.perf_counter()
-        report = await runtime.replay(
-            record.run_id, None, require_compiler=None, require_policy=None
-        )
+        report = await runtime.replay(run_id, None, require_compiler=None, require_policy=None)
         replay_seconds = time.perf_counter() - replay_started
         rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         assert report["verified"], report["failures"][:3]
@@ -156,7 +175,7 @@ async def _governance_and_replay(entries_target: int, data_dir: Path) -> dict[st
             "overhead_us_per_intent_seq_100": round(early_us, 1),
             "overhead_us_per_intent_seq_100k": round(late_us, 1),
             "overhead_late_over_early": round(late_us / early_us, 3),
-            "run_intents_per_s": round(intents / run_seconds),
+            "run_intents_per_s": round(FILL_INTENTS * fill_turns / fill_seconds),
             "replay_entries_per_s": round((head + 1) / replay_seconds),
             "replay_seconds": round(replay_seconds, 3),
             "replay_peak_rss_growth_mib": round(max(0, rss_after - rss_before) / 1024, 1),
