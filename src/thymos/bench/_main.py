@@ -55,7 +55,11 @@ from thymos.tools import builtin_tools
 from ._http import BenchConnection
 
 KEY_SPACE = 1000
-"""kv_set keys cycle over this many keys, so the world stays a realistic size."""
+"""kv_set keys of the fill cycle over this many keys, so the world stays a realistic size."""
+
+PROBE_KEY_SPACE = 10
+"""Probe turns of every run cycle over their own few keys, so after the first probe turn every
+probe is a replace (the same work at seq ~100 and at seq ~100,000)."""
 
 PROBE_TURNS = 30
 PROBE_INTENTS = 10
@@ -93,9 +97,12 @@ class _BenchCognition:
             self.returned_at = None
             return Turn(final="done")
         intents = []
+        probing = self.plan[index] == PROBE_INTENTS
         for i in range(self.plan[index]):
             self.counter += 1
-            key = f"k{self.counter % KEY_SPACE}"
+            key = (
+                f"p{self.counter % PROBE_KEY_SPACE}" if probing else f"k{self.counter % KEY_SPACE}"
+            )
             intents.append(Intent("kv_set", {"key": key, "value": self.counter}, f"c{index}_{i}"))
         self.returned_at = time.perf_counter()
         return Turn(intents=tuple(intents))
