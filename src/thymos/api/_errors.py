@@ -38,6 +38,7 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.RUN_NOT_ACTIVE: 409,
     ErrorCode.DUPLICATE_APPROVAL: 409,
     ErrorCode.PROPOSAL_AMBIGUOUS: 409,
+    ErrorCode.PROPOSAL_DECIDED: 409,
     ErrorCode.BODY_TOO_LARGE: 413,
     ErrorCode.INVALID_REQUEST: 422,
     ErrorCode.UNKNOWN_TOOL_SCOPE: 422,

@@ -25,11 +25,19 @@ class CognitionBody(_Strict):
     script: list[dict[str, Any]] | None = Field(None, max_length=SCRIPT_ELEMENTS_MAX)
 
 
+BUDGET_MAX = 2**53 - 1
+"""Budgets are JSON numbers in the ledger: at most the largest integer JSON carries exactly."""
+
+WALL_CLOCK_MS_MAX = 366 * 24 * 3600 * 1000
+"""A year: a writ's validity window is counted from the run's start, and a longer one is not a
+budget."""
+
+
 class BudgetBody(_Strict):
-    tokens: int | None = Field(None, ge=0)
-    tool_calls: int | None = Field(None, ge=0)
-    usd_millicents: int | None = Field(None, ge=0)
-    wall_clock_ms: int | None = Field(None, ge=1)
+    tokens: int | None = Field(None, ge=0, le=BUDGET_MAX)
+    tool_calls: int | None = Field(None, ge=0, le=BUDGET_MAX)
+    usd_millicents: int | None = Field(None, ge=0, le=BUDGET_MAX)
+    wall_clock_ms: int | None = Field(None, ge=1, le=WALL_CLOCK_MS_MAX)
 
 
 class CreateRunBody(_Strict):

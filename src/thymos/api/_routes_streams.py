@@ -158,7 +158,9 @@ async def _snapshots(
             if snapshot["status"] in ("completed", "failed", "cancelled"):
                 return
         if cell.closed:
-            continue
+            if runtime.active(run_id) is active:
+                return  # closed while still active: the server is stopping
+            continue  # the run just ended: send its final snapshot
         if not await cell.wait_change(version, keepalive):
             if runtime.closed.is_set():
                 return

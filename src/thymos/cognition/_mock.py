@@ -27,6 +27,9 @@ from ._protocol import (
 SCRIPT_ELEMENTS_MAX = 10_000
 SCRIPT_INTENTS_PER_TURN_MAX = 1000
 SLEEP_MS_MAX = 600_000
+TURN_TOKENS_MAX = 10_000_000
+"""Tokens one turn may report, per direction: far above any model's context, and small enough
+that a run's totals stay exact integers whatever its length."""
 ACTIONS = ("tool", "intents", "text", "final", "error")
 _ALLOWED_KEYS = {
     "tool": {"tool", "args", "usage", "sleep_ms"},
@@ -79,8 +82,8 @@ def _check_element(where: str, element: Mapping[str, Any], action: str | None) -
     if usage is not None:
         if not isinstance(usage, dict) or set(usage) - {"input_tokens", "output_tokens"}:
             problems.append(f"{where}.usage takes input_tokens and output_tokens")
-        elif not all(_is_int(v) and v >= 0 for v in usage.values()):
-            problems.append(f"{where}.usage counts must be non-negative integers")
+        elif not all(_is_int(v) and 0 <= v <= TURN_TOKENS_MAX for v in usage.values()):
+            problems.append(f"{where}.usage counts must be integers from 0 to {TURN_TOKENS_MAX}")
     if action == "tool":
         problems.extend(_check_intent(where, element))
     elif action == "intents":

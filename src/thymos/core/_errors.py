@@ -37,6 +37,7 @@ class ErrorCode(StrEnum):
     RUN_NOT_ACTIVE = "run_not_active"
     DUPLICATE_APPROVAL = "duplicate_approval"
     PROPOSAL_AMBIGUOUS = "proposal_ambiguous"
+    PROPOSAL_DECIDED = "proposal_decided"
     # 413.
     BODY_TOO_LARGE = "body_too_large"
     # 422: well-formed but invalid.

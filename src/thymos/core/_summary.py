@@ -82,6 +82,8 @@ class RunSummary:
             if waiting is not None and body.get("approve"):
                 waiting["approvals"] += 1
                 waiting["approvers"].append(body.get("approver"))
+            elif waiting is not None:
+                waiting["denied_by"] = body.get("approver")
             verdict = "approved" if body.get("approve") else "denied"
             text = f"{body.get('approver')} {verdict} on {body.get('channel')}"
         elif kind == EntryKind.REJECTION:

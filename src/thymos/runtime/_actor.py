@@ -20,7 +20,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from thymos.cognition import Cognition, CognitionContext, CognitionEvent, CognitionFailed, ToolView
+from thymos.cognition import (
+    TURN_TOKENS_MAX,
+    Cognition,
+    CognitionContext,
+    CognitionEvent,
+    CognitionFailed,
+    ToolView,
+)
 from thymos.core import (
     DeltaConflict,
     EntryKind,
@@ -30,6 +37,7 @@ from thymos.core import (
     TerminatedBy,
     ThymosError,
     canonical_bytes,
+    us_from_rfc3339,
 )
 from thymos.governance import (
     COMPILER_VERSION,
@@ -129,6 +137,8 @@ class RunActor:
         self._waiting = False
         self._started_ms = deps.clock.monotonic_ms()
         spec = trajectory.state.spec
+        expires = (spec.extra.get("writ") or {}).get("expires")
+        self._expires_us = us_from_rfc3339(expires) if isinstance(expires, str) else None
         self._tool_views = tuple(
             ToolView(s.name, s.description, s.input_schema)
             for s in (deps.catalog.get(name) for name in spec.tools)
@@ -165,7 +175,9 @@ class RunActor:
             final_answer = await self._loop()
             terminated_by = TerminatedBy.FINAL_ANSWER
         except Parked:
-            self._reject_votes("the server is shutting down; vote again after it restarts")
+            self._reject_votes(
+                ErrorCode.SHUTTING_DOWN, "the server is shutting down; vote again after it restarts"
+            )
             self._set_view("parked")
             return
         except StopRun as stop:
@@ -176,7 +188,7 @@ class RunActor:
         except Exception as exc:
             log.exception("run %s failed unexpectedly", self.trajectory.run_id)
             terminated_by, error = TerminatedBy.ERROR, f"internal error: {type(exc).__name__}"
-        self._reject_votes("the run has ended")
+        self._reject_votes(ErrorCode.RUN_NOT_ACTIVE, "the run has ended")
         try:
             await self._end(terminated_by, final_answer=final_answer, error=error)
         except Exception:
@@ -244,9 +256,10 @@ class RunActor:
             turn_body: dict[str, Any] = {
                 "step": step,
                 "text": turn.text,
+                # A provider's report is bounded, so a run's totals stay exact and encodable.
                 "usage": {
-                    "input_tokens": turn.usage.input_tokens,
-                    "output_tokens": turn.usage.output_tokens,
+                    "input_tokens": min(max(turn.usage.input_tokens, 0), TURN_TOKENS_MAX),
+                    "output_tokens": min(max(turn.usage.output_tokens, 0), TURN_TOKENS_MAX),
                 },
                 "intents": len(turn.intents),
             }
@@ -307,11 +320,25 @@ class RunActor:
             decision = self._compile(intent)
             if isinstance(decision, Rejected):
                 self.trajectory.stage([(EntryKind.REJECTION, {**base, **decision.as_body()})])
+                self._settle_votes(intent_id)
                 return
             if isinstance(decision, Staged):
                 await self._execute(intent_id, intent, decision.basis, base)
+                self._settle_votes(intent_id)
                 return
             pending = self.trajectory.state.summary.pending.get(intent_id)
+            if pending is not None and pending.get("denied_by"):
+                # A recorded veto without its rejection (a ledger from before denials and their
+                # rejections were appended together): the veto stands.
+                self.trajectory.stage(
+                    [
+                        (
+                            EntryKind.REJECTION,
+                            self._denial_body(base, decision, pending["denied_by"], None),
+                        )
+                    ]
+                )
+                return
             if (
                 pending is not None
                 and pending["channel"] == decision.channel
@@ -321,20 +348,26 @@ class RunActor:
                 await self._execute(
                     intent_id, intent, decision.basis, base, approved_by=pending["approvers"]
                 )
+                self._settle_votes(intent_id)
                 return
             if pending is None or pending["channel"] != decision.channel:
                 self._suspend(intent_id, intent, decision, base)
-            denial = await self._await_votes(intent_id, decision.quorum)
-            if denial is not None:
-                body = {
-                    **base,
-                    "reason": RejectionReason.APPROVAL_DENIED.value,
-                    "message": f"{denial['approver']} denied the proposal",
-                    "details": {"approver": denial["approver"], "reason": denial.get("reason")},
-                    **decision.basis.as_body(),
-                }
-                self.trajectory.stage([(EntryKind.REJECTION, body)])
+            if await self._await_votes(intent_id, decision, base) == "denied":
+                self._settle_votes(intent_id)
                 return
+            # Approved, or the writ's deadline passed: compile again (every stage is re-checked).
+
+    @staticmethod
+    def _denial_body(
+        base: Mapping[str, Any], decision: Suspended, approver: str, reason: str | None
+    ) -> dict[str, Any]:
+        return {
+            **base,
+            "reason": RejectionReason.APPROVAL_DENIED.value,
+            "message": f"{approver} denied the proposal",
+            "details": {"approver": approver, "reason": reason},
+            **decision.basis.as_body(),
+        }
 
     def _suspend(
         self, intent_id: str, intent: Intent, decision: Suspended, base: Mapping[str, Any]
@@ -352,8 +385,17 @@ class RunActor:
         }
         self.trajectory.stage([(EntryKind.SUSPENSION, body)])
 
-    async def _await_votes(self, intent_id: str, quorum: int) -> dict[str, Any] | None:
-        """Wait until the proposal has `quorum` approvals (None) or a denial (returned)."""
+    def _seconds_to_deadline(self) -> float | None:
+        """Seconds until the writ expires (a waiting proposal is re-checked then), if it does."""
+        if self._expires_us is None:
+            return None
+        return max(0.0, (self._expires_us - self.deps.clock.now_us()) / 1_000_000)
+
+    async def _await_votes(
+        self, intent_id: str, decision: Suspended, base: Mapping[str, Any]
+    ) -> str:
+        """Wait until the proposal has its quorum (`approved`), a denial (`denied`, recorded
+        together with its rejection), or the writ's deadline passes (`deadline`)."""
         await self.trajectory.flush()  # the suspension is durable before anyone can vote on it
         self._waiting = True
         self._set_view("waiting_approval")
@@ -365,22 +407,31 @@ class RunActor:
                     raise self._stop
                 while self._votes:
                     vote = self._votes.pop(0)
-                    verdict = await self._take_vote(intent_id, vote)
+                    verdict = await self._take_vote(intent_id, vote, decision, base)
                     if verdict == "denied":
-                        return {"approver": vote.approver, "reason": vote.reason}
+                        return "denied"
                     pending = self.trajectory.state.summary.pending.get(intent_id)
                     if (
                         verdict == "approved"
                         and pending is not None
-                        and pending["approvals"] >= quorum
+                        and pending["approvals"] >= decision.quorum
                     ):
-                        return None
+                        return "approved"
+                remaining = self._seconds_to_deadline()
+                if remaining is not None and remaining <= 0:
+                    return "deadline"
                 self._wake.clear()
-                await self._wake.wait()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+                except TimeoutError:
+                    return "deadline"
         finally:
             self._waiting = False
 
-    async def _take_vote(self, intent_id: str, vote: Vote) -> str:
+    async def _take_vote(
+        self, intent_id: str, vote: Vote, decision: Suspended, base: Mapping[str, Any]
+    ) -> str:
+        """Record one vote; its caller's future is always settled, whatever happens."""
         pending = self.trajectory.state.summary.pending.get(intent_id)
         if (
             pending is None
@@ -410,8 +461,22 @@ class RunActor:
             "key_id": vote.key_id,
             "reason": vote.reason,
         }
-        await self.trajectory.append([(EntryKind.APPROVAL, body)])
-        pending_after = self.trajectory.state.summary.pending.get(intent_id) or pending
+        approvals_before, required = pending["approvals"], pending["required"]
+        items: list[tuple[EntryKind, Mapping[str, Any]]] = [(EntryKind.APPROVAL, body)]
+        if not vote.approve:
+            # The veto and its rejection land in one atomic append: no crash can separate them.
+            items.append(
+                (EntryKind.REJECTION, self._denial_body(base, decision, vote.approver, vote.reason))
+            )
+        try:
+            await self.trajectory.append(items)
+        except BaseException as exc:
+            if not vote.result.done():
+                vote.result.set_exception(
+                    ThymosError(ErrorCode.NOT_READY, "the vote could not be recorded; retry")
+                )
+            raise exc
+        approvals = approvals_before + (1 if vote.approve else 0)
         vote.result.set_result(
             {
                 "run_id": self.trajectory.run_id,
@@ -419,18 +484,33 @@ class RunActor:
                 "channel": vote.channel,
                 "approve": vote.approve,
                 "approver": vote.approver,
-                "approvals": pending_after["approvals"],
-                "required": pending_after["required"],
-                "decided": (not vote.approve)
-                or pending_after["approvals"] >= pending_after["required"],
+                "approvals": approvals,
+                "required": required,
+                "decided": (not vote.approve) or approvals >= required,
             }
         )
         return "approved" if vote.approve else "denied"
 
-    def _reject_votes(self, message: str) -> None:
+    def _settle_votes(self, intent_id: str) -> None:
+        """Answer votes still queued for a proposal that has just been decided."""
+        remaining = []
+        for vote in self._votes:
+            if vote.proposal_id == intent_id and not vote.result.done():
+                vote.result.set_exception(
+                    ThymosError(
+                        ErrorCode.PROPOSAL_DECIDED,
+                        "the proposal was already decided",
+                        {"proposal_id": intent_id},
+                    )
+                )
+            else:
+                remaining.append(vote)
+        self._votes = remaining
+
+    def _reject_votes(self, code: ErrorCode, message: str) -> None:
         for vote in self._votes:
             if not vote.result.done():
-                vote.result.set_exception(ThymosError(ErrorCode.APPROVAL_NOT_FOUND, message))
+                vote.result.set_exception(ThymosError(code, message))
         self._votes.clear()
 
     async def _execute(
@@ -483,9 +563,15 @@ class RunActor:
             self._record_failure(decided, "output_too_large", str(exc))
 
     def _record_failure(self, base: Mapping[str, Any], code: str, message: str) -> None:
-        self.trajectory.stage(
-            [(EntryKind.TOOL_FAILURE, {**base, "error": {"code": code, "message": message}})]
-        )
+        body = {**base, "error": {"code": code, "message": message}}
+        try:
+            self.trajectory.stage([(EntryKind.TOOL_FAILURE, body)])
+        except (NotCanonicalizable, EntryTooLarge):
+            # Never fail to record a failure: keep only what identifies the call.
+            minimal = {key: base[key] for key in ("intent", "tool", "compiler") if key in base}
+            self.trajectory.stage(
+                [(EntryKind.TOOL_FAILURE, {**minimal, "error": {"code": code, "message": message}})]
+            )
 
     async def _end(
         self,

@@ -153,7 +153,12 @@ class Runtime:
                 log.error("run %s cannot be recovered: %s", record.run_id, exc.message)
                 continue
             if state.summary.status is RunStatus.WAITING_APPROVAL:
-                self._launch(record, state)
+                try:
+                    self._launch(record, state)
+                except (ThymosError, WritError) as exc:
+                    log.error(
+                        "run %s waits for approval but cannot be loaded: %s", record.run_id, exc
+                    )
                 continue
             trajectory = Trajectory(
                 run_id=record.run_id,
@@ -360,8 +365,11 @@ class Runtime:
             writ = mint(self.root.private_key, terms)
         except WritError as exc:
             raise ThymosError(ErrorCode.UNKNOWN_TOOL_SCOPE, str(exc)) from exc
+        assert terms.not_before is not None and terms.expires is not None
         return {
             "format": WRIT_FORMAT,
+            "not_before": terms.not_before.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "expires": terms.expires.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "id": writ.id,
             "lineage": list(writ.lineage),
             "token": writ.token,
@@ -528,16 +536,25 @@ class Runtime:
         return self._live(record)
 
     def _live(self, record: RunRecord) -> RunRecord:
-        """An active run's stored row carries its status as of the last change; its counters and
-        head come from the live summary."""
+        """An active run's stored row carries its status as of its last change; its counters come
+        from the live summary (which may include entries still being written), its status and
+        head from what is durable."""
         active = self._active.get(record.run_id)
         if active is None:
             return record
-        summary = active.actor.trajectory.state.summary
-        updated_at = summary.log[-1]["at"] if summary.log else record.updated_at
-        return replace(
-            record, status=summary.status.value, updated_at=updated_at, summary=summary.as_dict()
-        )
+        trajectory = active.actor.trajectory
+        summary = trajectory.state.summary.as_dict()
+        if trajectory.durable_seq != summary["head_seq"]:
+            summary = {
+                **summary,
+                "head_seq": trajectory.durable_seq,
+                "status": trajectory.durable_status,
+            }
+            if not RunStatus(trajectory.durable_status).terminal:
+                summary.update(terminated_by=None, final_answer=None, error=None)
+        log_lines = summary["log"]
+        updated_at = log_lines[-1]["at"] if log_lines else record.updated_at
+        return replace(record, status=summary["status"], updated_at=updated_at, summary=summary)
 
     async def get_run(self, run_id: str, tenant: str | None) -> dict[str, Any]:
         return run_view(await self.visible_record(run_id, tenant))
@@ -566,7 +583,19 @@ class Runtime:
     def _execution_of(self, active: ActiveRun) -> dict[str, Any]:
         assert active.record is not None
         view = active.actor.view
-        summary = active.actor.trajectory.state.summary
+        trajectory = active.actor.trajectory
+        summary = trajectory.state.summary
+        if trajectory.durable_seq != summary.head_seq:
+            # Report the run as of what is durable: never finished before its end is stored.
+            durable = RunStatus(trajectory.durable_status)
+            summary = replace(
+                summary,
+                status=durable,
+                head_seq=trajectory.durable_seq,
+                head_id=trajectory.durable_id,
+            )
+            if not durable.terminal:
+                summary = replace(summary, terminated_by=None, final_answer=None, error=None)
         phase = "finished" if summary.status.terminal else view.phase
         return execution_view(
             active.record,
@@ -601,9 +630,13 @@ class Runtime:
     # -- world, replay, export ---------------------------------------------------------------
 
     async def world(self, run_id: str, tenant: str | None, at_seq: int | None) -> dict[str, Any]:
+        """The world after entry `seq` (default: the head). For an active run the head is the
+        last durable entry: what `/events` and `/ledger` can show, never an entry still being
+        written."""
         record = await self.visible_record(run_id, tenant)
         active = self._active.get(run_id)
-        head = active.actor.trajectory.head_seq if active else int(record.summary["head_seq"])
+        trajectory = active.actor.trajectory if active else None
+        head = trajectory.durable_seq if trajectory else int(record.summary["head_seq"])
         seq = head if at_seq is None else at_seq
         if seq < 0 or seq > head:
             raise ThymosError(
@@ -611,8 +644,8 @@ class Runtime:
                 f"seq must be between 0 and the head, {head}",
                 {"head": head},
             )
-        if active is not None and seq == active.actor.trajectory.head_seq:
-            world = active.actor.trajectory.state.world
+        if trajectory is not None and seq == trajectory.head_seq:
+            world = trajectory.state.world  # everything is durable: the live projection is exact
         else:
             world = await self.world_at(run_id, seq)
         return {
@@ -649,7 +682,11 @@ class Runtime:
         require_compiler: str | None,
         require_policy: str | None,
     ) -> dict[str, Any]:
-        record = await self.visible_record(run_id, tenant)
+        await self.visible_record(run_id, tenant)
+        # The stored row, not the live summary: replay reads only durable entries, and the row's
+        # head (written at every status change) never runs ahead of them.
+        record = await self.store.get_run(run_id)
+        assert record is not None
         report = await replay_report(
             self.store,
             record,

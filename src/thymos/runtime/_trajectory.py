@@ -55,6 +55,12 @@ class Trajectory:
         self.persisted_usage = state.summary.usage
         """The usage in the run row as last written (readers add what the live summary has more)."""
         self._last_write: asyncio.Future[None] | None = None
+        self.durable_seq = state.summary.head_seq
+        """The last seq known to be in storage (readers of the ledger stop there)."""
+        self.durable_id = state.summary.head_id
+        self.durable_status = state.summary.status.value
+        """The run's status as of `durable_seq`: a run is reported finished only once its end
+        is in storage, so a client that waits for the end can then read the whole ledger."""
         self._failure: BaseException | None = None
 
     @property
@@ -101,11 +107,12 @@ class Trajectory:
             self._persisted_status = status.value
             self.persisted_usage = self.state.summary.usage
         write = asyncio.ensure_future(self._store.append(self.run_id, sealed, update, checkpoint))
-        write.add_done_callback(lambda done: self._settled(done, sealed))
+        status_after = status.value
+        write.add_done_callback(lambda done: self._settled(done, sealed, status_after))
         self._last_write = write
         return sealed
 
-    def _settled(self, write: asyncio.Future[None], sealed: list[Entry]) -> None:
+    def _settled(self, write: asyncio.Future[None], sealed: list[Entry], status_after: str) -> None:
         if write.cancelled():
             self._failure = self._failure or RuntimeError("a ledger write was cancelled")
             return
@@ -115,6 +122,8 @@ class Trajectory:
             return
         for entry in sealed:
             self._entries.publish(entry, entry.seq)
+        self.durable_seq, self.durable_id = sealed[-1].seq, sealed[-1].id
+        self.durable_status = status_after
         self._on_change()
 
     async def flush(self) -> None:

@@ -249,10 +249,10 @@ class SqliteKeyStore:
         # The summary column holds orjson bytes (a BLOB); CAST makes it JSON text for SQLite.
         sql = """
             SELECT created_by, COUNT(*),
-                SUM(COALESCE(json_extract(CAST(summary AS TEXT), '$.usage.input_tokens'), 0)),
-                SUM(COALESCE(json_extract(CAST(summary AS TEXT), '$.usage.output_tokens'), 0)),
-                SUM(COALESCE(json_extract(CAST(summary AS TEXT), '$.usage.tool_calls'), 0)),
-                SUM(COALESCE(json_extract(CAST(summary AS TEXT), '$.usage.usd_millicents'), 0))
+                TOTAL(COALESCE(json_extract(CAST(summary AS TEXT), '$.usage.input_tokens'), 0)),
+                TOTAL(COALESCE(json_extract(CAST(summary AS TEXT), '$.usage.output_tokens'), 0)),
+                TOTAL(COALESCE(json_extract(CAST(summary AS TEXT), '$.usage.tool_calls'), 0)),
+                TOTAL(COALESCE(json_extract(CAST(summary AS TEXT), '$.usage.usd_millicents'), 0))
             FROM runs WHERE created_by IS NOT NULL GROUP BY created_by
         """
 
