@@ -6,11 +6,12 @@ import threading
 import time
 from typing import Any
 
+import blake3
 import httpx
 import pytest
 
 from ._authority import entries, of_kind, policy_dir, wait_pending
-from ._harness import ServerProcess, assert_error, create_run, wait_terminal
+from ._harness import ServerProcess, assert_error, create_run, ledger_lines, wait_terminal
 from .conftest import ServerFactory
 
 pytestmark = pytest.mark.blackbox
@@ -106,24 +107,37 @@ def test_a_vote_on_a_proposal_already_decided_is_answered_at_once(approving: Ser
     assert max(seconds for _, seconds in answers) < 4.0, answers
 
 
-def test_replay_of_an_active_run_never_reports_missing_entries(server: ServerProcess) -> None:
-    """Replaying a run while it writes sees only durable entries and the row's durable head: a
-    healthy running run always verifies (it once reported entries still being written as
-    missing)."""
+def test_an_active_run_is_reported_consistently_with_its_stored_ledger(
+    server: ServerProcess,
+) -> None:
+    """While a run writes: replay always verifies and its world matches the projection at the
+    same seq, and the record's head id is the id of the stored entry at its head seq (they once
+    described entries still being written)."""
     client = server.client()
-    intents = [{"tool": "kv_get", "args": {"key": f"k{i}"}} for i in range(50)]
+    intents = [{"tool": "kv_set", "args": {"key": f"k{i % 7}", "value": i}} for i in range(50)]
     script: list[dict[str, Any]] = [{"intents": intents}] * 40 + [{"final": "done"}]
     run_id = create_run(
         client,
         {
             "task": "busy",
-            "tool_scopes": ["kv_get"],
+            "tool_scopes": ["kv_*"],
             "cognition": {"provider": "mock", "script": script},
         },
     )
-    verdicts = []
-    while client.get(f"/runs/{run_id}").json()["status"] == "running":
-        verdicts.append(client.get(f"/runs/{run_id}/replay").json()["verified"])
-    verdicts.append(client.get(f"/runs/{run_id}/replay").json()["verified"])
-    assert len(verdicts) > 1, "the run ended before any replay"
-    assert all(verdicts), verdicts
+    replays: list[dict[str, Any]] = []
+    heads_checked = 0
+    while True:
+        record = client.get(f"/runs/{run_id}").json()
+        head_seq, head_id = record["summary"]["head_seq"], record["summary"]["head_id"]
+        lines = ledger_lines(client, run_id)
+        assert len(lines) > head_seq
+        assert blake3.blake3(lines[head_seq]).hexdigest() == head_id
+        heads_checked += 1
+        replays.append(client.get(f"/runs/{run_id}/replay").json())
+        if record["status"] != "running":
+            break
+    assert heads_checked > 1, "the run ended before it could be observed running"
+    assert all(r["verified"] for r in replays), [
+        r["failures"] for r in replays if not r["verified"]
+    ]
+    assert all(r["world_matches"] for r in replays)

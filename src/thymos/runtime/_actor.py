@@ -198,6 +198,8 @@ class RunActor:
                 "run %s: the end of the run could not be recorded", self.trajectory.run_id
             )
         finally:
+            # Votes that arrived while the end was being recorded are answered too.
+            self._reject_votes(ErrorCode.RUN_NOT_ACTIVE, "the run has ended")
             self._set_view("finished")
 
     def _emit(self, event: CognitionEvent) -> None:
@@ -338,6 +340,7 @@ class RunActor:
                         )
                     ]
                 )
+                self._settle_votes(intent_id)
                 return
             if (
                 pending is not None
@@ -405,10 +408,14 @@ class RunActor:
                     if self._stop.terminated_by is TerminatedBy.INTERRUPTED:
                         raise Parked
                     raise self._stop
+                remaining = self._seconds_to_deadline()
+                if remaining is not None and remaining <= 0:
+                    return "deadline"  # no vote counts once the writ has expired
                 while self._votes:
                     vote = self._votes.pop(0)
                     verdict = await self._take_vote(intent_id, vote, decision, base)
                     if verdict == "denied":
+                        self._settle_votes(intent_id)  # decided: later votes are answered now
                         return "denied"
                     pending = self.trajectory.state.summary.pending.get(intent_id)
                     if (
@@ -416,6 +423,7 @@ class RunActor:
                         and pending is not None
                         and pending["approvals"] >= decision.quorum
                     ):
+                        self._settle_votes(intent_id)
                         return "approved"
                 remaining = self._seconds_to_deadline()
                 if remaining is not None and remaining <= 0:
@@ -473,7 +481,10 @@ class RunActor:
         except BaseException as exc:
             if not vote.result.done():
                 vote.result.set_exception(
-                    ThymosError(ErrorCode.NOT_READY, "the vote could not be recorded; retry")
+                    ThymosError(
+                        ErrorCode.NOT_READY,
+                        "the vote may not have been recorded; check the run's ledger before voting again",
+                    )
                 )
             raise exc
         approvals = approvals_before + (1 if vote.approve else 0)

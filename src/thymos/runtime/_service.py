@@ -124,6 +124,7 @@ class Runtime:
         self.root = root or new_root_key()
         self.policy = policy or PolicySet(default_policy_files())
         self._revocations: frozenset[str] = frozenset()
+        self._unloadable: set[str] = set()
         self.tools = tools
         self.catalog = ToolCatalog(tools.specs())
         self.config = config
@@ -156,6 +157,7 @@ class Runtime:
                 try:
                     self._launch(record, state)
                 except (ThymosError, WritError) as exc:
+                    self._unloadable.add(record.run_id)
                     log.error(
                         "run %s waits for approval but cannot be loaded: %s", record.run_id, exc
                     )
@@ -466,7 +468,19 @@ class Runtime:
                 f"{len(pending)} proposals wait on channel {channel!r}; name one with proposal_id",
                 {"proposal_ids": [p["proposal_id"] for p in pending]},
             )
+        chosen = pending[0]
+        if chosen["approvals"] >= chosen["required"]:
+            raise ThymosError(
+                ErrorCode.PROPOSAL_DECIDED,
+                "the proposal already has its approvals and is being executed",
+                {"proposal_id": chosen["proposal_id"]},
+            )
         active = self._active.get(run_id)
+        if active is None and run_id in self._unloadable:
+            raise ThymosError(
+                ErrorCode.RUN_NOT_ACTIVE,
+                "the run could not be loaded at start-up; the server log says why",
+            )
         if active is None:
             raise ThymosError(
                 ErrorCode.NOT_READY,
@@ -548,7 +562,9 @@ class Runtime:
             summary = {
                 **summary,
                 "head_seq": trajectory.durable_seq,
+                "head_id": trajectory.durable_id,
                 "status": trajectory.durable_status,
+                "pending": trajectory.durable_pending,
             }
             if not RunStatus(trajectory.durable_status).terminal:
                 summary.update(terminated_by=None, final_answer=None, error=None)
@@ -572,13 +588,10 @@ class Runtime:
         active = self._active.get(run_id)
         if active is not None:
             return active.snapshot.value
-        return execution_view(
-            record,
-            RunSummary.from_dict(record.summary),
-            phase="finished",
-            active_tool=None,
-            step=None,
-        )
+        summary = RunSummary.from_dict(record.summary)
+        # Not active and not finished: parked at shutdown (or not loadable); it resumes on start.
+        phase = "finished" if summary.status.terminal else "parked"
+        return execution_view(record, summary, phase=phase, active_tool=None, step=None)
 
     def _execution_of(self, active: ActiveRun) -> dict[str, Any]:
         assert active.record is not None
@@ -593,6 +606,7 @@ class Runtime:
                 status=durable,
                 head_seq=trajectory.durable_seq,
                 head_id=trajectory.durable_id,
+                pending=trajectory.durable_pending,
             )
             if not durable.terminal:
                 summary = replace(summary, terminated_by=None, final_answer=None, error=None)
@@ -694,11 +708,17 @@ class Runtime:
             require_compiler=require_compiler,
             require_policy=require_policy,
         )
-        try:
-            live = await self.world(run_id, tenant, None)
-            live_hash: str | None = live["world_hash"]
-        except ThymosError:
-            live_hash = None
+        # The projection (live, or from checkpoints) at the very seq the replay reached.
+        live_hash: str | None = None
+        if report["head_seq"] >= 0:
+            active = self._active.get(run_id)
+            try:
+                if active is not None and report["head_seq"] == active.actor.trajectory.head_seq:
+                    live_hash = active.actor.trajectory.state.world.hash
+                else:
+                    live_hash = (await self.world_at(run_id, report["head_seq"])).hash
+            except ThymosError:
+                live_hash = None
         report["live_world_hash"] = live_hash
         report["world_matches"] = live_hash is not None and live_hash == report["world_hash"]
         return report

@@ -58,6 +58,9 @@ class Trajectory:
         self.durable_seq = state.summary.head_seq
         """The last seq known to be in storage (readers of the ledger stop there)."""
         self.durable_id = state.summary.head_id
+        self.durable_pending: dict[str, dict[str, Any]] = {
+            key: dict(item) for key, item in state.summary.pending.items()
+        }
         self.durable_status = state.summary.status.value
         """The run's status as of `durable_seq`: a run is reported finished only once its end
         is in storage, so a client that waits for the end can then read the whole ledger."""
@@ -108,11 +111,22 @@ class Trajectory:
             self.persisted_usage = self.state.summary.usage
         write = asyncio.ensure_future(self._store.append(self.run_id, sealed, update, checkpoint))
         status_after = status.value
-        write.add_done_callback(lambda done: self._settled(done, sealed, status_after))
+        # What observers may see once this write is durable: the status and pending approvals
+        # as of its last entry (copied: the live ones keep changing).
+        pending_after = {key: dict(item) for key, item in self.state.summary.pending.items()}
+        write.add_done_callback(
+            lambda done: self._settled(done, sealed, status_after, pending_after)
+        )
         self._last_write = write
         return sealed
 
-    def _settled(self, write: asyncio.Future[None], sealed: list[Entry], status_after: str) -> None:
+    def _settled(
+        self,
+        write: asyncio.Future[None],
+        sealed: list[Entry],
+        status_after: str,
+        pending_after: dict[str, dict[str, Any]],
+    ) -> None:
         if write.cancelled():
             self._failure = self._failure or RuntimeError("a ledger write was cancelled")
             return
@@ -124,6 +138,7 @@ class Trajectory:
             self._entries.publish(entry, entry.seq)
         self.durable_seq, self.durable_id = sealed[-1].seq, sealed[-1].id
         self.durable_status = status_after
+        self.durable_pending = pending_after
         self._on_change()
 
     async def flush(self) -> None:
