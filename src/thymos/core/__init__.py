@@ -6,8 +6,6 @@ source. Callers pass time and randomness in. `lint-imports` enforces it.
 
 from ._canonical import (
     CANONICAL_VERSION,
-    JsonObject,
-    JsonValue,
     NotCanonicalizable,
     canonical_bytes,
     reference_canonical_bytes,
@@ -16,7 +14,6 @@ from ._errors import ErrorCode, ThymosError
 from ._ids import blake3_hex, is_hex64, is_run_id, uuid7
 from ._ledger import (
     ENVELOPE_FIELDS,
-    KNOWN_KINDS,
     ChainFailure,
     ChainVerifier,
     CorruptEntry,
@@ -46,7 +43,6 @@ from ._world import Delta, DeltaConflict, Resource, World, deltas_of
 __all__ = [
     "CANONICAL_VERSION",
     "ENVELOPE_FIELDS",
-    "KNOWN_KINDS",
     "Budget",
     "ChainFailure",
     "ChainVerifier",
@@ -58,8 +54,6 @@ __all__ = [
     "EntryKind",
     "ErrorCode",
     "Intent",
-    "JsonObject",
-    "JsonValue",
     "NotCanonicalizable",
     "Resource",
     "Risk",

@@ -16,8 +16,7 @@ beyond 2**53) are rejected with `NotCanonicalizable` rather than silently change
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any
 
 import orjson
 import rfc8785
@@ -25,11 +24,6 @@ import rfc8785
 CANONICAL_VERSION = 1
 SAFE_INT_MAX = 2**53 - 1
 """JCS numbers are IEEE-754 doubles; larger integers would silently lose precision."""
-
-JsonValue: TypeAlias = (
-    bool | int | float | str | Sequence["JsonValue"] | Mapping[str, "JsonValue"] | None
-)
-JsonObject: TypeAlias = Mapping[str, Any]
 
 
 class NotCanonicalizable(ValueError):
@@ -123,8 +117,3 @@ def reference_canonical_bytes(value: Any) -> bytes:
     """The reference encoder alone; used by tests to check the fast path."""
     encoded: bytes = rfc8785.dumps(value)
     return encoded
-
-
-def loads(data: bytes | str) -> Any:
-    """Parse JSON (the stored envelopes are parsed with orjson, never re-serialised)."""
-    return orjson.loads(data)

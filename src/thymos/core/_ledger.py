@@ -44,9 +44,6 @@ class EntryKind(StrEnum):
     RUN_ENDED = "run_ended"
 
 
-KNOWN_KINDS = frozenset(kind.value for kind in EntryKind)
-
-
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One sealed ledger entry: its canonical bytes and the fields parsed from them."""
@@ -214,24 +211,25 @@ class ChainVerifier:
         self.expected_seq = row.seq + 1
         if row.seq != seq:
             code = "seq_gap" if row.seq > seq else "seq_mismatch"
-            self._fail(seq, code, f"expected seq {seq}, found seq {row.seq}")
+            self.fail(seq, code, f"expected seq {seq}, found seq {row.seq}")
         actual_id = blake3_hex(row.raw)
         if actual_id != row.id:
-            self._fail(row.seq, "hash_mismatch", f"entry {row.seq} does not hash to its stored id")
+            self.fail(row.seq, "hash_mismatch", f"entry {row.seq} does not hash to its stored id")
         try:
             entry = parse_envelope(row.raw, run_id=self.run_id, seq=row.seq, entry_id=actual_id)
         except CorruptEntry as exc:
-            self._fail(exc.seq, exc.code, exc.message)
+            self.fail(exc.seq, exc.code, exc.message)
             self.previous_id = actual_id
             return None
         if entry.parent != self.previous_id:
-            self._fail(
+            self.fail(
                 row.seq, "parent_mismatch", f"entry {row.seq} does not link to the entry before it"
             )
         self.previous_id = actual_id
         return entry
 
-    def _fail(self, seq: int, code: str, message: str) -> None:
+    def fail(self, seq: int, code: str, message: str) -> None:
+        """Record a failure found by a check beyond the chain (replay's decision checks)."""
         self.failures.append(ChainFailure(seq, code, message))
 
     @property

@@ -354,13 +354,3 @@ def key_pair(private: biscuit.PrivateKey) -> biscuit.KeyPair:
 
 def public_key_hex(public: biscuit.PublicKey) -> str:
     return bytes(public.to_bytes()).hex()
-
-
-def public_key_from_hex(text: str) -> biscuit.PublicKey:
-    try:
-        return biscuit.PublicKey.from_bytes(  # type: ignore[call-arg]
-            bytes.fromhex(text.strip()),
-            biscuit.Algorithm.Ed25519,  # type: ignore[attr-defined]
-        )
-    except Exception as exc:
-        raise WritError("not a hex-encoded Ed25519 public key") from exc

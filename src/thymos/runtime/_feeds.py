@@ -66,18 +66,6 @@ class Feed(Generic[T]):
             return list(self._items)
         return [item for item in self._items if item[0] > after_id]
 
-    async def wait(self, timeout_s: float) -> None:
-        """Wait until something is published or the feed closes (or the timeout passes)."""
-        if self.closed:
-            return
-        self._waiters += 1
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout_s)
-        except TimeoutError:
-            return
-        finally:
-            self._waiters -= 1
-
     async def follow(
         self, after_id: int, *, timeout_s: float, strict: bool
     ) -> AsyncIterator[list[tuple[int, T]]]:

@@ -104,7 +104,7 @@ class _Replayer:
                     self._fail(seq, "unauthorised_commit", f"entry {seq}: {refused.message}")
 
     def _fail(self, seq: int, code: str, message: str) -> None:
-        self.verifier._fail(seq, code, message)
+        self.verifier.fail(seq, code, message)
 
     def _fold_usage(self, entry: Entry) -> None:
         # Usage so far is the summary fold; it is only meaningful while the chain is unbroken.
