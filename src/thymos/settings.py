@@ -7,6 +7,7 @@ message (the CLI exits 2).
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -19,6 +20,22 @@ import orjson
 MODES = ("reference", "production")
 DEFAULT_ADDR = "127.0.0.1:3001"
 SHUTDOWN_GRACE_S_DEFAULT = 10.0
+
+RUNS_ACTIVE_MAX_DEFAULT = 512
+"""Active runs per server process; each holds an actor task, its world in memory and its feeds."""
+HEADER_TIMEOUT_S_DEFAULT = 10.0
+"""From a connection's first byte (or the end of the previous response) to the end of the
+request's headers: a real client sends its request line and headers at once."""
+BODY_TIMEOUT_S_DEFAULT = 30.0
+"""From the end of the headers to the end of the body: 1 MiB at the slowest link worth serving."""
+IDLE_TIMEOUT_S_DEFAULT = 15.0
+"""How long a kept-alive connection may sit between requests."""
+CONNECTIONS_MAX_DEFAULT = 4096
+"""Open connections per process. Each costs a file descriptor; start-up lowers this to fit the
+process's descriptor limit, keeping room for the ledger, tools and subprocesses."""
+CONNECTIONS_PER_CLIENT_MAX_DEFAULT = 256
+"""Open connections from one client address: enough for a console, a CLI and a few hundred
+streams; one client cannot hold every connection (behind a proxy every client is the proxy)."""
 
 
 class SettingsError(ValueError):
@@ -164,6 +181,21 @@ class Settings:
     policy_dir: Path | None = None
     root_key: str | None = field(default=None, repr=False)
     root_key_file: Path | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    runs_active_max: int = RUNS_ACTIVE_MAX_DEFAULT
+    header_timeout_s: float = HEADER_TIMEOUT_S_DEFAULT
+    body_timeout_s: float = BODY_TIMEOUT_S_DEFAULT
+    idle_timeout_s: float = IDLE_TIMEOUT_S_DEFAULT
+    connections_max: int = CONNECTIONS_MAX_DEFAULT
+    connections_per_client_max: int = CONNECTIONS_PER_CLIENT_MAX_DEFAULT
+
+    @property
+    def protected_paths(self) -> tuple[Path, ...]:
+        """What no tool may reach, wherever it lies: the data directory (every tenant's ledger,
+        API key hashes, a generated root key), a root key file and the policy directory."""
+        paths = [self.data_dir, self.root_key_file, self.policy_dir]
+        return tuple(p for p in paths if p is not None)
 
     @property
     def generated_root_key_path(self) -> Path:
@@ -217,7 +249,78 @@ def _validated(settings: Settings) -> Settings:
         raise SettingsError("grace and keep-alive intervals must be positive")
     if settings.policy_dir is not None and not settings.policy_dir.is_dir():
         raise SettingsError(f"THYMOS_POLICY_DIR {str(settings.policy_dir)!r} is not a folder")
+    workspace = settings.workspace.resolve()
+    for name, folder in (
+        ("THYMOS_DATA_DIR", settings.data_dir),
+        ("THYMOS_POLICY_DIR", settings.policy_dir),
+    ):
+        if folder is None:
+            continue
+        resolved = folder.resolve()
+        if workspace == resolved or resolved in workspace.parents:
+            raise SettingsError(
+                f"THYMOS_WORKSPACE {str(settings.workspace)!r} lies inside {name} "
+                f"{str(folder)!r}: tools would reach the server's own files; choose another workspace"
+            )
+    for number, label in (
+        (settings.header_timeout_s, "THYMOS_HEADER_TIMEOUT_S"),
+        (settings.body_timeout_s, "THYMOS_BODY_TIMEOUT_S"),
+        (settings.idle_timeout_s, "THYMOS_IDLE_TIMEOUT_S"),
+    ):
+        if not 0 < number <= TIMEOUT_S_MAX:
+            raise SettingsError(
+                f"{label} must be more than 0 and at most {TIMEOUT_S_MAX:g} seconds"
+            )
+    for count, label, top in (
+        (settings.runs_active_max, "THYMOS_RUNS_ACTIVE_MAX", RUNS_ACTIVE_MAX_LIMIT),
+        (settings.connections_max, "THYMOS_CONNECTIONS_MAX", CONNECTIONS_LIMIT),
+        (
+            settings.connections_per_client_max,
+            "THYMOS_CONNECTIONS_PER_CLIENT_MAX",
+            CONNECTIONS_LIMIT,
+        ),
+    ):
+        if not 1 <= count <= top:
+            raise SettingsError(f"{label} must be a whole number from 1 to {top}")
     return settings
+
+
+TIMEOUT_S_MAX = 3600.0
+RUNS_ACTIVE_MAX_LIMIT = 100_000
+CONNECTIONS_LIMIT = 1_000_000
+HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,252})|[0-9a-f:.]{2,45}")
+"""A host name (letters, digits, dots, hyphens) or an IP address, lowercase, without a port."""
+ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
+
+
+def parse_hosts(text: str) -> tuple[str, ...]:
+    """`THYMOS_ALLOWED_HOSTS`: comma-separated host names or addresses (no port), `*.example.com`
+    for a domain's subdomains, or `*` for any host."""
+    hosts = []
+    for item in (part.strip().lower() for part in text.split(",")):
+        if not item:
+            continue
+        name = item[2:] if item.startswith("*.") else item
+        if item != "*" and not HOST_NAME.fullmatch(name.strip("[]")):
+            raise SettingsError(
+                f"THYMOS_ALLOWED_HOSTS: {item!r} is not a host name or address (give no scheme or port)"
+            )
+        hosts.append(item if item.startswith("*") else item.strip("[]"))
+    return tuple(hosts)
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """`THYMOS_CORS_ORIGINS`: comma-separated origins, each `scheme://host[:port]`."""
+    origins = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if not ORIGIN.fullmatch(item):
+            raise SettingsError(
+                f"THYMOS_CORS_ORIGINS: {item!r} is not an origin (http[s]://host[:port], no path)"
+            )
+        origins.append(item.lower())
+    return tuple(origins)
 
 
 def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -242,12 +345,31 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     for name, key in (
         ("shutdown_grace_s", "THYMOS_SHUTDOWN_GRACE_S"),
         ("keepalive_s", "THYMOS_SSE_KEEPALIVE_S"),
+        ("header_timeout_s", "THYMOS_HEADER_TIMEOUT_S"),
+        ("body_timeout_s", "THYMOS_BODY_TIMEOUT_S"),
+        ("idle_timeout_s", "THYMOS_IDLE_TIMEOUT_S"),
     ):
         if key in source:
             try:
                 values[name] = float(source[key])
             except ValueError:
                 raise SettingsError(f"{key} must be a number of seconds") from None
+            if not math.isfinite(values[name]):
+                raise SettingsError(f"{key} must be a number of seconds")
+    for name, key in (
+        ("runs_active_max", "THYMOS_RUNS_ACTIVE_MAX"),
+        ("connections_max", "THYMOS_CONNECTIONS_MAX"),
+        ("connections_per_client_max", "THYMOS_CONNECTIONS_PER_CLIENT_MAX"),
+    ):
+        if key in source:
+            text = source[key].strip()
+            if not text.isdigit() or len(text) > 9:
+                raise SettingsError(f"{key} must be a whole number")
+            values[name] = int(text)
+    if "THYMOS_ALLOWED_HOSTS" in source:
+        values["allowed_hosts"] = parse_hosts(source["THYMOS_ALLOWED_HOSTS"])
+    if "THYMOS_CORS_ORIGINS" in source:
+        values["cors_origins"] = parse_origins(source["THYMOS_CORS_ORIGINS"])
     if source.get("THYMOS_POLICY_DIR"):
         values["policy_dir"] = Path(source["THYMOS_POLICY_DIR"])
     if source.get("THYMOS_ROOT_KEY"):

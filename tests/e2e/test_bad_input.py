@@ -217,8 +217,10 @@ def _bad_gets(run_id: str, head: int) -> dict[str, Bad]:
     cases["events-after-seq-huge"] = Bad(
         "GET", f"/runs/{run_id}/events?after_seq={huge}", 400, "invalid_query"
     )
+    # A Last-Event-ID is at most 19 digits (its documented pattern; a larger one that fits is
+    # read as "after everything"); more digits are not a seq.
     cases["events-last-event-id-huge"] = Bad(
-        "GET", f"/runs/{run_id}/events", 400, "invalid_query", headers={"Last-Event-ID": huge}
+        "GET", f"/runs/{run_id}/events", 400, "invalid_query", headers={"Last-Event-ID": "9" * 20}
     )
     cases["ledger-after-seq-huge"] = Bad(
         "GET", f"/runs/{run_id}/ledger?after_seq={huge}", 400, "invalid_query"

@@ -5,9 +5,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import jsonschema
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from thymos.api import parse_json
 from thymos.cognition import (
+    SCRIPT_ELEMENT_SCHEMA,
+    TURN_TOKENS_MAX,
     AssistantTurn,
     CognitionContext,
     CognitionEvent,
@@ -183,3 +190,45 @@ async def test_default_proposes_a_read_only_tool_then_answers() -> None:
     nothing, _ = await play(None, context(0, tools=()))
     assert nothing.final is not None
     assert "no tools were available" in nothing.final
+
+
+_KEYS = ("tool", "args", "intents", "text", "final", "error", "sleep_ms", "usage", "other")
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-5, max_value=TURN_TOKENS_MAX + 5),
+    st.sampled_from([0.5, 3.0, -1.0]),
+    st.text(max_size=3),
+    st.just({}),
+    st.just({"path": "x"}),
+    st.just({"input_tokens": 1}),
+    st.just({"input_tokens": 1, "extra": 2}),
+    st.just({"output_tokens": -1}),
+    st.just([]),
+    st.just([{"tool": "kv_get"}]),
+    st.just([{"tool": ""}]),
+    st.just([{"tool": "kv_get", "args": []}]),
+    st.just([{"tool": "kv_get", "why": 1}]),
+    st.just([7]),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=4))
+def test_the_published_element_schema_accepts_exactly_what_the_mock_plays(
+    element: dict[str, Any],
+) -> None:
+    """The OpenAPI document's script element schema and `validate_script` agree on every
+    element: a client that follows the schema is never refused, and nothing the schema refuses
+    is played. The element goes through the HTTP edge's JSON reader first, as a request's does
+    (it reads `3.0` as the integer `3`, as JSON Schema does)."""
+    by_schema = jsonschema.Draft202012Validator(SCRIPT_ELEMENT_SCHEMA).is_valid(element)
+    received = parse_json(orjson.dumps([element]))
+    by_mock = validate_script(received) == []
+    assert by_schema == by_mock, (element, validate_script(received))
+
+
+@pytest.mark.parametrize("element", API_FORMS)
+def test_every_documented_form_is_valid_under_the_schema(element: dict[str, Any]) -> None:
+    """Each form API.md lists is valid under the published schema."""
+    jsonschema.Draft202012Validator(SCRIPT_ELEMENT_SCHEMA).validate(element)

@@ -10,7 +10,17 @@ from typing import Any
 import pytest
 
 from thymos.core import Delta, World
-from thymos.tools import FsRead, Grep, KvGet, KvSet, RepoMap, Tool, ToolContext, ToolFailure
+from thymos.tools import (
+    FsRead,
+    Grep,
+    KvGet,
+    KvSet,
+    RepoMap,
+    Tool,
+    ToolContext,
+    ToolFailure,
+    Workspace,
+)
 
 
 @pytest.fixture
@@ -29,8 +39,12 @@ def workspace(tmp_path: Path) -> Path:
     return root
 
 
-def ctx(workspace: Path, world: World | None = None) -> ToolContext:
-    return ToolContext("run", workspace, world if world is not None else World())
+def ctx(
+    workspace: Path, world: World | None = None, protected: tuple[Path, ...] = ()
+) -> ToolContext:
+    return ToolContext(
+        "run", Workspace.of(workspace, protected), world if world is not None else World()
+    )
 
 
 async def run(tool: Tool, args: dict[str, Any], context: ToolContext) -> Any:
@@ -180,3 +194,102 @@ async def test_kv_set_proposes_create_then_replace_and_kv_get_reads(workspace: P
     got = await KvGet().run({"key": "k"}, context)
     assert got.output == {"key": "k", "found": True, "value": [2], "version": 2}
     assert got.deltas == ()
+
+
+ROOT_KEY = "a1" * 32
+
+
+@pytest.fixture
+def secrets(workspace: Path) -> tuple[Path, ...]:
+    """The server's own files inside the workspace, under names no skip list knows: a data
+    directory with a root key and a ledger, a root key file and a policy directory."""
+    data = workspace / "state"
+    data.mkdir()
+    (data / "root_key").write_text(ROOT_KEY + "\n")
+    (data / "ledger.sqlite3").write_bytes(b"SQLite format 3\x00 hello ledger")
+    key_file = workspace / "signing.key"
+    key_file.write_text(ROOT_KEY + "\n")
+    policies = workspace / "policies"
+    policies.mkdir()
+    (policies / "ops.cedar").write_text("// hello policy\npermit(principal, action, resource);\n")
+    return (data, key_file, policies)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "path",
+    [
+        "state",
+        "state/root_key",
+        "./state/../state/root_key",
+        "signing.key",
+        "policies",
+        "policies/ops.cedar",
+    ],
+)
+async def test_no_file_tool_reaches_the_servers_own_files(
+    workspace: Path, secrets: tuple[Path, ...], path: str
+) -> None:
+    """The data directory, a key file and the policy directory are refused by name
+    (`protected_path`) to every file tool, wherever they lie and whatever they are called."""
+    context = ctx(workspace, protected=secrets)
+    for tool, args in (
+        (FsRead(), {"path": path}),
+        (Grep(), {"pattern": "a", "path": path}),
+        (RepoMap(), {"path": path}),
+    ):
+        assert await failure_code(tool, args, context) == "protected_path", (tool, path)
+
+
+@pytest.mark.anyio
+async def test_walks_never_list_or_search_protected_files(
+    workspace: Path, secrets: tuple[Path, ...]
+) -> None:
+    """repo_map and grep over the whole workspace skip the protected folders and files: nothing
+    of the key or the policies appears in their output."""
+    context = ctx(workspace, protected=secrets)
+    listed = await run(RepoMap(), {}, context)
+    paths = {f["path"] for f in listed["files"]}
+    assert paths == {"README.md", "blob.bin", "src/app.py"}
+    found = await run(Grep(), {"pattern": "a1a1|hello", "ignore_case": True}, context)
+    assert {m["path"] for m in found["matches"]} == {"src/app.py"}
+    assert ROOT_KEY not in str(found)
+
+
+@pytest.mark.anyio
+async def test_links_to_protected_files_are_refused(
+    workspace: Path, secrets: tuple[Path, ...]
+) -> None:
+    """A symlink to a protected file is refused by its resolved name; a hard link (the same file
+    under an innocent name) is refused by identity when opened, and skipped by grep."""
+    data, key_file, _ = secrets
+    os.symlink(data / "root_key", workspace / "innocent.txt")
+    os.link(key_file, workspace / "notes.txt")
+    os.link(data / "root_key", workspace / "src" / "more-notes.txt")
+    context = ctx(workspace, protected=secrets)
+    assert await failure_code(FsRead(), {"path": "innocent.txt"}, context) == "protected_path"
+    assert await failure_code(FsRead(), {"path": "notes.txt"}, context) == "protected_path"
+    assert await failure_code(Grep(), {"pattern": "a1", "path": "notes.txt"}, context) == (
+        "protected_path"
+    )
+    found = await run(Grep(), {"pattern": "a1a1"}, context)
+    assert found["matches"] == []
+
+
+@pytest.mark.anyio
+async def test_a_fifo_is_refused_without_blocking(workspace: Path) -> None:
+    """Opening a FIFO would block until a writer comes; file tools open without blocking and
+    refuse anything that is not a regular file (fs_read `not_a_file`; grep skips it)."""
+    os.mkfifo(workspace / "pipe")
+    context = ctx(workspace)
+    assert await failure_code(FsRead(), {"path": "pipe"}, context) == "not_a_file"
+    found = await run(Grep(), {"pattern": "hello", "ignore_case": True}, context)
+    assert {m["path"] for m in found["matches"]} == {"src/app.py"}
+
+
+def test_a_workspace_without_protected_paths_protects_nothing(workspace: Path) -> None:
+    """The protection is exactly the configured paths: resolved once, compared by prefix."""
+    guarded = Workspace.of(workspace, (workspace / "state",))
+    assert guarded.is_protected((workspace / "state" / "x").resolve())
+    assert not guarded.is_protected((workspace / "statement.txt").resolve())
+    assert not Workspace.of(workspace).is_protected((workspace / "state").resolve())

@@ -5,7 +5,16 @@ no handler holds business logic or writes the ledger.
 """
 
 from ._app import create_app
+from ._body import parse_json
+from ._connections import ConnectionLimits, limited_protocol
 from ._errors import STATUS_OF
 from ._limits import BODY_BYTES_MAX
 
-__all__ = ["BODY_BYTES_MAX", "STATUS_OF", "create_app"]
+__all__ = [
+    "BODY_BYTES_MAX",
+    "STATUS_OF",
+    "ConnectionLimits",
+    "create_app",
+    "limited_protocol",
+    "parse_json",
+]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 
@@ -15,17 +14,16 @@ from thymos.settings import Settings
 from thymos.storage import KeySeed, LedgerStore, SqliteKeyStore, SqliteLedgerStore
 from thymos.tools import builtin_tools
 
-from . import _errors
+from . import _errors, _openapi
 from ._auth import Gateway
-from ._body import schema_components
+from ._guard import GuardPolicy, RequestGuard
 from ._limits import BodyLimit
-from ._models import ApprovalBody, CreateRunBody, RevokeBody
 from ._routes_authority import router as authority_router
 from ._routes_meta import router as meta_router
 from ._routes_runs import router as runs_router
 from ._routes_streams import router as streams_router
 from ._routes_usage import router as usage_router
-from ._setup import check_exposure, load_policy, load_root_key
+from ._setup import check_exposure, load_policy, load_root_key, warn_about_workspace
 
 log = logging.getLogger("thymos.api")
 
@@ -42,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
     """Build the app. Raises `SettingsError` or `PolicyError` (before anything listens) when the
     root key or the policy set cannot be loaded."""
     check_exposure(settings)
+    warn_about_workspace(settings)
     root = load_root_key(settings)
     policy = load_policy(settings)
 
@@ -56,6 +55,8 @@ def create_app(settings: Settings) -> FastAPI:
                 workspace=settings.workspace,
                 mode=settings.mode,
                 default_provider=settings.default_provider,
+                protected=settings.protected_paths,
+                runs_active_max=settings.runs_active_max,
             ),
             root=root,
             policy=policy,
@@ -89,26 +90,19 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     _errors.install(app)
     app.add_middleware(BodyLimit)
+    # Added last, so it runs first: nothing reads a body before the request is known acceptable.
+    app.add_middleware(
+        RequestGuard,
+        policy=GuardPolicy.build(
+            bind_host=settings.host,
+            allowed_hosts=settings.allowed_hosts,
+            cors_origins=settings.cors_origins,
+        ),
+    )
     app.include_router(meta_router)
     app.include_router(runs_router)
     app.include_router(streams_router)
     app.include_router(authority_router)
     app.include_router(usage_router)
-    _add_body_schemas(app)
+    _openapi.install(app)
     return app
-
-
-def _add_body_schemas(app: FastAPI) -> None:
-    """Bodies are parsed by `parse_body`, so their schemas are added to the document here."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            document = generate()
-            document.setdefault("components", {}).setdefault("schemas", {}).update(
-                schema_components(CreateRunBody, ApprovalBody, RevokeBody)
-            )
-            app.openapi_schema = document
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

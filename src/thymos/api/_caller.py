@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Protocol
+from typing import Protocol
 
-from fastapi import Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Request
 
 from thymos.core import ErrorCode, ThymosError
 from thymos.runtime import DEFAULT_TENANT
@@ -54,19 +53,9 @@ class CallerSource(Protocol):
     async def authenticate(self, request: Request) -> Caller: ...
 
 
-# Declares the bearer scheme in the OpenAPI document; it never rejects by itself (the gateway
-# does, with the one error envelope, and only once keys exist).
-_BEARER = HTTPBearer(
-    auto_error=False,
-    description="An API key (`thymos keys create`); not needed while no keys exist.",
-)
-
-
-async def current_caller(
-    request: Request,
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
-) -> Caller:
+async def current_caller(request: Request) -> Caller:
     """The dependency of every route that acts for a caller: authenticates the bearer key,
-    applies its rate limit and counts the request (`_auth.Gateway.authenticate`)."""
+    applies its rate limit and counts the request (`_auth.Gateway.authenticate`). The OpenAPI
+    document's security requirements are derived from which routes depend on this."""
     source: CallerSource = request.app.state.gateway
     return await source.authenticate(request)

@@ -13,6 +13,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from thymos.core import ErrorCode, ThymosError
@@ -25,13 +26,18 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.INVALID_QUERY: 400,
     ErrorCode.SEQ_OUT_OF_RANGE: 400,
     ErrorCode.INVALID_CURSOR: 400,
+    ErrorCode.DUPLICATE_KEY: 400,
+    ErrorCode.DUPLICATE_HEADER: 400,
+    ErrorCode.HOST_NOT_ALLOWED: 400,
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.FORBIDDEN: 403,
+    ErrorCode.ORIGIN_NOT_ALLOWED: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.RUN_NOT_FOUND: 404,
     ErrorCode.APPROVAL_NOT_FOUND: 404,
     ErrorCode.WRIT_NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.IDEMPOTENCY_CONFLICT: 409,
     ErrorCode.SEQ_CONFLICT: 409,
     ErrorCode.LEDGER_CORRUPT: 409,
@@ -40,13 +46,18 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.PROPOSAL_AMBIGUOUS: 409,
     ErrorCode.PROPOSAL_DECIDED: 409,
     ErrorCode.BODY_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.INVALID_REQUEST: 422,
     ErrorCode.UNKNOWN_TOOL_SCOPE: 422,
     ErrorCode.UNKNOWN_PROVIDER: 422,
     ErrorCode.INVALID_SCRIPT: 422,
     ErrorCode.INVALID_EFFECT_CEILING: 422,
+    ErrorCode.JSON_TOO_DEEP: 422,
+    ErrorCode.NUMBER_OUT_OF_RANGE: 422,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.CAPACITY_EXHAUSTED: 429,
+    ErrorCode.TOO_MANY_CONNECTIONS: 429,
+    ErrorCode.HEADERS_TOO_LARGE: 431,
     ErrorCode.SHUTTING_DOWN: 503,
     ErrorCode.NOT_READY: 503,
     ErrorCode.INTERNAL: 500,
@@ -136,6 +147,10 @@ def install(app: FastAPI) -> None:
         log.error("unmapped HTTP exception %s: %s", exc.status_code, exc.detail)
         return error_response(ErrorCode.INTERNAL, "an internal error occurred")
 
+    async def on_disconnect(_: Request, exc: Exception) -> Response:
+        # The client went away mid-request: nobody will read an answer, and it is not a bug.
+        return error_response(ErrorCode.MALFORMED_REQUEST, "the client went away")
+
     async def on_bug(request: Request, exc: Exception) -> Response:
         log.exception(
             "bug: unhandled error on %s %s", request.method, request.url.path, exc_info=exc
@@ -145,4 +160,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ThymosError, on_thymos)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_bug)

@@ -5,8 +5,6 @@ Each handler parses, calls one runtime method, and maps the result.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -51,18 +49,20 @@ async def create_run(
     return {"run_id": record.run_id, "task": record.spec["task"], "status": record.status}
 
 
+RUN_ID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
 def encode_cursor(run_id: str) -> str:
-    return base64.urlsafe_b64encode(run_id.encode()).decode().rstrip("=")
+    """The cursor after `run_id`: the last run id of the page. Clients treat it as opaque; any
+    run id is a valid position in the newest-first order, so every cursor the schema allows is
+    one the server accepts."""
+    return run_id
 
 
 def decode_cursor(cursor: str) -> str:
-    try:
-        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        value = ""
-    if not is_run_id(value):
+    if not is_run_id(cursor):
         raise ThymosError(ErrorCode.INVALID_CURSOR, "cursor is not one this server issued")
-    return value
+    return cursor
 
 
 @router.get("/runs", summary="List visible runs, newest first")
@@ -71,7 +71,9 @@ async def list_runs(
     caller: CallerDep,
     status: RunStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = PAGE_LIMIT_DEFAULT,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=200, json_schema_extra={"pattern": RUN_ID_PATTERN})
+    ] = None,
 ) -> dict[str, Any]:
     before = decode_cursor(cursor) if cursor else None
     runs = await runtime_of(request).list_runs(
@@ -101,7 +103,11 @@ async def world(run_id: str, request: Request, caller: CallerDep) -> dict[str, A
 
 @router.get("/runs/{run_id}/world/at", summary="The world replayed up to a sequence number")
 async def world_at(
-    run_id: str, request: Request, caller: CallerDep, seq: Annotated[str, Query()]
+    run_id: str,
+    request: Request,
+    caller: CallerDep,
+    # Parsed here, not by FastAPI, so a bad value is answered with the run's head in `details`.
+    seq: Annotated[str, Query(json_schema_extra={"type": "integer", "minimum": 0})],
 ) -> dict[str, Any]:
     runtime = runtime_of(request)
     try:

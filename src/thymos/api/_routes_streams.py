@@ -50,16 +50,25 @@ def _stream(body: AsyncIterator[bytes], runtime: Runtime, run_id: str) -> Stream
     return StreamingResponse(guarded(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
+SEQ_ID_PATTERN = "^(-1|[0-9]{1,19})$"
+"""A `Last-Event-ID` of the entry and cognition streams: a seq (or -1 for before the first)."""
+LastSeqId = Annotated[
+    str | None, Header(max_length=100, json_schema_extra={"pattern": SEQ_ID_PATTERN})
+]
+
+
 def _int_or(value: str | None, default: int) -> int:
+    """The seq a client last saw; a seq past any that can exist means nothing is missed."""
     if value is None or value == "":
         return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ThymosError(ErrorCode.INVALID_QUERY, f"{value!r} is not a sequence number") from None
-    if not -1 <= number <= SEQ_MAX:
-        raise ThymosError(ErrorCode.INVALID_QUERY, f"{value!r} is out of the sequence range")
-    return number
+    text = value.strip()
+    if text != "-1" and not (text.isdigit() and len(text) <= 19):
+        raise ThymosError(
+            ErrorCode.INVALID_QUERY,
+            f"Last-Event-ID {value[:40]!r} is not a sequence number",
+            {"pattern": SEQ_ID_PATTERN},
+        )
+    return min(int(text), SEQ_MAX)
 
 
 @router.get(
@@ -70,7 +79,7 @@ async def events(
     request: Request,
     caller: CallerDep,
     after_seq: Annotated[int | None, Query(ge=-1, le=SEQ_MAX)] = None,
-    last_event_id: Annotated[str | None, Header(max_length=100)] = None,
+    last_event_id: LastSeqId = None,
 ) -> Response:
     runtime = runtime_of(request)
     await runtime.visible_record(run_id, caller.tenant)
@@ -174,7 +183,7 @@ async def cognition_stream(
     run_id: str,
     request: Request,
     caller: CallerDep,
-    last_event_id: Annotated[str | None, Header(max_length=100)] = None,
+    last_event_id: LastSeqId = None,
 ) -> Response:
     runtime = runtime_of(request)
     await runtime.visible_record(run_id, caller.tenant)

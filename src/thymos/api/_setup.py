@@ -6,6 +6,7 @@ Runs when the app is built, before the server listens, so a bad policy or a miss
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -23,6 +24,8 @@ from thymos.governance import (
     private_key_from_hex,
 )
 from thymos.settings import Settings, SettingsError, is_loopback
+
+log = logging.getLogger("thymos.api")
 
 POLICY_FILE_BYTES_MAX = 1024 * 1024
 
@@ -96,6 +99,22 @@ def check_exposure(settings: Settings) -> None:
     raise SettingsError(
         "production mode needs API keys: set THYMOS_API_KEYS or run `thymos keys create`"
     )
+
+
+def warn_about_workspace(settings: Settings) -> None:
+    """Say so when the server's own files lie inside the workspace. Tools cannot reach them
+    (they are protected wherever they lie), but a workspace is also what people copy, commit and
+    hand to other programs."""
+    workspace = settings.workspace.resolve()
+    for path in settings.protected_paths:
+        resolved = path.resolve()
+        if workspace in resolved.parents:
+            log.warning(
+                "%s lies inside the workspace %s; no tool can reach it, but consider keeping the "
+                "server's files outside the workspace (THYMOS_DATA_DIR, THYMOS_WORKSPACE)",
+                resolved,
+                workspace,
+            )
 
 
 def _stored_key_count(path: Path) -> int:

@@ -8,12 +8,14 @@ A second signal forces the exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
 from types import FrameType
 
 import uvicorn
 
-from thymos.api import create_app
+from thymos.api import ConnectionLimits, create_app, limited_protocol
 from thymos.runtime import Runtime
 from thymos.settings import Settings
 
@@ -58,6 +60,12 @@ def serve(settings: Settings) -> None:
     """Run until stopped. `SettingsError` or `PolicyError` from building the app propagate to
     the command, which reports them and exits 2."""
     app = create_app(settings)
+    limits = ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        connections_max=_connections_that_fit(settings.connections_max),
+        connections_per_client_max=settings.connections_per_client_max,
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -65,7 +73,41 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=max(1, round(settings.idle_timeout_s)),
         access_log=False,
+        http=limited_protocol(limits),
+        ws="none",
+        # The request guard checks Host and Origin; no proxy headers are trusted.
+        proxy_headers=False,
+        server_header=False,
     )
     server = GracefulServer(config, settings)
     server.run()
+
+
+DESCRIPTORS_RESERVED = 256
+"""File descriptors kept for everything but client connections: the ledger's connections, tool
+subprocesses and their pipes, log files."""
+
+
+def _connections_that_fit(wanted: int) -> int:
+    """Raise the descriptor limit toward what `wanted` connections need, and lower `wanted` to
+    what the limit allows (saying so), so the server never runs out of descriptors to accept
+    with and `/health` keeps answering."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + DESCRIPTORS_RESERVED
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return wanted
+    fits = max(1, soft - DESCRIPTORS_RESERVED)
+    log.warning(
+        "the process may open %d files; serving at most %d connections (not %d)",
+        soft,
+        fits,
+        wanted,
+    )
+    return fits

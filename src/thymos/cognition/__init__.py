@@ -7,7 +7,13 @@ usage. It cannot act: it has no handle on tools, the ledger or the world.
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._mock import SCRIPT_ELEMENTS_MAX, TURN_TOKENS_MAX, MockCognition, validate_script
+from ._mock import (
+    SCRIPT_ELEMENT_SCHEMA,
+    SCRIPT_ELEMENTS_MAX,
+    TURN_TOKENS_MAX,
+    MockCognition,
+    validate_script,
+)
 from ._protocol import (
     AssistantTurn,
     Cognition,
@@ -36,6 +42,7 @@ def create_provider(
 __all__ = [
     "PROVIDERS",
     "SCRIPT_ELEMENTS_MAX",
+    "SCRIPT_ELEMENT_SCHEMA",
     "TURN_TOKENS_MAX",
     "AssistantTurn",
     "Cognition",

@@ -41,6 +41,67 @@ _ALLOWED_KEYS = {
 }
 
 
+def _element(action: dict[str, Any] | None, required: str | None) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "sleep_ms": {"type": "integer", "minimum": 0, "maximum": SLEEP_MS_MAX},
+        "usage": {
+            "type": "object",
+            "properties": {
+                "input_tokens": {"type": "integer", "minimum": 0, "maximum": TURN_TOKENS_MAX},
+                "output_tokens": {"type": "integer", "minimum": 0, "maximum": TURN_TOKENS_MAX},
+            },
+            "additionalProperties": False,
+        },
+    }
+    properties.update(action or {})
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [required or "sleep_ms"],
+        "additionalProperties": False,
+    }
+
+
+_INTENT_PROPERTIES: dict[str, Any] = {
+    "tool": {"type": "string", "minLength": 1},
+    "args": {"type": "object"},
+}
+_INTENT_SCHEMA = {
+    "type": "object",
+    "properties": _INTENT_PROPERTIES,
+    "required": ["tool"],
+    "additionalProperties": False,
+}
+_TEXT = {"type": "string"}
+
+SCRIPT_ELEMENT_SCHEMA: dict[str, Any] = {
+    "title": "ScriptElement",
+    "description": "One turn of the mock's script: a tool call, several intents, text, the "
+    "final answer, a provider error, or only a pause; any of them may report usage and take "
+    "sleep_ms.",
+    "oneOf": [
+        _element(_INTENT_PROPERTIES, "tool"),
+        _element(
+            {
+                "intents": {
+                    "type": "array",
+                    "items": _INTENT_SCHEMA,
+                    "minItems": 1,
+                    "maxItems": SCRIPT_INTENTS_PER_TURN_MAX,
+                }
+            },
+            "intents",
+        ),
+        _element({"text": _TEXT}, "text"),
+        _element({"final": _TEXT, "text": _TEXT}, "final"),
+        _element({"error": _TEXT}, "error"),
+        _element(None, None),
+    ],
+}
+"""The JSON Schema of a script element, published in the OpenAPI document. It accepts exactly
+what `validate_script` accepts (a property test holds the two equal)."""
+
+
 def validate_script(script: Any) -> list[str]:
     """Problems with a script, as sentences naming the element; empty when it is playable."""
     if not isinstance(script, list):

@@ -75,7 +75,10 @@ def canonical_bytes(value: Any) -> bytes:
     write as null, and tuples or other non-JSON containers)."""
     try:
         encoded = orjson.dumps(value, option=_SORT_STRICT)
-    except TypeError:
+    except TypeError as exc:
+        if "Recursion" in str(exc):
+            # Past orjson's depth (254) no JSON this system stores can hold the value either.
+            raise NotCanonicalizable("value has no canonical JSON form: nested too deeply") from exc
         encoded = b""
     if encoded and not _may_differ(encoded) and orjson.loads(encoded) == value:
         return encoded
@@ -86,7 +89,7 @@ def canonical_bytes(value: Any) -> bytes:
         )
     try:
         reference: bytes = rfc8785.dumps(value)
-    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+    except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError) as exc:
         raise NotCanonicalizable(f"value has no canonical JSON form: {exc}") from exc
     return reference
 

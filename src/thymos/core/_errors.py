@@ -21,15 +21,21 @@ class ErrorCode(StrEnum):
     INVALID_QUERY = "invalid_query"
     SEQ_OUT_OF_RANGE = "seq_out_of_range"
     INVALID_CURSOR = "invalid_cursor"
+    DUPLICATE_KEY = "duplicate_key"
+    DUPLICATE_HEADER = "duplicate_header"
+    HOST_NOT_ALLOWED = "host_not_allowed"
     # 401/403: identity and permission.
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed"
     # 404/405.
     NOT_FOUND = "not_found"
     RUN_NOT_FOUND = "run_not_found"
     APPROVAL_NOT_FOUND = "approval_not_found"
     WRIT_NOT_FOUND = "writ_not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    # 408: the client was too slow to send its request.
+    REQUEST_TIMEOUT = "request_timeout"
     # 409: conflicts with the current state.
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     SEQ_CONFLICT = "seq_conflict"
@@ -38,17 +44,23 @@ class ErrorCode(StrEnum):
     DUPLICATE_APPROVAL = "duplicate_approval"
     PROPOSAL_AMBIGUOUS = "proposal_ambiguous"
     PROPOSAL_DECIDED = "proposal_decided"
-    # 413.
+    # 413, 415.
     BODY_TOO_LARGE = "body_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     # 422: well-formed but invalid.
     INVALID_REQUEST = "invalid_request"
     UNKNOWN_TOOL_SCOPE = "unknown_tool_scope"
     UNKNOWN_PROVIDER = "unknown_provider"
     INVALID_SCRIPT = "invalid_script"
     INVALID_EFFECT_CEILING = "invalid_effect_ceiling"
+    JSON_TOO_DEEP = "json_too_deep"
+    NUMBER_OUT_OF_RANGE = "number_out_of_range"
     # 429.
     RATE_LIMITED = "rate_limited"
     CAPACITY_EXHAUSTED = "capacity_exhausted"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    # 431.
+    HEADERS_TOO_LARGE = "headers_too_large"
     # 503.
     SHUTTING_DOWN = "shutting_down"
     NOT_READY = "not_ready"

@@ -17,7 +17,6 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from thymos.cognition import (
@@ -51,7 +50,7 @@ from thymos.governance import (
     ToolCatalog,
     compile_intent,
 )
-from thymos.tools import ToolContext, ToolFailure, ToolRegistry
+from thymos.tools import ToolContext, ToolFailure, ToolRegistry, Workspace
 
 from ._clock import Clock
 from ._feeds import Feed
@@ -97,7 +96,7 @@ class LiveView:
 class ActorDeps:
     catalog: ToolCatalog
     tools: ToolRegistry
-    workspace: Path
+    workspace: Workspace
     clock: Clock
     cognition_events: Feed[CognitionEvent]
     revocations: Callable[[], frozenset[str]]

@@ -58,7 +58,7 @@ from thymos.governance import (
 )
 from thymos.governance import parse as parse_writ
 from thymos.storage import LedgerStore, RunRecord
-from thymos.tools import READ_ONLY_DEFAULT_SCOPES, ToolRegistry
+from thymos.tools import READ_ONLY_DEFAULT_SCOPES, ToolRegistry, Workspace
 
 from ._actor import ActorDeps, RunActor, Vote
 from ._clock import Clock, SystemClock, system_random
@@ -97,6 +97,9 @@ class RuntimeConfig:
     workspace: Path
     mode: str = "reference"
     default_provider: str = "mock"
+    protected: tuple[Path, ...] = ()
+    """Paths no tool may reach wherever they lie: the data directory, key files, policies."""
+    runs_active_max: int = RUNS_ACTIVE_MAX
 
 
 @dataclass(slots=True)
@@ -128,11 +131,14 @@ class Runtime:
         self.tools = tools
         self.catalog = ToolCatalog(tools.specs())
         self.config = config
+        self.workspace = Workspace.of(config.workspace, config.protected)
         self.clock = clock or SystemClock()
         self._random = random
         # How a run gets its cognition; tests and the benchmark substitute their own.
         self._provider_factory = provider_factory or _default_provider
         self._active: dict[str, ActiveRun] = {}
+        self._starting = 0
+        """Runs being created: counted against the active-run limit before they are active."""
         self._idempotency_lock = asyncio.Lock()
         self.accepting = True
         self.closed = asyncio.Event()
@@ -312,12 +318,25 @@ class Runtime:
     async def _create(
         self, spec: RunSpec, idempotency: tuple[str, str] | None, created_by: str | None
     ) -> RunRecord:
-        if len(self._active) >= RUNS_ACTIVE_MAX:
+        limit = self.config.runs_active_max
+        # A slot is taken before the first await and held until the run is registered as
+        # active (or its creation failed): the check and the registration must not be split by
+        # an await, or every concurrent request passes the check at once.
+        if len(self._active) + self._starting >= limit:
             raise ThymosError(
                 ErrorCode.CAPACITY_EXHAUSTED,
-                f"this server already runs {RUNS_ACTIVE_MAX} runs; retry shortly",
-                {"retry_after_s": 1},
+                f"this server already runs {limit} runs; retry shortly",
+                {"retry_after_s": 1, "runs_active_max": limit},
             )
+        self._starting += 1
+        try:
+            return await self._create_in_slot(spec, idempotency, created_by)
+        finally:
+            self._starting -= 1
+
+    async def _create_in_slot(
+        self, spec: RunSpec, idempotency: tuple[str, str] | None, created_by: str | None
+    ) -> RunRecord:
         now_us = self.clock.now_us()
         run_id = uuid7(now_us // 1000, self._random(10))
         now = rfc3339_from_us(now_us)
@@ -411,7 +430,7 @@ class Runtime:
         )
         provider = self._provider_factory(state.spec)
         deps = ActorDeps(
-            self.catalog, self.tools, self.config.workspace, self.clock, cognition, self.revocations
+            self.catalog, self.tools, self.workspace, self.clock, cognition, self.revocations
         )
         authority = self._authority(record.run_id, state.spec)
         actor = RunActor(trajectory, provider, deps, authority, snapshot.touch)

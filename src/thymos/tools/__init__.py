@@ -9,6 +9,7 @@ from ._fs_read import FsRead
 from ._grep import Grep
 from ._kv import KvGet, KvSet
 from ._repo_map import RepoMap
+from ._workspace import Workspace
 
 READ_ONLY_DEFAULT_SCOPES = ("repo_map", "fs_read", "grep", "kv_get")
 """What a run gets when it names no tool scopes: the read-only built-in tools."""
@@ -31,6 +32,7 @@ __all__ = [
     "ToolFailure",
     "ToolOutcome",
     "ToolRegistry",
+    "Workspace",
     "WorldView",
     "builtin_tools",
 ]

@@ -9,10 +9,12 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from thymos.core import Delta, Resource, ToolSpec
+
+if TYPE_CHECKING:
+    from ._workspace import Workspace
 
 
 class WorldView(Protocol):
@@ -24,7 +26,7 @@ class WorldView(Protocol):
 @dataclass(frozen=True, slots=True)
 class ToolContext:
     run_id: str
-    workspace: Path
+    workspace: Workspace
     world: WorldView
 
 

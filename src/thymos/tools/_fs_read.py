@@ -9,7 +9,6 @@ from typing import Any
 from thymos.core import Effect, Risk, ToolSpec
 
 from ._contract import ToolContext, ToolFailure, ToolOutcome
-from ._workspace import confine, relative_name
 
 FS_READ_BYTES_MAX = 256 * 1024
 """A file read returns at most this much text; the ledger keeps every output."""
@@ -41,12 +40,9 @@ class FsRead:
         return await asyncio.to_thread(self._read, args, ctx)
 
     def _read(self, args: Mapping[str, Any], ctx: ToolContext) -> ToolOutcome:
-        path = confine(ctx.workspace, args["path"])
-        if not path.exists():
-            raise ToolFailure("not_found", f"{args['path']!r} does not exist")
-        if not path.is_file():
-            raise ToolFailure("not_a_file", f"{args['path']!r} is not a regular file")
-        with path.open("rb") as handle:
+        workspace = ctx.workspace
+        path = workspace.confine(args["path"])
+        with workspace.open_file(path, workspace.protected_files(), args["path"]) as handle:
             data = handle.read(FS_READ_BYTES_MAX * 4)
         if b"\x00" in data[:8192]:
             raise ToolFailure("binary_file", f"{args['path']!r} looks binary")
@@ -59,7 +55,7 @@ class FsRead:
         content = chosen.encode()[:FS_READ_BYTES_MAX].decode("utf-8", errors="ignore")
         return ToolOutcome(
             {
-                "path": relative_name(ctx.workspace, path),
+                "path": workspace.relative_name(path),
                 "content": content,
                 "first_line": start + 1,
                 "total_lines": len(lines),

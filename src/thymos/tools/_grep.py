@@ -11,7 +11,6 @@ from typing import Any
 from thymos.core import Effect, Risk, ToolSpec
 
 from ._contract import ToolContext, ToolFailure, ToolOutcome
-from ._workspace import SKIPPED_DIRS, confine, relative_name
 
 GREP_MATCHES_MAX = 500
 GREP_FILE_BYTES_MAX = 2 * 1024 * 1024
@@ -49,38 +48,40 @@ class Grep:
             regex = re.compile(args["pattern"], re.IGNORECASE if args.get("ignore_case") else 0)
         except re.error as exc:
             raise ToolFailure("invalid_pattern", f"the pattern does not compile: {exc}") from exc
-        root = confine(ctx.workspace, args.get("path", "."))
+        workspace = ctx.workspace
+        root = workspace.confine(args.get("path", "."))
+        protected = workspace.protected_files()
         limit = int(args.get("max_matches", 100))
         matches: list[dict[str, Any]] = []
         scanned = 0
-        targets = [str(root)] if root.is_file() else None
-        walk = ((str(root.parent), [], [root.name]),) if targets else os.walk(root)
-        for folder, dirs, names in walk:
-            dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
-            for name in sorted(names):
-                full = os.path.join(folder, name)
-                if os.path.islink(full) or not os.path.isfile(full):
-                    continue
-                if os.path.getsize(full) > GREP_FILE_BYTES_MAX or scanned >= GREP_FILES_MAX:
-                    continue
-                scanned += 1
-                with open(full, "rb") as handle:
-                    data = handle.read()
-                if b"\x00" in data[:8192]:
-                    continue
-                rel = relative_name(
-                    ctx.workspace,
-                    confine(ctx.workspace, os.path.relpath(full, ctx.workspace.resolve())),
+        files = iter((root,)) if root.is_file() else workspace.walk(root)
+        for full in files:
+            if scanned >= GREP_FILES_MAX:
+                return ToolOutcome(
+                    {"matches": matches, "truncated": True, "files_scanned": scanned}
                 )
-                for number, line in enumerate(
-                    data.decode("utf-8", errors="replace").splitlines(), 1
-                ):
-                    if regex.search(line):
-                        matches.append(
-                            {"path": rel, "line": number, "text": line[:GREP_LINE_CHARS_MAX]}
+            rel = workspace.relative_name(full)
+            try:
+                with workspace.open_file(full, protected, rel) as handle:
+                    if os.fstat(handle.fileno()).st_size > GREP_FILE_BYTES_MAX:
+                        continue
+                    data = handle.read(GREP_FILE_BYTES_MAX + 1)
+            except ToolFailure:
+                if full == root:
+                    raise
+                continue  # walking: a file that vanished, is not regular or is protected
+            if len(data) > GREP_FILE_BYTES_MAX:
+                continue
+            scanned += 1
+            if b"\x00" in data[:8192]:
+                continue
+            for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+                if regex.search(line):
+                    matches.append(
+                        {"path": rel, "line": number, "text": line[:GREP_LINE_CHARS_MAX]}
+                    )
+                    if len(matches) >= limit:
+                        return ToolOutcome(
+                            {"matches": matches, "truncated": True, "files_scanned": scanned}
                         )
-                        if len(matches) >= limit:
-                            return ToolOutcome(
-                                {"matches": matches, "truncated": True, "files_scanned": scanned}
-                            )
         return ToolOutcome({"matches": matches, "truncated": False, "files_scanned": scanned})

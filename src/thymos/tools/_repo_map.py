@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from thymos.core import Effect, Risk, ToolSpec
 
 from ._contract import ToolContext, ToolFailure, ToolOutcome
-from ._workspace import SKIPPED_DIRS, confine, relative_name
 
 REPO_MAP_ENTRIES_MAX = 2000
 
@@ -37,33 +35,22 @@ class RepoMap:
         return await asyncio.to_thread(self._map, args, ctx)
 
     def _map(self, args: Mapping[str, Any], ctx: ToolContext) -> ToolOutcome:
-        root = confine(ctx.workspace, args.get("path", "."))
+        workspace = ctx.workspace
+        root = workspace.confine(args.get("path", "."))
         if not root.is_dir():
             raise ToolFailure("not_a_directory", f"{args.get('path', '.')!r} is not a folder")
         limit = int(args.get("max_entries", 500))
         files: list[dict[str, Any]] = []
         truncated = False
-        for folder, dirs, names in os.walk(root):
-            # Walk in a stable order and never into skipped folders or out through symlinks.
-            dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
-            for name in sorted(names):
-                full = os.path.join(folder, name)
-                if os.path.islink(full) or not os.path.isfile(full):
-                    continue
-                if len(files) >= limit:
-                    truncated = True
-                    break
-                files.append(
-                    {
-                        "path": relative_name(
-                            ctx.workspace,
-                            confine(ctx.workspace, os.path.relpath(full, ctx.workspace.resolve())),
-                        ),
-                        "bytes": os.path.getsize(full),
-                    }
-                )
-            if truncated:
+        for full in workspace.walk(root):
+            if len(files) >= limit:
+                truncated = True
                 break
+            try:
+                size = full.stat().st_size
+            except OSError:
+                continue  # removed while walking
+            files.append({"path": workspace.relative_name(full), "bytes": size})
         return ToolOutcome(
-            {"root": relative_name(ctx.workspace, root), "files": files, "truncated": truncated}
+            {"root": workspace.relative_name(root), "files": files, "truncated": truncated}
         )

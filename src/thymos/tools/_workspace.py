@@ -1,12 +1,26 @@
-"""Confinement of file tools to the run's workspace.
+"""Confinement of file tools to the run's workspace, minus the server's own secrets.
 
-Paths are resolved (symlinks followed) and must stay inside the resolved workspace root; a path
-that escapes, through `..` or a symlink, is refused before anything is opened.
+A `Workspace` is the folder file tools may reach and the protected paths inside or outside it
+that no tool may ever reach: the data directory (the ledger of every tenant and the generated
+root key), a root key file, the policy directory. Three checks stand between a tool and a file:
+
+- by name: a path is resolved (symlinks followed) and must stay inside the workspace and outside
+  every protected path, else it is refused before anything is opened;
+- when walking: protected folders and files are never entered or listed, whatever their names;
+- by identity: a file is opened without following a final symlink and without blocking, and the
+  opened file (its device and inode) must be a regular file that is none of the protected files,
+  so a hard link, a symlink swapped in after the name check, or a FIFO cannot reach a secret or
+  hang the tool.
 """
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from ._contract import ToolFailure
 
@@ -28,20 +42,117 @@ SKIPPED_DIRS = frozenset(
 )
 """Directories no agent wants walked: version-control internals, environments and caches."""
 
-
-def confine(workspace: Path, relative: str) -> Path:
-    """The real path of `relative` inside `workspace`, or `ToolFailure('outside_workspace')`."""
-    if "\x00" in relative:
-        raise ToolFailure("invalid_path", "paths cannot contain NUL bytes")
-    root = workspace.resolve()
-    candidate = Path(relative)
-    if candidate.is_absolute():
-        raise ToolFailure("outside_workspace", "paths are relative to the workspace")
-    resolved = (root / candidate).resolve()
-    if resolved != root and root not in resolved.parents:
-        raise ToolFailure("outside_workspace", f"{relative!r} is outside the workspace")
-    return resolved
+PROTECTED_ENTRIES_MAX = 10_000
+"""How many files of the protected folders are identified (by inode) per tool call. The data and
+policy folders hold a handful; past this the name checks alone apply."""
 
 
-def relative_name(workspace: Path, path: Path) -> str:
-    return path.relative_to(workspace.resolve()).as_posix() or "."
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    """The folder file tools may reach (`root`, resolved) and the protected paths (resolved) no
+    tool may reach, wherever they lie."""
+
+    root: Path
+    protected: tuple[Path, ...] = field(default=())
+
+    @classmethod
+    def of(cls, root: Path, protected: Iterable[Path] = ()) -> Workspace:
+        return cls(root.resolve(), tuple(sorted({p.resolve() for p in protected})))
+
+    # -- names -------------------------------------------------------------------------------
+
+    def is_protected(self, path: Path) -> bool:
+        """True when `path` (resolved) is a protected path or lies inside one."""
+        return any(path == p or p in path.parents for p in self.protected)
+
+    def confine(self, relative: str) -> Path:
+        """The real path of `relative` inside the workspace, or a `ToolFailure`:
+        `outside_workspace` for an escape, `protected_path` for the server's own files."""
+        if "\x00" in relative:
+            raise ToolFailure("invalid_path", "paths cannot contain NUL bytes")
+        candidate = Path(relative)
+        if candidate.is_absolute():
+            raise ToolFailure("outside_workspace", "paths are relative to the workspace")
+        resolved = (self.root / candidate).resolve()
+        if resolved != self.root and self.root not in resolved.parents:
+            raise ToolFailure("outside_workspace", f"{relative!r} is outside the workspace")
+        if self.is_protected(resolved):
+            raise ToolFailure(
+                "protected_path", f"{relative!r} belongs to the server and no tool may reach it"
+            )
+        return resolved
+
+    def relative_name(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix() or "."
+
+    def walk(self, start: Path) -> Iterator[Path]:
+        """The regular files under `start` (a confined folder), in a stable order, never through
+        a symlink, into a skipped folder or into (or onto) a protected path."""
+        protected = {str(p) for p in self.protected}
+        for folder, dirs, names in os.walk(start):
+            dirs[:] = sorted(
+                d
+                for d in dirs
+                if d not in SKIPPED_DIRS and os.path.join(folder, d) not in protected
+            )
+            for name in sorted(names):
+                full = os.path.join(folder, name)
+                if full in protected or os.path.islink(full) or not os.path.isfile(full):
+                    continue
+                yield Path(full)
+
+    # -- identity ----------------------------------------------------------------------------
+
+    def protected_files(self) -> frozenset[tuple[int, int]]:
+        """(device, inode) of every protected file, read now (files in the data directory come
+        and go). Compute once per tool call and pass to `open_file`."""
+        found: set[tuple[int, int]] = set()
+        for path in self.protected:
+            for full in _files_under(path):
+                try:
+                    info = os.stat(full)
+                except OSError:
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    found.add((info.st_dev, info.st_ino))
+                if len(found) >= PROTECTED_ENTRIES_MAX:
+                    return frozenset(found)
+        return frozenset(found)
+
+    def open_file(
+        self, path: Path, protected_files: frozenset[tuple[int, int]], shown: str
+    ) -> BinaryIO:
+        """Open a confined path for reading: refused unless what was opened is a regular file
+        that is none of `protected_files`. Never blocks (a FIFO is refused, not waited on)."""
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise ToolFailure("not_found", f"{shown!r} does not exist") from None
+        except OSError as exc:
+            raise ToolFailure("unreadable", f"{shown!r} cannot be opened: {exc.strerror}") from None
+        try:
+            info = os.fstat(descriptor)
+            if not stat.S_ISREG(info.st_mode):
+                raise ToolFailure("not_a_file", f"{shown!r} is not a regular file")
+            if (info.st_dev, info.st_ino) in protected_files:
+                raise ToolFailure(
+                    "protected_path", f"{shown!r} belongs to the server and no tool may reach it"
+                )
+            os.set_blocking(descriptor, True)
+            return os.fdopen(descriptor, "rb")
+        except BaseException:
+            os.close(descriptor)
+            raise
+
+
+def _files_under(path: Path) -> Iterator[str]:
+    if not path.is_dir():
+        yield str(path)
+        return
+    seen = 0
+    for folder, _dirs, names in os.walk(path):
+        for name in names:
+            seen += 1
+            if seen > PROTECTED_ENTRIES_MAX:
+                return
+            yield os.path.join(folder, name)
