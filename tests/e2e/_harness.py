@@ -198,6 +198,36 @@ class ServerProcess:
         return [s for s in self.statuses if s[2] >= 500 and s[2] != 503]
 
 
+# -- raw HTTP --------------------------------------------------------------------------------
+
+
+def raw_exchange(port: int, request: bytes, *, timeout_s: float = 15.0) -> tuple[int, bytes]:
+    """Send `request` as is on a new connection and read one response (by its Content-Length,
+    or until the server closes); returns (status, body). For what HTTP clients refuse to send
+    (repeated Host headers, bare garbage)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(request)
+        raw = b""
+        while b"\r\n\r\n" not in raw:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+        head, _, body = raw.partition(b"\r\n\r\n")
+        length = None
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while length is None or len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else 0
+    return status, body
+
+
 # -- SSE -------------------------------------------------------------------------------------
 
 

@@ -119,3 +119,77 @@ def test_serve_in_production_without_keys_exits_2_with_a_reason(tmp_path: Path) 
     )
     assert done.returncode == 2, done.stderr
     assert "production mode needs" in done.stderr
+
+
+@pytest.mark.parametrize("inside", ["THYMOS_DATA_DIR", "THYMOS_POLICY_DIR"])
+def test_a_workspace_inside_the_servers_own_folders_is_refused(tmp_path: Path, inside: str) -> None:
+    """Every tool would reach the server's own files from such a workspace: start-up refuses it,
+    naming both settings."""
+    folder = tmp_path / "own"
+    (folder / "ws").mkdir(parents=True)
+    env = {"THYMOS_WORKSPACE": str(folder / "ws"), inside: str(folder)}
+    if inside == "THYMOS_POLICY_DIR":
+        env["THYMOS_DATA_DIR"] = str(tmp_path / "data")
+    with pytest.raises(SettingsError, match=f"THYMOS_WORKSPACE .* lies inside {inside}"):
+        load_settings(env)
+    with pytest.raises(SettingsError, match="lies inside THYMOS_DATA_DIR"):
+        load_settings({"THYMOS_WORKSPACE": str(folder), "THYMOS_DATA_DIR": str(folder)})
+
+
+def test_the_servers_own_files_are_the_protected_paths(tmp_path: Path) -> None:
+    """The data directory, a root key file and the policy directory are what tools may not
+    reach; unset ones are not listed."""
+    (tmp_path / "policies").mkdir()
+    settings = _settings(
+        tmp_path,
+        THYMOS_ROOT_KEY_FILE=str(tmp_path / "key"),
+        THYMOS_POLICY_DIR=str(tmp_path / "policies"),
+    )
+    assert settings.protected_paths == (
+        tmp_path / "data",
+        tmp_path / "key",
+        tmp_path / "policies",
+    )
+    assert _settings(tmp_path).protected_paths == (tmp_path / "data",)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"THYMOS_ALLOWED_HOSTS": "http://example.com"}, "not a host name"),
+        ({"THYMOS_ALLOWED_HOSTS": "example.com:80"}, "not a host name"),
+        ({"THYMOS_CORS_ORIGINS": "example.com"}, "not an origin"),
+        ({"THYMOS_CORS_ORIGINS": "https://example.com/app"}, "not an origin"),
+        ({"THYMOS_CORS_ORIGINS": "*"}, "not an origin"),
+        ({"THYMOS_HEADER_TIMEOUT_S": "0"}, "THYMOS_HEADER_TIMEOUT_S"),
+        ({"THYMOS_BODY_TIMEOUT_S": "nan"}, "THYMOS_BODY_TIMEOUT_S"),
+        ({"THYMOS_IDLE_TIMEOUT_S": "-1"}, "THYMOS_IDLE_TIMEOUT_S"),
+        ({"THYMOS_RUNS_ACTIVE_MAX": "0"}, "THYMOS_RUNS_ACTIVE_MAX"),
+        ({"THYMOS_CONNECTIONS_MAX": "many"}, "THYMOS_CONNECTIONS_MAX"),
+        ({"THYMOS_CONNECTIONS_PER_CLIENT_MAX": "-3"}, "THYMOS_CONNECTIONS_PER_CLIENT_MAX"),
+    ],
+)
+def test_bad_edge_settings_stop_start_up_naming_the_setting(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    """Host and origin lists, timeouts and limits are validated at start-up with a message
+    naming the setting."""
+    with pytest.raises(SettingsError, match=message):
+        _settings(tmp_path, **env)
+
+
+def test_edge_settings_are_read_as_given(tmp_path: Path) -> None:
+    """Hosts are lowercased (brackets dropped), origins kept exactly (lowercased), numbers
+    parsed."""
+    settings = _settings(
+        tmp_path,
+        THYMOS_ALLOWED_HOSTS="API.example.com, *.corp.example, [::1], *",
+        THYMOS_CORS_ORIGINS="https://Console.example.com,http://localhost:5173",
+        THYMOS_RUNS_ACTIVE_MAX="8",
+        THYMOS_HEADER_TIMEOUT_S="2.5",
+        THYMOS_CONNECTIONS_PER_CLIENT_MAX="9",
+    )
+    assert settings.allowed_hosts == ("api.example.com", "*.corp.example", "::1", "*")
+    assert settings.cors_origins == ("https://console.example.com", "http://localhost:5173")
+    assert (settings.runs_active_max, settings.header_timeout_s) == (8, 2.5)
+    assert settings.connections_per_client_max == 9

@@ -154,13 +154,13 @@ def _normalized(value: Any) -> Any:
             for key, child in item.items():
                 if isinstance(child, float):
                     item[key] = _number(child)
-                elif isinstance(child, dict | list) and child:
+                elif isinstance(child, dict | list):
                     stack.append((child, depth + 1))
         elif isinstance(item, list):
             for index, child in enumerate(item):
                 if isinstance(child, float):
                     item[index] = _number(child)
-                elif isinstance(child, dict | list) and child:
+                elif isinstance(child, dict | list):
                     stack.append((child, depth + 1))
     return value
 

@@ -18,6 +18,8 @@ from starlette.responses import Response
 
 from thymos.core import ErrorCode, ThymosError
 
+from ._openapi import allowed_methods
+
 log = logging.getLogger("thymos.api")
 
 STATUS_OF: dict[ErrorCode, int] = {
@@ -132,15 +134,17 @@ def install(app: FastAPI) -> None:
         code, message, details = _validation_details(exc)
         return error_response(code, message, details)
 
-    async def on_http(_: Request, exc: Exception) -> Response:
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
             return error_response(ErrorCode.NOT_FOUND, "there is no such route")
         if exc.status_code == 405:
+            allowed = allowed_methods(request.app, request.url.path)
             return error_response(
                 ErrorCode.METHOD_NOT_ALLOWED,
-                "this route does not take that method",
-                headers=dict(exc.headers or {}),
+                f"this route takes {', '.join(allowed)}",
+                {"allowed": allowed},
+                headers={"Allow": ", ".join(allowed)},
             )
         if exc.status_code == 400:
             return error_response(ErrorCode.MALFORMED_REQUEST, str(exc.detail))

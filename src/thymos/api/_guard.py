@@ -98,7 +98,9 @@ def split_host(value: str) -> str | None:
         if end < 0 or (value[end + 1 :] and not _is_port(value[end + 1 :])):
             return None
         return value[1:end] or None
-    name, sep, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    if value.count(":") > 1:
+        return None  # an IPv6 address must be in brackets
+    name, sep, port = value.rpartition(":") if ":" in value else (value, "", "")
     if sep and not _is_port(":" + port):
         return None
     if not name or any(c in name for c in "/@?#\\ "):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from thymos.cognition import SCRIPT_ELEMENTS_MAX
+from thymos.cognition import PROVIDERS, SCRIPT_ELEMENTS_MAX, script_element_schema
 from thymos.core import Budget, RunStatus
 from thymos.runtime import MAX_STEPS_DEFAULT, MAX_STEPS_MAX, TASK_CHARS_MAX, StartRun
 
@@ -18,11 +18,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+SCRIPT_ARGS_SCHEMA = {
+    "type": "object",
+    "description": "The tool's arguments: any JSON object. Like every value in a body, its "
+    "numbers must lie within +/-(2^53 - 1) (else 422 number_out_of_range) and the whole body "
+    "may nest at most 64 levels (else 422 json_too_deep).",
+}
+
+ScriptElement = Annotated[dict[str, Any], WithJsonSchema(script_element_schema(SCRIPT_ARGS_SCHEMA))]
+"""A script element: checked by the mock's `validate_script` (422 `invalid_script`); its schema
+says exactly the same."""
+
+
 class CognitionBody(_Strict):
-    provider: str = Field("mock", min_length=1, max_length=64)
+    provider: str = Field(
+        "mock", min_length=1, max_length=64, json_schema_extra={"enum": list(PROVIDERS)}
+    )
     model: str | None = Field(None, max_length=200)
     base_url: str | None = Field(None, max_length=2000)
-    script: list[dict[str, Any]] | None = Field(None, max_length=SCRIPT_ELEMENTS_MAX)
+    script: list[ScriptElement] | None = Field(None, max_length=SCRIPT_ELEMENTS_MAX)
 
 
 BUDGET_MAX = 2**53 - 1
@@ -41,7 +55,8 @@ class BudgetBody(_Strict):
 
 
 class CreateRunBody(_Strict):
-    task: str = Field(..., min_length=1, max_length=TASK_CHARS_MAX)
+    # At least one character that is not white space.
+    task: str = Field(..., min_length=1, max_length=TASK_CHARS_MAX, pattern=r"\S")
     max_steps: int = Field(MAX_STEPS_DEFAULT, ge=1, le=MAX_STEPS_MAX)
     tool_scopes: list[str] | None = Field(None, max_length=TOOL_SCOPES_MAX)
     cognition: CognitionBody = Field(default_factory=lambda: CognitionBody())

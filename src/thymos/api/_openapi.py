@@ -11,15 +11,12 @@ does (it is rebuilt when that changes).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
 
 from ._body import schema_components
-from ._caller import current_caller
 from ._models import ApprovalBody, CreateRunBody, ErrorEnvelope, RevokeBody
 
 SECURITY_SCHEME = "bearer"
@@ -56,14 +53,14 @@ def install(app: FastAPI) -> None:
         guarded = bool(gateway is not None and gateway.enabled)
         if guarded not in built:
             app.openapi_schema = None  # FastAPI caches its own output; build afresh
-            built[guarded] = finish(generate(), app, guarded=guarded)
+            built[guarded] = finish(generate(), guarded=guarded)
             app.openapi_schema = built[guarded]
         return built[guarded]
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def finish(document: dict[str, Any], app: FastAPI, *, guarded: bool) -> dict[str, Any]:
+def finish(document: dict[str, Any], *, guarded: bool) -> dict[str, Any]:
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     schemas.update(schema_components(CreateRunBody, ApprovalBody, RevokeBody, ErrorEnvelope))
@@ -76,20 +73,34 @@ def finish(document: dict[str, Any], app: FastAPI, *, guarded: bool) -> dict[str
             "server is open and this document requires none.",
         }
     }
-    callers = _caller_operations(app)
     for path, operations in document.get("paths", {}).items():
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
             _add_errors(responses, EVERY_REQUEST)
-            needs_caller = (path, method.upper()) in callers
+            needs_caller = (path, method.upper()) not in PUBLIC_OPERATIONS
             if needs_caller:
                 _add_errors(responses, WITH_CALLER)
             if "requestBody" in operation:
                 _add_errors(responses, WITH_BODY)
+            for parameter in operation.get("parameters", []):
+                parameter["schema"] = _absent_not_null(parameter.get("schema", {}))
             operation.pop("security", None)
             if guarded and needs_caller:
                 operation["security"] = [{SECURITY_SCHEME: []}]
     return document
+
+
+def _absent_not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional parameter is left out, never sent as null: `anyOf: [X, null]` becomes X (with
+    the outer keywords kept)."""
+    options = schema.get("anyOf")
+    if not isinstance(options, list):
+        return schema
+    kept = [option for option in options if option != {"type": "null"}]
+    if len(kept) != 1 or len(kept) == len(options):
+        return schema
+    outer = {key: value for key, value in schema.items() if key != "anyOf"}
+    return {**kept[0], **outer}
 
 
 def _add_errors(responses: dict[str, Any], errors: dict[int, str]) -> None:
@@ -103,14 +114,20 @@ def _add_errors(responses: dict[str, Any], errors: dict[int, str]) -> None:
         )
 
 
-def _caller_operations(app: FastAPI) -> set[tuple[str, str]]:
-    """(path, method) of every route that depends on `current_caller`."""
-    found: set[tuple[str, str]] = set()
-    for route in app.routes:
-        if isinstance(route, APIRoute) and _depends_on(route.dependant, current_caller):
-            found.update((route.path, method) for method in route.methods or ())
-    return found
+PUBLIC_OPERATIONS = frozenset({("/health", "GET"), ("/ready", "GET")})
+"""The operations that never need a key; every other one depends on `current_caller` (the
+black-box tests check both directions on a server with keys)."""
 
 
-def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
-    return any(dep.call is call or _depends_on(dep, call) for dep in dependant.dependencies)
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method the document lists at a concrete `path` (HEAD wherever GET), for `Allow`."""
+    methods: set[str] = set()
+    for template, operations in app.openapi().get("paths", {}).items():
+        pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, path):
+            methods.update(method.upper() for method in operations)
+    if not methods:
+        methods.add("GET")  # the document's own routes: /openapi.json, /docs
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)

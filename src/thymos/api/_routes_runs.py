@@ -75,7 +75,7 @@ async def list_runs(
         str | None, Query(max_length=200, json_schema_extra={"pattern": RUN_ID_PATTERN})
     ] = None,
 ) -> dict[str, Any]:
-    before = decode_cursor(cursor) if cursor else None
+    before = decode_cursor(cursor) if cursor is not None else None
     runs = await runtime_of(request).list_runs(
         tenant=caller.tenant,
         status=status.value if status else None,

@@ -59,7 +59,7 @@ LastSeqId = Annotated[
 
 def _int_or(value: str | None, default: int) -> int:
     """The seq a client last saw; a seq past any that can exist means nothing is missed."""
-    if value is None or value == "":
+    if value is None:
         return default
     text = value.strip()
     if text != "-1" and not (text.isdigit() and len(text) <= 19):

@@ -12,6 +12,7 @@ from ._mock import (
     SCRIPT_ELEMENTS_MAX,
     TURN_TOKENS_MAX,
     MockCognition,
+    script_element_schema,
     validate_script,
 )
 from ._protocol import (
@@ -56,5 +57,6 @@ __all__ = [
     "ToolView",
     "Turn",
     "create_provider",
+    "script_element_schema",
     "validate_script",
 ]

@@ -62,42 +62,47 @@ def _element(action: dict[str, Any] | None, required: str | None) -> dict[str, A
     }
 
 
-_INTENT_PROPERTIES: dict[str, Any] = {
-    "tool": {"type": "string", "minLength": 1},
-    "args": {"type": "object"},
-}
-_INTENT_SCHEMA = {
-    "type": "object",
-    "properties": _INTENT_PROPERTIES,
-    "required": ["tool"],
-    "additionalProperties": False,
-}
-_TEXT = {"type": "string"}
+def script_element_schema(args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON Schema of one script element; `args` is the schema of a tool call's arguments
+    (any object by default; the OpenAPI document narrows it to values stored exactly)."""
+    intent_properties: dict[str, Any] = {
+        "tool": {"type": "string", "minLength": 1},
+        "args": args or {"type": "object"},
+    }
+    intent = {
+        "type": "object",
+        "properties": intent_properties,
+        "required": ["tool"],
+        "additionalProperties": False,
+    }
+    text = {"type": "string"}
+    return {
+        "title": "ScriptElement",
+        "description": "One turn of the mock's script: a tool call, several intents, text, the "
+        "final answer, a provider error, or only a pause; any of them may report usage and "
+        "take sleep_ms.",
+        "oneOf": [
+            _element(intent_properties, "tool"),
+            _element(
+                {
+                    "intents": {
+                        "type": "array",
+                        "items": intent,
+                        "minItems": 1,
+                        "maxItems": SCRIPT_INTENTS_PER_TURN_MAX,
+                    }
+                },
+                "intents",
+            ),
+            _element({"text": text}, "text"),
+            _element({"final": text, "text": text}, "final"),
+            _element({"error": text}, "error"),
+            _element(None, None),
+        ],
+    }
 
-SCRIPT_ELEMENT_SCHEMA: dict[str, Any] = {
-    "title": "ScriptElement",
-    "description": "One turn of the mock's script: a tool call, several intents, text, the "
-    "final answer, a provider error, or only a pause; any of them may report usage and take "
-    "sleep_ms.",
-    "oneOf": [
-        _element(_INTENT_PROPERTIES, "tool"),
-        _element(
-            {
-                "intents": {
-                    "type": "array",
-                    "items": _INTENT_SCHEMA,
-                    "minItems": 1,
-                    "maxItems": SCRIPT_INTENTS_PER_TURN_MAX,
-                }
-            },
-            "intents",
-        ),
-        _element({"text": _TEXT}, "text"),
-        _element({"final": _TEXT, "text": _TEXT}, "final"),
-        _element({"error": _TEXT}, "error"),
-        _element(None, None),
-    ],
-}
+
+SCRIPT_ELEMENT_SCHEMA = script_element_schema()
 """The JSON Schema of a script element, published in the OpenAPI document. It accepts exactly
 what `validate_script` accepts (a property test holds the two equal)."""
 
@@ -139,8 +144,8 @@ def _check_element(where: str, element: Mapping[str, Any], action: str | None) -
         _is_int(element["sleep_ms"]) and 0 <= element["sleep_ms"] <= SLEEP_MS_MAX
     ):
         problems.append(f"{where}.sleep_ms must be an integer from 0 to {SLEEP_MS_MAX}")
-    usage = element.get("usage")
-    if usage is not None:
+    if "usage" in element:
+        usage = element["usage"]
         if not isinstance(usage, dict) or set(usage) - {"input_tokens", "output_tokens"}:
             problems.append(f"{where}.usage takes input_tokens and output_tokens")
         elif not all(_is_int(v) and 0 <= v <= TURN_TOKENS_MAX for v in usage.values()):

@@ -54,7 +54,7 @@ class Grep:
         limit = int(args.get("max_matches", 100))
         matches: list[dict[str, Any]] = []
         scanned = 0
-        files = iter((root,)) if root.is_file() else workspace.walk(root)
+        files = [root] if root.is_file() else (f for f, _ in workspace.walk(root, protected))
         for full in files:
             if scanned >= GREP_FILES_MAX:
                 return ToolOutcome(

@@ -42,15 +42,11 @@ class RepoMap:
         limit = int(args.get("max_entries", 500))
         files: list[dict[str, Any]] = []
         truncated = False
-        for full in workspace.walk(root):
+        for full, info in workspace.walk(root, workspace.protected_files()):
             if len(files) >= limit:
                 truncated = True
                 break
-            try:
-                size = full.stat().st_size
-            except OSError:
-                continue  # removed while walking
-            files.append({"path": workspace.relative_name(full), "bytes": size})
+            files.append({"path": workspace.relative_name(full), "bytes": info.st_size})
         return ToolOutcome(
             {"root": workspace.relative_name(root), "files": files, "truncated": truncated}
         )

@@ -85,9 +85,12 @@ class Workspace:
     def relative_name(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix() or "."
 
-    def walk(self, start: Path) -> Iterator[Path]:
-        """The regular files under `start` (a confined folder), in a stable order, never through
-        a symlink, into a skipped folder or into (or onto) a protected path."""
+    def walk(
+        self, start: Path, protected_files: frozenset[tuple[int, int]]
+    ) -> Iterator[tuple[Path, os.stat_result]]:
+        """The regular files under `start` (a confined folder) with their status, in a stable
+        order, never through a symlink, into a skipped folder, into or onto a protected path, or
+        onto a protected file under another name (a hard link)."""
         protected = {str(p) for p in self.protected}
         for folder, dirs, names in os.walk(start):
             dirs[:] = sorted(
@@ -97,9 +100,17 @@ class Workspace:
             )
             for name in sorted(names):
                 full = os.path.join(folder, name)
-                if full in protected or os.path.islink(full) or not os.path.isfile(full):
+                if full in protected:
                     continue
-                yield Path(full)
+                try:
+                    info = os.lstat(full)
+                except OSError:
+                    continue  # removed while walking
+                if not stat.S_ISREG(info.st_mode):
+                    continue  # symlinks, FIFOs, devices, sockets
+                if (info.st_dev, info.st_ino) in protected_files:
+                    continue
+                yield Path(full), info
 
     # -- identity ----------------------------------------------------------------------------
 
