@@ -24,10 +24,13 @@ SHUTDOWN_GRACE_S_DEFAULT = 10.0
 RUNS_ACTIVE_MAX_DEFAULT = 512
 """Active runs per server process; each holds an actor task, its world in memory and its feeds."""
 HEADER_TIMEOUT_S_DEFAULT = 10.0
-"""From a connection's first byte (or the end of the previous response) to the end of the
-request's headers: a real client sends its request line and headers at once."""
+"""From a connection's opening (or a request's first byte, on a kept-alive connection) to the
+end of the request's headers: a real client sends its request line and headers at once."""
 BODY_TIMEOUT_S_DEFAULT = 30.0
 """From the end of the headers to the end of the body: 1 MiB at the slowest link worth serving."""
+SEND_TIMEOUT_S_DEFAULT = 30.0
+"""How long a client may leave unread what the server has to send (a response larger than the
+buffers, a stream it stopped reading) before it is disconnected."""
 IDLE_TIMEOUT_S_DEFAULT = 15.0
 """How long a kept-alive connection may sit between requests."""
 CONNECTIONS_MAX_DEFAULT = 4096
@@ -186,6 +189,7 @@ class Settings:
     runs_active_max: int = RUNS_ACTIVE_MAX_DEFAULT
     header_timeout_s: float = HEADER_TIMEOUT_S_DEFAULT
     body_timeout_s: float = BODY_TIMEOUT_S_DEFAULT
+    send_timeout_s: float = SEND_TIMEOUT_S_DEFAULT
     idle_timeout_s: float = IDLE_TIMEOUT_S_DEFAULT
     connections_max: int = CONNECTIONS_MAX_DEFAULT
     connections_per_client_max: int = CONNECTIONS_PER_CLIENT_MAX_DEFAULT
@@ -265,6 +269,7 @@ def _validated(settings: Settings) -> Settings:
     for number, label in (
         (settings.header_timeout_s, "THYMOS_HEADER_TIMEOUT_S"),
         (settings.body_timeout_s, "THYMOS_BODY_TIMEOUT_S"),
+        (settings.send_timeout_s, "THYMOS_SEND_TIMEOUT_S"),
         (settings.idle_timeout_s, "THYMOS_IDLE_TIMEOUT_S"),
     ):
         if not 0 < number <= TIMEOUT_S_MAX:
@@ -347,6 +352,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         ("keepalive_s", "THYMOS_SSE_KEEPALIVE_S"),
         ("header_timeout_s", "THYMOS_HEADER_TIMEOUT_S"),
         ("body_timeout_s", "THYMOS_BODY_TIMEOUT_S"),
+        ("send_timeout_s", "THYMOS_SEND_TIMEOUT_S"),
         ("idle_timeout_s", "THYMOS_IDLE_TIMEOUT_S"),
     ):
         if key in source:

@@ -17,12 +17,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e._harness import ServerProcess, raw_exchange, wait_for
+from tests.e2e._authority import policy_dir, wait_pending
+from tests.e2e._harness import ServerProcess, create_run, raw_exchange, wait_for, wait_terminal
 from tests.e2e.conftest import ServerFactory
 
 pytestmark = pytest.mark.blackbox
@@ -31,6 +33,22 @@ DEADLINE_S = 90.0
 """Only a hang gets near this: every close below is due within a few seconds."""
 
 PARTIAL_REQUEST = b"GET /health HTTP/1.1\r\nHo"
+WAIT_POLICY = '@id("hold")\n@approval("ops")\npermit(principal, action, resource);\n'
+"""Every tool call waits for an approval on channel ops: a run that calls one stays active."""
+
+
+def _kv_run() -> dict[str, object]:
+    return {
+        "task": "wait",
+        "tool_scopes": ["kv_set"],
+        "cognition": {
+            "script": [{"tool": "kv_set", "args": {"key": "k", "value": 1}}, {"final": "ok"}]
+        },
+    }
+
+
+def _events_request(run_id: str) -> bytes:
+    return f"GET /runs/{run_id}/events HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
 
 
 def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
@@ -111,10 +129,13 @@ def test_a_thousand_half_open_connections_do_not_stop_the_server(
     assert server.client().get("/health").status_code == 200
 
 
-def test_connections_are_capped_per_client_and_in_all(server_factory: ServerFactory) -> None:
-    """One client address holding its share of connections gets 429 too_many_connections (and
-    a closed socket) for more, while other clients are served; and past the server's total the
-    same answer goes to anyone. Closing connections frees the share."""
+def test_connections_are_capped_per_client_and_in_all(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """One client holding its share of connections gets 429 too_many_connections (and a closed
+    socket) for more, while other clients are served, and closing frees the share. At the
+    server's total, the connection idle the longest is dropped to make room for a new one; only
+    when every connection is busy (here: streaming events) is a new one refused."""
     per_client = 20
     server = server_factory(
         {"THYMOS_CONNECTIONS_PER_CLIENT_MAX": str(per_client), "THYMOS_HEADER_TIMEOUT_S": "300"}
@@ -128,19 +149,41 @@ def test_connections_are_capped_per_client_and_in_all(server_factory: ServerFact
         )
         assert _code(extra) == (429, "too_many_connections")
         assert server.client().get("/health").status_code == 200
-    # Closed: the share is free again.
     wait_for(
         lambda: True if _served_from(server, "127.0.0.9") else None,
         timeout_s=30,
         what="the closed connections to be released",
     )
 
-    total = server_factory({"THYMOS_CONNECTIONS_MAX": "8", "THYMOS_HEADER_TIMEOUT_S": "300"})
-    with _sockets() as held:
+    total = server_factory(
+        {
+            "THYMOS_CONNECTIONS_MAX": "8",
+            "THYMOS_HEADER_TIMEOUT_S": "300",
+            "THYMOS_POLICY_DIR": str(policy_dir(tmp_path, hold=WAIT_POLICY)),
+        }
+    )
+    with _sockets() as idle:
         for index in range(8):
-            held.append(_connect(total.port, f"127.0.0.{20 + index}"))
+            sock = _connect(total.port, f"127.0.0.{20 + index}")
+            sock.sendall(PARTIAL_REQUEST if index % 2 else b"")
+            idle.append(sock)
+        # Every slot is taken by an idle connection: a new client is served, and the oldest
+        # idle connection is the one dropped for it.
+        assert _served_from(total, "127.0.0.30")
+        assert _read_until_closed(idle[:1], DEADLINE_S) == [b""]
+    # Eight busy connections (event streams of a run waiting for approval): nothing to drop.
+    client = total.client()
+    run_id = create_run(client, _kv_run())
+    wait_pending(client, run_id)
+    client.close()
+    with _sockets() as busy:
+        for index in range(8):
+            sock = _connect(total.port, f"127.0.0.{40 + index}")
+            sock.sendall(_events_request(run_id))
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 "), "a stream started"
+            busy.append(sock)
         extra = wait_for(
-            lambda: _refused_connection(total, "127.0.0.30"), timeout_s=30, what="the total cap"
+            lambda: _refused_connection(total, "127.0.0.50"), timeout_s=30, what="the total cap"
         )
         assert _code(extra) == (429, "too_many_connections")
     wait_for(
@@ -262,3 +305,146 @@ def test_garbage_and_vanishing_clients_log_no_error(server: ServerProcess) -> No
         assert check.get("/ready").status_code == 200
     log = server.log_tail(1_000_000)
     assert " ERROR " not in log and "Traceback" not in log, log[-4000:]
+
+
+TRAILER_LINES = 16_000
+
+
+def test_trailers_and_bodies_are_bounded_where_they_arrive(server: ServerProcess) -> None:
+    """Chunked trailers count as header lines (past 100: 431), and the bytes after the headers
+    are bounded whether or not the route reads them (past 1 MiB + 64 KiB: 413), so no request
+    can grow the server's memory without bound."""
+    # POST /runs reads its whole body (trailers end it), so the refusal is what answers.
+    start = b"POST /runs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    chunked = start + b"Transfer-Encoding: chunked\r\n\r\n0\r\n"
+    status, body = raw_exchange(server.port, chunked + b"a: b\r\n" * 150 + b"\r\n")
+    assert (status, json.loads(body)["error"]["code"]) == (431, "headers_too_large")
+    sock = _connect(server.port)
+    sent = 0
+    try:
+        sock.sendall(chunked)
+        line = b"a" * 1000 + b": b\r\n"
+        for _ in range(TRAILER_LINES):  # 16 MB: far past the bound and any socket buffers
+            sock.sendall(line)
+            sent += len(line)
+    except OSError:
+        pass  # cut off
+    answer = _read_until_closed([sock], DEADLINE_S)[0]
+    sock.close()
+    assert _code(answer) == (431, "headers_too_large"), answer[:300]
+    assert sent < TRAILER_LINES * 1006, "the server stopped reading long before the end"
+    big = start + b"Content-Length: 3000000\r\n\r\n" + b"x" * 3_000_000
+    sock = _connect(server.port)
+    with suppress(OSError):
+        sock.sendall(big)
+    answer = _read_until_closed([sock], DEADLINE_S)[0]
+    sock.close()
+    assert _code(answer) == (413, "body_too_large")
+    assert server.client().get("/health").status_code == 200
+
+
+def test_pipelined_and_upgrade_requests_are_not_served(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A request sent before the previous response ended is not served: the connection closes
+    after the current response, even a long event stream, with nothing written into it and no
+    error logged. An Upgrade is never performed; a request asking for one with a body is refused
+    (its body would otherwise be read as a second request)."""
+    server = server_factory(
+        {
+            "THYMOS_POLICY_DIR": str(policy_dir(tmp_path, hold=WAIT_POLICY)),
+            "THYMOS_BODY_TIMEOUT_S": "1",
+        }
+    )
+    get = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    sock = _connect(server.port)
+    sock.sendall(get + get)
+    answer = _read_until_closed([sock], DEADLINE_S)[0]
+    sock.close()
+    assert answer.count(b"HTTP/1.1 ") == 1, answer
+
+    client = server.client()
+    run_id = create_run(client, _kv_run())
+    wait_pending(client, run_id)
+    stream = _connect(server.port)
+    stream.sendall(_events_request(run_id))
+    assert stream.recv(65536).startswith(b"HTTP/1.1 200 ")
+    # A POST pipelined behind the stream: never read, never timed out into the stream.
+    stream.sendall(
+        b"POST /runs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\n\r\n{}"
+    )
+    denied = client.post(f"/runs/{run_id}/approvals/ops", json={"approve": False})
+    assert denied.status_code == 200, denied.text
+    wait_terminal(client, run_id)
+    rest = _read_until_closed([stream], DEADLINE_S)[0]
+    stream.close()
+    assert b"event: run_ended" in rest
+    assert b"HTTP/1.1" not in rest, "nothing but the stream was written"
+    assert len(client.get("/runs").json()["runs"]) == 1
+
+    smuggled = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    upgrade_with_body = (
+        b"POST /runs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Connection: Upgrade\r\nUpgrade: x\r\n"
+        + f"Content-Length: {len(smuggled)}\r\n\r\n".encode()
+        + smuggled
+    )
+    sock = _connect(server.port)
+    sock.sendall(upgrade_with_body)
+    answer = _read_until_closed([sock], DEADLINE_S)[0]
+    sock.close()
+    assert answer.count(b"HTTP/1.1 ") == 1, answer
+    assert _code(answer) == (400, "malformed_request")
+    sock = _connect(server.port)
+    sock.sendall(
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    )
+    answer = _read_until_closed([sock], DEADLINE_S)[0]
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 ") == 1, answer
+    log = server.log_tail(1_000_000)
+    assert " ERROR " not in log and "Traceback" not in log, log[-4000:]
+
+
+def test_a_client_that_stops_reading_is_disconnected(server_factory: ServerFactory) -> None:
+    """A client that asks for a ledger export of over 12 MB and never reads it holds its connection (and
+    its share) only until THYMOS_SEND_TIMEOUT_S: then the server drops it, and the client, when
+    it finally reads, gets part of the export and the end of the connection."""
+    server = server_factory(
+        {"THYMOS_SEND_TIMEOUT_S": "2", "THYMOS_CONNECTIONS_PER_CLIENT_MAX": "1"}
+    )
+    (server.workspace / "big.txt").write_text(("x" * 99 + "\n") * 2600)
+    client = server.client()
+    reads = [{"tool": "fs_read", "args": {"path": "big.txt"}}] * 80
+    run_id = create_run(
+        client,
+        {
+            "task": "read a lot",
+            "tool_scopes": ["fs_read"],
+            "cognition": {"script": [{"intents": reads}, {"final": "done"}]},
+        },
+    )
+    wait_terminal(client, run_id)
+    size = len(client.get(f"/runs/{run_id}/ledger").content)
+    assert size > 12_000_000
+    slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.bind(("127.0.0.40", 0))
+    slow.connect(("127.0.0.1", server.port))
+    slow.sendall(f"GET /runs/{run_id}/ledger HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    # The client's share (one connection) is free again once the server has dropped it.
+    wait_for(
+        lambda: True if _served_from(server, "127.0.0.40") else None,
+        timeout_s=DEADLINE_S,
+        what="the stalled connection to be dropped",
+    )
+    received = b""
+    slow.settimeout(30)
+    try:
+        while chunk := slow.recv(1 << 20):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    slow.close()
+    assert 0 < len(received) < size

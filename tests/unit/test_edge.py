@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from thymos.api import parse_json
+from thymos.api._connections import ConnectionLimits, ConnectionTable, Evictable, client_key
 from thymos.api._guard import GuardPolicy, _media_type_is_json, split_host
 from thymos.core import ThymosError
 
@@ -86,6 +87,7 @@ def test_only_json_in_utf8_is_a_json_body(value: str, json: bool) -> None:
         (b'{"a": [-9007199254740992]}', "number_out_of_range"),
         (b'{"a": 1e16}', "number_out_of_range"),
         (b'{"a": 123456789012345678901234567890}', "number_out_of_range"),
+        (b'{"a": [1e400]}', "number_out_of_range"),
         (b'{"a": ' + b"[" * 64 + b"]" * 64 + b"}", "json_too_deep"),
         (b"[" * 2000 + b"]" * 2000, "json_too_deep"),
         (b'{"a": NaN}', "malformed_json"),
@@ -118,3 +120,46 @@ def test_json_with_one_meaning_is_read_as_it_means(raw: bytes, value: Any) -> No
     if value is not None:
         assert parsed == value
         assert all(type(parsed[k]) is type(value[k]) for k in value)
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_a_client_is_an_ipv4_address_or_an_ipv6_network(address: str, key: str) -> None:
+    """One host can hold a whole IPv6 /64, so the per-client share is counted per /64."""
+    assert client_key(address) == key
+
+
+class _Connection(Evictable):
+    def __init__(self, table: ConnectionTable, client: str) -> None:
+        self.table, self.client, self.evicted = table, client, False
+
+    def evict(self) -> None:
+        self.evicted = True
+        self.table.idle.pop(self, None)
+        self.table.release(self.client)
+
+
+def test_the_table_makes_room_from_idle_connections_only() -> None:
+    """Per client the share is a hard limit; at the total the connection idle the longest is
+    evicted for a newcomer, and a newcomer is refused only when none is idle."""
+    limits = ConnectionLimits(1.0, 1.0, 1.0, connections_max=3, connections_per_client_max=2)
+    table = ConnectionTable()
+    first, second = _Connection(table, "a"), _Connection(table, "b")
+    assert table.admit("a", limits) and table.admit("a", limits)
+    assert not table.admit("a", limits), "the per-client share"
+    assert table.admit("b", limits)
+    assert not table.admit("c", limits), "nothing idle: refused"
+    table.idle[first] = None
+    table.idle[second] = None
+    assert table.admit("c", limits)
+    assert (first.evicted, second.evicted) == (True, False), "the longest idle goes first"
+    assert (table.total, dict(table.by_client)) == (3, {"a": 1, "b": 1, "c": 1})

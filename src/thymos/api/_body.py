@@ -77,6 +77,12 @@ def parse_json(raw: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         if "depth" in str(exc) or "recursion" in str(exc):
             raise _too_deep() from None
+        if "infinity" in str(exc):
+            raise ThymosError(
+                ErrorCode.NUMBER_OUT_OF_RANGE,
+                "the request body holds a number too large for any JSON reader to keep",
+                {"max": SAFE_INT_MAX},
+            ) from None
         raise ThymosError(
             ErrorCode.MALFORMED_JSON, f"the request body is not valid JSON: {exc}"
         ) from None

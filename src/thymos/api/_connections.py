@@ -1,27 +1,37 @@
 """Connection limits: how long, how large and how many, before a request reaches the app.
 
 uvicorn bounds only the idle time between requests. A client that opens a connection and sends
-half a request line, or a header of 200 MB, or a body one byte a minute, would otherwise hold a
-socket (and memory) for ever, and enough of them stop the server answering anyone. This module
-subclasses uvicorn's HTTP protocol to add, per connection:
+half a request line, or a header of 200 MB, or a body one byte a minute, or never reads what it
+asked for, would otherwise hold a socket (and memory) for ever, and enough of them stop the
+server answering anyone. This module subclasses uvicorn's HTTP protocol to add, per connection:
 
 - a header deadline (`THYMOS_HEADER_TIMEOUT_S`) from the first byte of a request (or the
   connection's opening) to the end of its headers, and a body deadline
   (`THYMOS_BODY_TIMEOUT_S`) from there to the end of the body: past either, 408 and close;
-- a bound on the request line and headers together (`HEADER_BYTES_MAX`) and on their number
-  (`HEADERS_MAX`): past either, 431 and close, checked before the bytes are parsed;
-- a bound on open connections in all (`THYMOS_CONNECTIONS_MAX`) and from one client address
-  (`THYMOS_CONNECTIONS_PER_CLIENT_MAX`): past either the connection is answered 429 and closed at
-  once, so one client cannot take every socket;
+- a send deadline (`THYMOS_SEND_TIMEOUT_S`): a client that stops reading while the server has
+  more to send than fits in its buffers, or while a closing connection still holds data, is
+  disconnected;
+- bounds on the request line and headers (`HEADER_BYTES_MAX`, `HEADERS_MAX`: 431) and on what
+  follows them (body and chunked trailers, `MESSAGE_BYTES_MAX`: 413), counted before the bytes
+  are parsed;
+- bounds on open connections in all (`THYMOS_CONNECTIONS_MAX`) and per client
+  (`THYMOS_CONNECTIONS_PER_CLIENT_MAX`; a client is an IPv4 address or an IPv6 /64): a client
+  over its share is answered 429 and closed; at the total, the connection idle the longest (no
+  request in progress: between requests or still sending its headers) is dropped to make room,
+  and only when none is idle is the new one refused;
 
 and it answers a request that does not parse with the one error envelope (400) instead of
-uvicorn's plain text. The idle time between requests is uvicorn's keep-alive timeout
-(`THYMOS_IDLE_TIMEOUT_S`).
+uvicorn's plain text. Pipelined requests (a request sent before the previous response ended)
+are not served: the connection closes after the current response, and HTTP/1.1 clients retry on
+a new one; an `Upgrade` is never performed, and a request asking for one with a body is refused
+(the parser's state after it cannot be trusted). The idle time between requests is uvicorn's
+keep-alive timeout (`THYMOS_IDLE_TIMEOUT_S`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,46 +45,82 @@ from uvicorn.server import ServerState
 from thymos.core import ErrorCode
 
 from ._errors import STATUS_OF
+from ._limits import BODY_BYTES_MAX
 
 HEADER_BYTES_MAX = 64 * 1024
 """The request line and all headers together: a bearer key, a long query and a browser's headers
 take a few KiB; nothing legitimate comes near 64 KiB."""
 
 HEADERS_MAX = 100
-"""Header lines per request; browsers send about twenty."""
+"""Header lines (and trailer lines) per request; browsers send about twenty."""
+
+MESSAGE_BYTES_MAX = BODY_BYTES_MAX + HEADER_BYTES_MAX
+"""What may follow the headers on the wire: the largest body the app accepts, with its chunk
+framing and trailers. The app refuses large bodies itself (413); this also bounds what is parsed
+when the app answers without reading the body."""
 
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
     header_timeout_s: float
     body_timeout_s: float
+    send_timeout_s: float
     connections_max: int
     connections_per_client_max: int
     header_bytes_max: int = HEADER_BYTES_MAX
     headers_max: int = HEADERS_MAX
+    message_bytes_max: int = MESSAGE_BYTES_MAX
+
+
+def client_key(address: str) -> str:
+    """Who a connection belongs to for the per-client share: its IPv4 address, or the /64 of its
+    IPv6 address (one network, which a single host can fill with addresses)."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class Evictable:
+    """What the table needs of a connection to drop it for room."""
+
+    def evict(self) -> None:
+        raise NotImplementedError
 
 
 @dataclass(slots=True)
-class ConnectionCounts:
-    """Open connections of one server, in all and by client address (event loop only)."""
+class ConnectionTable:
+    """Open connections of one server: how many in all and per client, and which are idle, in
+    the order they became idle (touched only on the event loop)."""
 
     total: int = 0
     by_client: Counter[str] = field(default_factory=Counter)
+    idle: dict[Evictable, None] = field(default_factory=dict)
 
-    def admit(self, client: str, limits: ConnectionLimits) -> ErrorCode | None:
-        if self.total >= limits.connections_max:
-            return ErrorCode.TOO_MANY_CONNECTIONS
+    def admit(self, client: str, limits: ConnectionLimits) -> bool:
         if self.by_client[client] >= limits.connections_per_client_max:
-            return ErrorCode.TOO_MANY_CONNECTIONS
+            return False
+        if self.total >= limits.connections_max:
+            if not self.idle:
+                return False
+            # Room for the new connection: the one idle the longest goes (it releases itself).
+            oldest = next(iter(self.idle))
+            oldest.evict()
         self.total += 1
         self.by_client[client] += 1
-        return None
+        return True
 
     def release(self, client: str) -> None:
         self.total -= 1
         self.by_client[client] -= 1
         if self.by_client[client] <= 0:
             del self.by_client[client]
+        assert self.total >= 0, "a connection was released twice"
 
 
 class _Refuse(Exception):
@@ -84,6 +130,10 @@ class _Refuse(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class _Pipelined(Exception):
+    """Raised from a parser callback when a request arrives before the previous response ended."""
 
 
 def error_bytes(code: ErrorCode, message: str) -> bytes:
@@ -106,21 +156,22 @@ def error_bytes(code: ErrorCode, message: str) -> bytes:
 _REASONS = {
     400: b"Bad Request",
     408: b"Request Timeout",
+    413: b"Content Too Large",
     429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
 }
 
 _HEAD, _BODY, _APP = "head", "body", "app"
-"""Where a connection is: reading a request's line and headers, reading its body, or waiting for
-the app (or idle between requests, which uvicorn's keep-alive timer bounds)."""
+"""Where a connection is: reading a request's line and headers (or idle before one), reading its
+body, or waiting for the app (input is then not parsed until the response ends)."""
 
 
 def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol with `limits` applied; one class (and one connection count)
+    """uvicorn's httptools protocol with `limits` applied; one class (and one connection table)
     per server."""
-    counts = ConnectionCounts()
+    table = ConnectionTable()
 
-    class LimitedHttpProtocol(HttpToolsProtocol):
+    class LimitedHttpProtocol(HttpToolsProtocol, Evictable):
         def __init__(
             self,
             config: Config,
@@ -131,33 +182,60 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             super().__init__(config, server_state, app_state, _loop)
             self._phase = _HEAD
             self._head_bytes = 0
+            self._message_bytes = 0
+            self._lines = 0
             self._deadline: asyncio.TimerHandle | None = None
-            self._counted: str | None = None
-            self._refused = False
+            self._send_deadline: asyncio.TimerHandle | None = None
+            self._client: str | None = None
+            self._ignore_input = False
 
         # -- connections ---------------------------------------------------------------------
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            address = self.client[0] if self.client else "unknown"
-            refusal = counts.admit(address, limits)
-            if refusal is not None:
-                self._refuse(refusal, "this server holds as many connections as it allows")
+            client = client_key(self.client[0] if self.client else "unknown")
+            if not table.admit(client, limits):
+                self._refuse(
+                    ErrorCode.TOO_MANY_CONNECTIONS,
+                    "this server holds as many connections from this client (or in all) as it "
+                    "allows; close some and retry",
+                )
                 return
-            self._counted = address
+            self._client = client
+            self._set_idle(True)
             self._arm(limits.header_timeout_s)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
-            if self._counted is not None:
-                counts.release(self._counted)
-                self._counted = None
+            if self._send_deadline is not None:
+                self._send_deadline.cancel()
+                self._send_deadline = None
+            self._set_idle(False)
+            if self._client is not None:
+                table.release(self._client)
+                self._client = None
             super().connection_lost(exc)
+
+        def evict(self) -> None:
+            """Dropped to make room for a new connection: release the slot now, close at once."""
+            self._set_idle(False)
+            if self._client is not None:
+                table.release(self._client)
+                self._client = None
+            self._ignore_input = True
+            self._disarm()
+            self.transport.abort()
+
+        def _set_idle(self, idle: bool) -> None:
+            if idle and self._client is not None:
+                table.idle[self] = None
+            else:
+                table.idle.pop(self, None)
 
         # -- bytes in ------------------------------------------------------------------------
 
         def data_received(self, data: bytes) -> None:
-            if self._refused or self.transport.is_closing():
+            if self._ignore_input or self.transport.is_closing():
                 return
             self._unset_keepalive_if_required()
             while data:
@@ -174,7 +252,15 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                     part, data = data[:room], data[room:]
                     self._head_bytes += len(part)
                 else:
-                    part, data = data, b""
+                    room = limits.message_bytes_max - self._message_bytes
+                    if room <= 0:
+                        self._refuse(
+                            ErrorCode.BODY_TOO_LARGE,
+                            f"the request body is over {limits.message_bytes_max} bytes",
+                        )
+                        return
+                    part, data = data[:room], data[room:]
+                    self._message_bytes += len(part)
                 if not self._feed(part):
                     return
 
@@ -182,35 +268,90 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade:
-                # No upgrade (WebSocket) is served: the request is answered as plain HTTP and
-                # nothing after its headers is read, as uvicorn does.
-                return False
+                return self._upgrade_asked()
             except httptools.HttpParserError as exc:
-                refusal = exc.__context__
-                if isinstance(refusal, _Refuse):
-                    self._refuse(refusal.code, refusal.message)
+                cause = exc.__context__
+                if isinstance(cause, _Pipelined):
+                    return False
+                if isinstance(cause, _Refuse):
+                    self._refuse(cause.code, cause.message)
                 else:
                     self._refuse(ErrorCode.MALFORMED_REQUEST, "the request is not valid HTTP/1.1")
                 return False
             return not self.transport.is_closing()
 
+        def _upgrade_asked(self) -> bool:
+            """No upgrade is ever performed, and the parser stops reading the request's body at
+            an upgrade: a request with a body is refused (its body would be read as the next
+            request), one without is answered and the connection then closed."""
+            body = any(
+                (name == b"content-length" and value.strip() not in (b"0", b""))
+                or name == b"transfer-encoding"
+                for name, value in self.headers
+            )
+            if body:
+                self._refuse(
+                    ErrorCode.MALFORMED_REQUEST, "a request with a body cannot ask for an upgrade"
+                )
+                return False
+            self._ignore_input = True
+            self._disarm()
+            if self.cycle is not None:
+                self.cycle.keep_alive = False
+            return False
+
         # -- parser callbacks ----------------------------------------------------------------
 
-        def on_headers_complete(self) -> None:
-            if len(self.headers) > limits.headers_max:
+        def on_message_begin(self) -> None:
+            self._lines = 0
+            super().on_message_begin()
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            # Counted for headers and for chunked trailers alike (the parser reports both here).
+            self._lines += 1
+            if self._lines > limits.headers_max:
                 raise _Refuse(
                     ErrorCode.HEADERS_TOO_LARGE,
-                    f"the request has more than {limits.headers_max} header lines",
+                    f"the request has more than {limits.headers_max} header or trailer lines",
                 )
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            if self.cycle is not None and not self.cycle.response_complete:
+                # Pipelined: not served. The current response ends the connection.
+                self._ignore_input = True
+                self._disarm()
+                self.cycle.keep_alive = False
+                raise _Pipelined
+            self._set_idle(False)
             self._phase = _BODY
+            self._message_bytes = 0
             self._arm(limits.body_timeout_s)
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
-            self._phase = _HEAD
             self._head_bytes = 0
             self._disarm()
+            # The app may have answered before the body ended (a 401, a 405): then the next
+            # request's headers come next; otherwise input waits for the response.
+            answered = self.cycle is not None and self.cycle.response_complete
+            self._phase = _HEAD if answered else _APP
             super().on_message_complete()
+            if answered:
+                self._set_idle(True)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self._phase == _APP:
+                self._phase = _HEAD  # the next request's headers may come
+            if self.transport.is_closing():
+                self._abort_unless_flushed()
+            elif self._phase == _HEAD:
+                self._set_idle(True)
+
+        def timeout_keep_alive_handler(self) -> None:
+            super().timeout_keep_alive_handler()
+            self._abort_unless_flushed()
 
         # -- deadlines -----------------------------------------------------------------------
 
@@ -230,12 +371,38 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             what = "its headers" if self._phase == _HEAD else "its body"
             self._refuse(ErrorCode.REQUEST_TIMEOUT, f"the client took too long to send {what}")
 
+        def pause_writing(self) -> None:
+            # More to send than the buffers hold: the client must read within the deadline.
+            super().pause_writing()
+            if self._send_deadline is None:
+                self._send_deadline = self.loop.call_later(limits.send_timeout_s, self._stalled)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._send_deadline is not None:
+                self._send_deadline.cancel()
+                self._send_deadline = None
+
+        def _abort_unless_flushed(self) -> None:
+            """A closing connection whose client does not read what is left is dropped after the
+            send deadline (closing waits for the buffer to be sent, possibly for ever)."""
+            if self._send_deadline is None:
+                self._send_deadline = self.loop.call_later(limits.send_timeout_s, self._stalled)
+
+        def _stalled(self) -> None:
+            self._send_deadline = None
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.cycle.disconnected = True
+                self.cycle.message_event.set()
+            self.transport.abort()
+
         # -- refusing ------------------------------------------------------------------------
 
         def _refuse(self, code: ErrorCode, message: str) -> None:
-            """Answer `code` unless this request already has a response under way, then close."""
-            self._refused = True
+            """Answer `code` unless the request already has a response under way, then close."""
+            self._ignore_input = True
             self._disarm()
+            self._set_idle(False)
             cycle = self.cycle
             if cycle is None or (cycle.response_complete and self._phase == _HEAD):
                 answered = False  # no request yet, or the previous one is done: a new request
@@ -248,5 +415,6 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 cycle.disconnected = True
                 cycle.message_event.set()
             self.transport.close()
+            self._abort_unless_flushed()
 
     return LimitedHttpProtocol

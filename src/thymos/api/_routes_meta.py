@@ -12,6 +12,7 @@ from thymos.core import ErrorCode
 from ._caller import current_caller
 from ._deps import runtime_of
 from ._errors import error_response
+from ._models import ErrorEnvelope
 
 router = APIRouter(tags=["server"])
 
@@ -23,7 +24,11 @@ async def health(request: Request) -> dict[str, Any]:
     return runtime_of(request).health()
 
 
-@router.get("/ready", summary="200 when the ledger answers and the server is not shutting down")
+@router.get(
+    "/ready",
+    summary="200 when the ledger answers and the server is not shutting down",
+    responses={503: {"model": ErrorEnvelope, "description": "Shutting down, or not ready"}},
+)
 async def ready(request: Request) -> Response:
     runtime = runtime_of(request)
     if not runtime.accepting:

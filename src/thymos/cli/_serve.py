@@ -63,6 +63,7 @@ def serve(settings: Settings) -> None:
     limits = ConnectionLimits(
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,
+        send_timeout_s=settings.send_timeout_s,
         connections_max=_connections_that_fit(settings.connections_max),
         connections_per_client_max=settings.connections_per_client_max,
     )

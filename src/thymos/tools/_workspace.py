@@ -8,9 +8,9 @@ root key), a root key file, the policy directory. Three checks stand between a t
   every protected path, else it is refused before anything is opened;
 - when walking: protected folders and files are never entered or listed, whatever their names;
 - by identity: a file is opened without following a final symlink and without blocking, and the
-  opened file (its device and inode) must be a regular file that is none of the protected files,
-  so a hard link, a symlink swapped in after the name check, or a FIFO cannot reach a secret or
-  hang the tool.
+  opened file must be a regular file, none of the protected files (by device and inode), and
+  (where Linux names it under /proc) really inside the workspace, so a hard link, a symlink or a
+  folder swapped in after the name check, or a FIFO, cannot reach a secret or hang the tool.
 """
 
 from __future__ import annotations
@@ -149,11 +149,27 @@ class Workspace:
                 raise ToolFailure(
                     "protected_path", f"{shown!r} belongs to the server and no tool may reach it"
                 )
+            self._check_opened(descriptor, shown)
             os.set_blocking(descriptor, True)
             return os.fdopen(descriptor, "rb")
         except BaseException:
             os.close(descriptor)
             raise
+
+    def _check_opened(self, descriptor: int, shown: str) -> None:
+        """Where the opened file really is (Linux names it under /proc): inside the workspace and
+        outside every protected path, so a folder on the path swapped for a symlink after the
+        name check cannot lead out. Where /proc is absent the name and identity checks stand."""
+        try:
+            real = Path(os.readlink(f"/proc/self/fd/{descriptor}"))
+        except OSError:
+            return
+        if real != self.root and self.root not in real.parents:
+            raise ToolFailure("outside_workspace", f"{shown!r} is outside the workspace")
+        if self.is_protected(real):
+            raise ToolFailure(
+                "protected_path", f"{shown!r} belongs to the server and no tool may reach it"
+            )
 
 
 def _files_under(path: Path) -> Iterator[str]:
