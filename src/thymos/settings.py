@@ -29,8 +29,8 @@ end of the request's headers: a real client sends its request line and headers a
 BODY_TIMEOUT_S_DEFAULT = 30.0
 """From the end of the headers to the end of the body: 1 MiB at the slowest link worth serving."""
 SEND_TIMEOUT_S_DEFAULT = 30.0
-"""How long a client may leave unread what the server has to send (a response larger than the
-buffers, a stream it stopped reading) before it is disconnected."""
+"""How long a client may read nothing of what the server has to send (a response larger than
+the buffers, a stream it stopped reading) before it is disconnected; any progress restarts it."""
 IDLE_TIMEOUT_S_DEFAULT = 15.0
 """How long a kept-alive connection may sit between requests."""
 CONNECTIONS_MAX_DEFAULT = 4096

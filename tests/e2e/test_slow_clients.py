@@ -448,3 +448,43 @@ def test_a_client_that_stops_reading_is_disconnected(server_factory: ServerFacto
         pass
     slow.close()
     assert 0 < len(received) < size
+
+
+def test_making_room_never_drops_a_response_still_being_sent(server_factory: ServerFactory) -> None:
+    """At the total, a connection whose response is still being delivered (its client reads
+    slowly: here, not yet) is not idle: an idle connection is dropped instead, and the download
+    then completes in full."""
+    server = server_factory({"THYMOS_CONNECTIONS_MAX": "2", "THYMOS_SEND_TIMEOUT_S": "300"})
+    (server.workspace / "big.txt").write_text(("x" * 99 + "\n") * 2600)
+    client = server.client()
+    reads = [{"tool": "fs_read", "args": {"path": "big.txt"}}] * 40
+    run_id = create_run(
+        client,
+        {
+            "task": "read a lot",
+            "tool_scopes": ["fs_read"],
+            "cognition": {"script": [{"intents": reads}, {"final": "done"}]},
+        },
+    )
+    wait_terminal(client, run_id)
+    size = len(client.get(f"/runs/{run_id}/ledger").content)
+    client.close()
+    download = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    download.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    download.bind(("127.0.0.60", 0))
+    download.connect(("127.0.0.1", server.port))
+    download.sendall(
+        f"GET /runs/{run_id}/ledger HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+    )
+    first = download.recv(100)
+    assert first.startswith(b"HTTP/1.1 200 "), "the download is under way"
+    with _sockets() as idle:
+        # The total is two: the download and the idle connection; a newcomer needs room.
+        idle.append(_connect(server.port, "127.0.0.61"))
+        assert _served_from(server, "127.0.0.62")
+        assert _read_until_closed(idle, DEADLINE_S) == [b""], "the idle one made room"
+    received = first + _read_until_closed([download], DEADLINE_S)[0]
+    download.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert len(body) >= size, (len(body), size)

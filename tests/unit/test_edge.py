@@ -139,8 +139,11 @@ def test_a_client_is_an_ipv4_address_or_an_ipv6_network(address: str, key: str) 
 
 
 class _Connection(Evictable):
-    def __init__(self, table: ConnectionTable, client: str) -> None:
-        self.table, self.client, self.evicted = table, client, False
+    def __init__(self, table: ConnectionTable, client: str, *, sending: bool = False) -> None:
+        self.table, self.client, self.evicted, self.sending = table, client, False, sending
+
+    def evictable(self) -> bool:
+        return not self.sending
 
     def evict(self) -> None:
         self.evicted = True
@@ -150,16 +153,20 @@ class _Connection(Evictable):
 
 def test_the_table_makes_room_from_idle_connections_only() -> None:
     """Per client the share is a hard limit; at the total the connection idle the longest is
-    evicted for a newcomer, and a newcomer is refused only when none is idle."""
+    evicted for a newcomer (skipping one still sending its last response), and a newcomer is
+    refused only when none can go."""
     limits = ConnectionLimits(1.0, 1.0, 1.0, connections_max=3, connections_per_client_max=2)
     table = ConnectionTable()
+    sending = _Connection(table, "a", sending=True)
     first, second = _Connection(table, "a"), _Connection(table, "b")
     assert table.admit("a", limits) and table.admit("a", limits)
     assert not table.admit("a", limits), "the per-client share"
     assert table.admit("b", limits)
     assert not table.admit("c", limits), "nothing idle: refused"
+    table.idle[sending] = None
+    assert not table.admit("c", limits), "still sending: not idle enough to drop"
     table.idle[first] = None
     table.idle[second] = None
     assert table.admit("c", limits)
-    assert (first.evicted, second.evicted) == (True, False), "the longest idle goes first"
+    assert (sending.evicted, first.evicted, second.evicted) == (False, True, False)
     assert (table.total, dict(table.by_client)) == (3, {"a": 1, "b": 1, "c": 1})

@@ -8,17 +8,17 @@ server answering anyone. This module subclasses uvicorn's HTTP protocol to add, 
 - a header deadline (`THYMOS_HEADER_TIMEOUT_S`) from the first byte of a request (or the
   connection's opening) to the end of its headers, and a body deadline
   (`THYMOS_BODY_TIMEOUT_S`) from there to the end of the body: past either, 408 and close;
-- a send deadline (`THYMOS_SEND_TIMEOUT_S`): a client that stops reading while the server has
-  more to send than fits in its buffers, or while a closing connection still holds data, is
-  disconnected;
+- a send deadline (`THYMOS_SEND_TIMEOUT_S`): a client that reads nothing for that long while
+  the server has more to send than fits in its buffers, or while a closing connection still
+  holds data, is disconnected (a slow reader that keeps reading is not);
 - bounds on the request line and headers (`HEADER_BYTES_MAX`, `HEADERS_MAX`: 431) and on what
   follows them (body and chunked trailers, `MESSAGE_BYTES_MAX`: 413), counted before the bytes
   are parsed;
 - bounds on open connections in all (`THYMOS_CONNECTIONS_MAX`) and per client
   (`THYMOS_CONNECTIONS_PER_CLIENT_MAX`; a client is an IPv4 address or an IPv6 /64): a client
   over its share is answered 429 and closed; at the total, the connection idle the longest (no
-  request in progress: between requests or still sending its headers) is dropped to make room,
-  and only when none is idle is the new one refused;
+  request in progress and nothing left to send: between requests or still sending its headers)
+  is dropped to make room, and only when none is idle is the new one refused;
 
 and it answers a request that does not parse with the one error envelope (400) instead of
 uvicorn's plain text. Pipelined requests (a request sent before the previous response ended)
@@ -89,6 +89,10 @@ def client_key(address: str) -> str:
 class Evictable:
     """What the table needs of a connection to drop it for room."""
 
+    def evictable(self) -> bool:
+        """True when dropping it loses nothing: no request in progress, nothing left to send."""
+        raise NotImplementedError
+
     def evict(self) -> None:
         raise NotImplementedError
 
@@ -106,10 +110,10 @@ class ConnectionTable:
         if self.by_client[client] >= limits.connections_per_client_max:
             return False
         if self.total >= limits.connections_max:
-            if not self.idle:
-                return False
             # Room for the new connection: the one idle the longest goes (it releases itself).
-            oldest = next(iter(self.idle))
+            oldest = next((c for c in self.idle if c.evictable()), None)
+            if oldest is None:
+                return False
             oldest.evict()
         self.total += 1
         self.by_client[client] += 1
@@ -133,7 +137,7 @@ class _Refuse(Exception):
 
 
 class _Pipelined(Exception):
-    """Raised from a parser callback when a request arrives before the previous response ended."""
+    """Raised from a parser callback when a request begins before the previous response ended."""
 
 
 def error_bytes(code: ErrorCode, message: str) -> bytes:
@@ -185,7 +189,8 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             self._message_bytes = 0
             self._lines = 0
             self._deadline: asyncio.TimerHandle | None = None
-            self._send_deadline: asyncio.TimerHandle | None = None
+            self._send_watch: asyncio.TimerHandle | None = None
+            self._send_left = 0
             self._client: str | None = None
             self._ignore_input = False
 
@@ -207,14 +212,20 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
-            if self._send_deadline is not None:
-                self._send_deadline.cancel()
-                self._send_deadline = None
+            self._unwatch_send()
             self._set_idle(False)
             if self._client is not None:
                 table.release(self._client)
                 self._client = None
             super().connection_lost(exc)
+
+        def evictable(self) -> bool:
+            return (
+                self._phase == _HEAD
+                and (self.cycle is None or self.cycle.response_complete)
+                and self.transport.get_write_buffer_size() == 0
+                and not self.transport.is_closing()
+            )
 
         def evict(self) -> None:
             """Dropped to make room for a new connection: release the slot now, close at once."""
@@ -303,6 +314,14 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         # -- parser callbacks ----------------------------------------------------------------
 
         def on_message_begin(self) -> None:
+            if self.cycle is not None and not self.cycle.response_complete:
+                # A request begun before the previous response ended (pipelined): not served,
+                # and not parsed (its headers would escape the header limit and deadline). The
+                # current response ends the connection.
+                self._ignore_input = True
+                self._disarm()
+                self.cycle.keep_alive = False
+                raise _Pipelined
             self._lines = 0
             super().on_message_begin()
 
@@ -317,12 +336,6 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
-            if self.cycle is not None and not self.cycle.response_complete:
-                # Pipelined: not served. The current response ends the connection.
-                self._ignore_input = True
-                self._disarm()
-                self.cycle.keep_alive = False
-                raise _Pipelined
             self._set_idle(False)
             self._phase = _BODY
             self._message_bytes = 0
@@ -372,25 +385,40 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             self._refuse(ErrorCode.REQUEST_TIMEOUT, f"the client took too long to send {what}")
 
         def pause_writing(self) -> None:
-            # More to send than the buffers hold: the client must read within the deadline.
+            # More to send than the buffers hold: the client must keep reading.
             super().pause_writing()
-            if self._send_deadline is None:
-                self._send_deadline = self.loop.call_later(limits.send_timeout_s, self._stalled)
+            self._watch_send()
 
         def resume_writing(self) -> None:
             super().resume_writing()
-            if self._send_deadline is not None:
-                self._send_deadline.cancel()
-                self._send_deadline = None
+            if not self.transport.is_closing():
+                self._unwatch_send()
 
         def _abort_unless_flushed(self) -> None:
-            """A closing connection whose client does not read what is left is dropped after the
-            send deadline (closing waits for the buffer to be sent, possibly for ever)."""
-            if self._send_deadline is None:
-                self._send_deadline = self.loop.call_later(limits.send_timeout_s, self._stalled)
+            """A closing connection waits for its buffer to be sent, possibly for ever: it is
+            watched like a paused one, and dropped if the client stops reading."""
+            self._watch_send()
 
-        def _stalled(self) -> None:
-            self._send_deadline = None
+        def _watch_send(self) -> None:
+            if self._send_watch is None:
+                self._send_left = self.transport.get_write_buffer_size()
+                self._send_watch = self.loop.call_later(limits.send_timeout_s, self._send_check)
+
+        def _unwatch_send(self) -> None:
+            if self._send_watch is not None:
+                self._send_watch.cancel()
+                self._send_watch = None
+
+        def _send_check(self) -> None:
+            """The send deadline: what is left to send must have shrunk since the last check
+            (the client is reading, however slowly), else the client is gone in all but name."""
+            self._send_watch = None
+            left = self.transport.get_write_buffer_size()
+            if left and left < self._send_left:
+                self._watch_send()
+                return
+            if left == 0 and not self.transport.is_closing():
+                return
             if self.cycle is not None and not self.cycle.response_complete:
                 self.cycle.disconnected = True
                 self.cycle.message_event.set()
