@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
 
-from thymos.api import parse_json
+from thymos.api import limited_protocol, parse_json
 from thymos.api._connections import ConnectionLimits, ConnectionTable, Evictable, client_key
 from thymos.api._guard import GuardPolicy, _media_type_is_json, split_host
 from thymos.core import ThymosError
@@ -170,3 +172,114 @@ def test_the_table_makes_room_from_idle_connections_only() -> None:
     assert table.admit("c", limits)
     assert (sending.evicted, first.evicted, second.evicted) == (False, True, False)
     assert (table.total, dict(table.by_client)) == (3, {"a": 1, "b": 1, "c": 1})
+
+
+class _Timer:
+    def __init__(self, callback: Any) -> None:
+        self.callback, self.cancelled = callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Loop:
+    """A loop whose timers fire only when the test says so."""
+
+    def __init__(self) -> None:
+        self.timers: list[_Timer] = []
+
+    def call_later(self, _delay: float, callback: Any) -> _Timer:
+        timer = _Timer(callback)
+        self.timers.append(timer)
+        return timer
+
+    def fire(self) -> None:
+        pending = [t for t in self.timers if not t.cancelled]
+        self.timers = []
+        for timer in pending:
+            timer.callback()
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.buffered, self.closing, self.aborted, self.written = 0, False, False, b""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("203.0.113.9", 5000), "sockname": ("127.0.0.1", 3001)}.get(
+            name, default
+        )
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return self.closing or self.aborted
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+def _protocol() -> tuple[Any, _Loop, _Transport]:
+    async def app(scope: Any, receive: Any, send: Any) -> None: ...
+
+    limits = ConnectionLimits(10.0, 10.0, 5.0, connections_max=10, connections_per_client_max=10)
+    config = Config(app=app, lifespan="off", http=limited_protocol(limits))
+    config.load()
+    loop, transport = _Loop(), _Transport()
+    make: Any = config.http_protocol_class
+    protocol = make(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+    protocol.connection_made(transport)
+    loop.timers = []  # the header deadline is not what these tests are about
+    return protocol, loop, transport
+
+
+def test_the_send_deadline_spares_a_reader_that_makes_progress() -> None:
+    """While sending is paused, each send deadline checks what is left: less than at the last
+    check (the client read something, however slowly) restarts it; the same amount (it read
+    nothing) drops the connection."""
+    protocol, loop, transport = _protocol()
+    transport.buffered = 4_000_000
+    protocol.pause_writing()
+    for left in (3_000_000, 2_000_000, 1_000):
+        transport.buffered = left
+        loop.fire()
+        assert not transport.aborted, left
+    loop.fire()  # nothing read since the last check
+    assert transport.aborted
+
+
+def test_a_closing_connection_is_watched_until_its_buffer_is_sent() -> None:
+    """A connection closed with data still unsent (which would wait for ever for a client that
+    stopped reading) is dropped once nothing more is read, even if sending resumed first."""
+    protocol, loop, transport = _protocol()
+    transport.buffered = 200_000
+    protocol.pause_writing()
+    transport.closing = True
+    transport.buffered = 8_000
+    protocol.resume_writing()  # drained below the low-water mark, but not empty
+    loop.fire()
+    assert not transport.aborted, "progress since the pause"
+    loop.fire()
+    assert transport.aborted
+
+
+def test_resumed_sending_ends_the_watch() -> None:
+    """Once the buffer drains on an open connection, the watch ends: nothing fires later."""
+    protocol, loop, transport = _protocol()
+    transport.buffered = 200_000
+    protocol.pause_writing()
+    transport.buffered = 0
+    protocol.resume_writing()
+    loop.fire()
+    assert not transport.aborted
+    assert loop.timers == []
