@@ -407,32 +407,49 @@ def test_pipelined_and_upgrade_requests_are_not_served(
     assert " ERROR " not in log and "Traceback" not in log, log[-4000:]
 
 
+def _big_ledger(server: ServerProcess, *, reads: int) -> tuple[str, int]:
+    """A finished run whose ledger export is large (each read commits about 160 KB); returns
+    its id and the export's size."""
+    (server.workspace / "big.txt").write_text(("x" * 99 + "\n") * 2600)
+    with server.client() as client:
+        run_id = create_run(
+            client,
+            {
+                "task": "read a lot",
+                "tool_scopes": ["fs_read"],
+                "cognition": {
+                    "script": [
+                        {"intents": [{"tool": "fs_read", "args": {"path": "big.txt"}}] * reads},
+                        {"final": "done"},
+                    ]
+                },
+            },
+        )
+        wait_terminal(client, run_id)
+        return run_id, len(client.get(f"/runs/{run_id}/ledger").content)
+
+
+def _slow_reader(server: ServerProcess, source: str, path: str) -> socket.socket:
+    """A connection from `source` with the smallest receive buffer, that has asked for `path`
+    and has read nothing yet."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+    return sock
+
+
 def test_a_client_that_stops_reading_is_disconnected(server_factory: ServerFactory) -> None:
-    """A client that asks for a ledger export of over 12 MB and never reads it holds its connection (and
-    its share) only until THYMOS_SEND_TIMEOUT_S: then the server drops it, and the client, when
-    it finally reads, gets part of the export and the end of the connection."""
+    """A client that asks for a ledger export of over 12 MB and never reads it holds its
+    connection (and its share) only until THYMOS_SEND_TIMEOUT_S: then the server drops it, and
+    the client, when it finally reads, gets part of the export and the end of the connection."""
     server = server_factory(
         {"THYMOS_SEND_TIMEOUT_S": "2", "THYMOS_CONNECTIONS_PER_CLIENT_MAX": "1"}
     )
-    (server.workspace / "big.txt").write_text(("x" * 99 + "\n") * 2600)
-    client = server.client()
-    reads = [{"tool": "fs_read", "args": {"path": "big.txt"}}] * 80
-    run_id = create_run(
-        client,
-        {
-            "task": "read a lot",
-            "tool_scopes": ["fs_read"],
-            "cognition": {"script": [{"intents": reads}, {"final": "done"}]},
-        },
-    )
-    wait_terminal(client, run_id)
-    size = len(client.get(f"/runs/{run_id}/ledger").content)
+    run_id, size = _big_ledger(server, reads=80)
     assert size > 12_000_000
-    slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    slow.bind(("127.0.0.40", 0))
-    slow.connect(("127.0.0.1", server.port))
-    slow.sendall(f"GET /runs/{run_id}/ledger HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    slow = _slow_reader(server, "127.0.0.40", f"/runs/{run_id}/ledger")
     # The client's share (one connection) is free again once the server has dropped it.
     wait_for(
         lambda: True if _served_from(server, "127.0.0.40") else None,
@@ -455,27 +472,8 @@ def test_making_room_never_drops_a_response_still_being_sent(server_factory: Ser
     slowly: here, not yet) is not idle: an idle connection is dropped instead, and the download
     then completes in full."""
     server = server_factory({"THYMOS_CONNECTIONS_MAX": "2", "THYMOS_SEND_TIMEOUT_S": "300"})
-    (server.workspace / "big.txt").write_text(("x" * 99 + "\n") * 2600)
-    client = server.client()
-    reads = [{"tool": "fs_read", "args": {"path": "big.txt"}}] * 40
-    run_id = create_run(
-        client,
-        {
-            "task": "read a lot",
-            "tool_scopes": ["fs_read"],
-            "cognition": {"script": [{"intents": reads}, {"final": "done"}]},
-        },
-    )
-    wait_terminal(client, run_id)
-    size = len(client.get(f"/runs/{run_id}/ledger").content)
-    client.close()
-    download = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    download.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    download.bind(("127.0.0.60", 0))
-    download.connect(("127.0.0.1", server.port))
-    download.sendall(
-        f"GET /runs/{run_id}/ledger HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
-    )
+    run_id, size = _big_ledger(server, reads=40)
+    download = _slow_reader(server, "127.0.0.60", f"/runs/{run_id}/ledger")
     first = download.recv(100)
     assert first.startswith(b"HTTP/1.1 200 "), "the download is under way"
     with _sockets() as idle:
