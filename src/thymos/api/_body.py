@@ -156,18 +156,14 @@ def _normalized(value: Any) -> Any:
         item, depth = stack.pop()
         if depth > JSON_DEPTH_MAX:
             raise _too_deep()
-        if isinstance(item, dict):
-            for key, child in item.items():
-                if isinstance(child, float):
-                    item[key] = _number(child)
-                elif isinstance(child, dict | list):
-                    stack.append((child, depth + 1))
-        elif isinstance(item, list):
-            for index, child in enumerate(item):
-                if isinstance(child, float):
-                    item[index] = _number(child)
-                elif isinstance(child, dict | list):
-                    stack.append((child, depth + 1))
+        if not isinstance(item, dict | list):
+            continue
+        children = item.items() if isinstance(item, dict) else enumerate(item)
+        for place, child in children:
+            if isinstance(child, float):
+                item[place] = _number(child)  # replacing a value keeps the keys being walked
+            elif isinstance(child, dict | list):
+                stack.append((child, depth + 1))
     return value
 
 

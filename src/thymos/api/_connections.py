@@ -185,8 +185,8 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         ) -> None:
             super().__init__(config, server_state, app_state, _loop)
             self._phase = _HEAD
-            self._head_bytes = 0
-            self._message_bytes = 0
+            self._bytes = 0
+            """Bytes of the current phase: the request line and headers, or what follows them."""
             self._lines = 0
             self._deadline: asyncio.TimerHandle | None = None
             self._send_watch: asyncio.TimerHandle | None = None
@@ -213,10 +213,7 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             self._unwatch_send()
-            self._set_idle(False)
-            if self._client is not None:
-                table.release(self._client)
-                self._client = None
+            self._release()
             super().connection_lost(exc)
 
         def evictable(self) -> bool:
@@ -229,13 +226,17 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
         def evict(self) -> None:
             """Dropped to make room for a new connection: release the slot now, close at once."""
+            self._release()
+            self._ignore_input = True
+            self._disarm()
+            self.transport.abort()
+
+        def _release(self) -> None:
+            """Give back the connection's slot, once (on eviction or when it is lost)."""
             self._set_idle(False)
             if self._client is not None:
                 table.release(self._client)
                 self._client = None
-            self._ignore_input = True
-            self._disarm()
-            self.transport.abort()
 
         def _set_idle(self, idle: bool) -> None:
             if idle and self._client is not None:
@@ -253,25 +254,23 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 if self._phase == _HEAD:
                     if self._deadline is None:
                         self._arm(limits.header_timeout_s)
-                    room = limits.header_bytes_max - self._head_bytes
-                    if room <= 0:
-                        self._refuse(
-                            ErrorCode.HEADERS_TOO_LARGE,
-                            f"the request line and headers are over {limits.header_bytes_max} bytes",
-                        )
-                        return
-                    part, data = data[:room], data[room:]
-                    self._head_bytes += len(part)
+                    budget, code, what = (
+                        limits.header_bytes_max,
+                        ErrorCode.HEADERS_TOO_LARGE,
+                        "the request line and headers are",
+                    )
                 else:
-                    room = limits.message_bytes_max - self._message_bytes
-                    if room <= 0:
-                        self._refuse(
-                            ErrorCode.BODY_TOO_LARGE,
-                            f"the request body is over {limits.message_bytes_max} bytes",
-                        )
-                        return
-                    part, data = data[:room], data[room:]
-                    self._message_bytes += len(part)
+                    budget, code, what = (
+                        limits.message_bytes_max,
+                        ErrorCode.BODY_TOO_LARGE,
+                        "the request body is",
+                    )
+                room = budget - self._bytes
+                if room <= 0:
+                    self._refuse(code, f"{what} over {budget} bytes")
+                    return
+                part, data = data[:room], data[room:]
+                self._bytes += len(part)
                 if not self._feed(part):
                     return
 
@@ -338,12 +337,12 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             self._set_idle(False)
             self._phase = _BODY
-            self._message_bytes = 0
+            self._bytes = 0
             self._arm(limits.body_timeout_s)
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
-            self._head_bytes = 0
+            self._bytes = 0
             self._disarm()
             # The app may have answered before the body ended (a 401, a 405): then the next
             # request's headers come next; otherwise input waits for the response.
@@ -419,10 +418,15 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 return
             if left == 0 and not self.transport.is_closing():
                 return
+            self._end_request()
+            self.transport.abort()
+
+        def _end_request(self) -> None:
+            """The app's request in progress is over: it reads a disconnect, and what it sends
+            from now on is dropped (uvicorn's own state for a client that went away)."""
             if self.cycle is not None and not self.cycle.response_complete:
                 self.cycle.disconnected = True
                 self.cycle.message_event.set()
-            self.transport.abort()
 
         # -- refusing ------------------------------------------------------------------------
 
@@ -438,10 +442,7 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 answered = cycle.response_started
             if not answered:
                 self.transport.write(error_bytes(code, message))
-            if cycle is not None and not cycle.response_complete:
-                # The app's request is over: it reads a disconnect, and what it sends is dropped.
-                cycle.disconnected = True
-                cycle.message_event.set()
+            self._end_request()
             self.transport.close()
             self._abort_unless_flushed()
 

@@ -52,14 +52,10 @@ async def create_run(
 RUN_ID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 
-def encode_cursor(run_id: str) -> str:
-    """The cursor after `run_id`: the last run id of the page. Clients treat it as opaque; any
-    run id is a valid position in the newest-first order, so every cursor the schema allows is
-    one the server accepts."""
-    return run_id
-
-
 def decode_cursor(cursor: str) -> str:
+    """A cursor is the last run id of the previous page. Clients treat it as opaque; any run id
+    is a valid position in the newest-first order, so every cursor the schema allows is one the
+    server accepts."""
     if not is_run_id(cursor):
         raise ThymosError(ErrorCode.INVALID_CURSOR, "cursor is not one this server issued")
     return cursor
@@ -82,7 +78,7 @@ async def list_runs(
         before=before,
         limit=limit + 1,
     )
-    next_cursor = encode_cursor(runs[limit - 1]["run_id"]) if len(runs) > limit else None
+    next_cursor = runs[limit - 1]["run_id"] if len(runs) > limit else None
     return {"runs": runs[:limit], "next_cursor": next_cursor}
 
 
