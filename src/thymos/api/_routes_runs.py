@@ -135,6 +135,13 @@ async def replay(
 @router.get(
     "/runs/{run_id}/ledger",
     summary="The run's ledger as JSON Lines of canonical envelopes",
+    description=(
+        "Each line is a stored canonical envelope, verbatim, in seq order. With `proof=true` the "
+        'export also carries what proves it: `{"document": {...}}` lines (the policy sets and '
+        "tool catalogs its decisions name, each before the first entry naming it) and "
+        '`{"signed_head": {...}}` lines (the server\'s Ed25519 signatures over heads, each '
+        "right after the entry it signs). docs/LEDGER.md documents the format."
+    ),
     response_class=Response,
     responses={200: {"content": {"application/x-ndjson": {}}}},
 )
@@ -143,6 +150,7 @@ async def ledger(
     request: Request,
     caller: CallerDep,
     after_seq: Annotated[int, Query(ge=-1, le=SEQ_MAX)] = -1,
+    proof: bool = False,
 ) -> Response:
-    chunks = await runtime_of(request).export(run_id, caller.tenant, after_seq)
+    chunks = await runtime_of(request).export(run_id, caller.tenant, after_seq, proof=proof)
     return StreamingResponse(chunks, media_type="application/x-ndjson")

@@ -11,6 +11,13 @@ from ._canonical import (
     reference_canonical_bytes,
 )
 from ._errors import ErrorCode, ThymosError
+from ._heads import (
+    SIGNED_HEAD_VERSION,
+    HeadSigner,
+    HeadVerifier,
+    SignedHead,
+    signed_head_message,
+)
 from ._ids import blake3_hex, is_hex64, is_run_id, uuid7
 from ._ledger import (
     ENVELOPE_FIELDS,
@@ -38,31 +45,52 @@ from ._model import (
 )
 from ._summary import RunSummary
 from ._time import rfc3339_from_us, us_from_rfc3339
+from ._vocabulary import (
+    BODY_FIELDS,
+    DOCUMENT_REFERENCES,
+    LEDGER_FORMAT,
+    LEDGER_FORMATS_REPLAYABLE,
+    DocumentKind,
+    ReplayFailure,
+    ToolFailureCode,
+    document_hash,
+)
 from ._world import Delta, DeltaConflict, Resource, World, deltas_of
 
 __all__ = [
+    "BODY_FIELDS",
     "CANONICAL_VERSION",
+    "DOCUMENT_REFERENCES",
     "ENVELOPE_FIELDS",
+    "LEDGER_FORMAT",
+    "LEDGER_FORMATS_REPLAYABLE",
+    "SIGNED_HEAD_VERSION",
     "Budget",
     "ChainFailure",
     "ChainVerifier",
     "CorruptEntry",
     "Delta",
     "DeltaConflict",
+    "DocumentKind",
     "Effect",
     "Entry",
     "EntryKind",
     "ErrorCode",
+    "HeadSigner",
+    "HeadVerifier",
     "Intent",
     "NotCanonicalizable",
+    "ReplayFailure",
     "Resource",
     "Risk",
     "RunSpec",
     "RunStatus",
     "RunSummary",
+    "SignedHead",
     "StoredRow",
     "TerminatedBy",
     "ThymosError",
+    "ToolFailureCode",
     "ToolSource",
     "ToolSpec",
     "Usage",
@@ -70,12 +98,14 @@ __all__ = [
     "blake3_hex",
     "canonical_bytes",
     "deltas_of",
+    "document_hash",
     "is_hex64",
     "is_run_id",
     "parse_envelope",
     "reference_canonical_bytes",
     "rfc3339_from_us",
     "seal",
+    "signed_head_message",
     "us_from_rfc3339",
     "uuid7",
     "verify_rows",

@@ -10,12 +10,15 @@ from ._compiler import (
     Authority,
     Basis,
     Decision,
+    Next,
+    PendingApproval,
     Rejected,
     RejectionReason,
     Staged,
     Suspended,
     ToolCatalog,
     compile_intent,
+    settle,
 )
 from ._policy import (
     DEFAULT_POLICIES,
@@ -57,6 +60,8 @@ __all__ = [
     "Authority",
     "Basis",
     "Decision",
+    "Next",
+    "PendingApproval",
     "PolicyCall",
     "PolicyDecision",
     "PolicyError",
@@ -87,4 +92,5 @@ __all__ = [
     "private_key_from_hex",
     "public_key_hex",
     "revoked",
+    "settle",
 ]

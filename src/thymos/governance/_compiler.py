@@ -31,7 +31,17 @@ import cedarpy
 import jsonschema
 from jsonschema.protocols import Validator
 
-from thymos.core import Effect, Intent, ToolSpec, Usage, canonical_bytes, rfc3339_from_us
+from thymos.core import (
+    Effect,
+    Intent,
+    Risk,
+    ToolSource,
+    ToolSpec,
+    Usage,
+    canonical_bytes,
+    document_hash,
+    rfc3339_from_us,
+)
 
 from ._policy import PolicyCall, PolicyDecision, PolicySet
 from ._schema import Acceptor, fast_acceptor
@@ -66,6 +76,7 @@ class Basis:
     tokens: int
     usd_millicents: int
     policy_hash: str
+    catalog_hash: str
     policies: tuple[str, ...] = ()
 
     def as_body(self) -> dict[str, Any]:
@@ -77,6 +88,7 @@ class Basis:
                 "usd_millicents": self.usd_millicents,
             },
             "policy_hash": self.policy_hash,
+            "catalog_hash": self.catalog_hash,
             "policies": list(self.policies),
         }
 
@@ -131,10 +143,15 @@ class Authority:
 
 
 class ToolCatalog:
-    """The registered tool specs with their compiled argument validators (built once)."""
+    """The registered tool specs with their compiled argument validators (built once).
+
+    A catalog is content-addressed like a policy set: `document()` is what the ledger's
+    decisions depend on (every spec, sorted by name), `hash` its address (each decision records
+    it as `catalog_hash`), and `from_document` rebuilds the very catalog for replay."""
 
     def __init__(self, specs: Mapping[str, ToolSpec]) -> None:
         self._specs = dict(specs)
+        self.hash = document_hash(self.document())
         self._validators: dict[str, Validator] = {}
         self._acceptors: dict[str, Acceptor | None] = {}
         for name, spec in self._specs.items():
@@ -145,6 +162,38 @@ class ToolCatalog:
 
     def get(self, name: str) -> ToolSpec | None:
         return self._specs.get(name)
+
+    def specs(self) -> list[ToolSpec]:
+        return [self._specs[name] for name in sorted(self._specs)]
+
+    def document(self) -> list[dict[str, Any]]:
+        return [spec.as_dict() for spec in self.specs()]
+
+    @staticmethod
+    def from_document(document: Any) -> ToolCatalog:
+        """The catalog a stored document describes; ValueError when it is not one."""
+        if not isinstance(document, list):
+            raise ValueError("a tool catalog is a list of tool specs")
+        specs: dict[str, ToolSpec] = {}
+        for item in document:
+            try:
+                spec = ToolSpec(
+                    name=item["name"],
+                    description=item["description"],
+                    input_schema=item["input_schema"],
+                    effect=Effect(item["effect"]),
+                    risk=Risk(item["risk"]),
+                    idempotent=bool(item["idempotent"]),
+                    compensable=bool(item["compensable"]),
+                    source=ToolSource(item["source"]),
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"a tool catalog holds a malformed spec: {exc}") from None
+            specs[spec.name] = spec
+        try:
+            return ToolCatalog(specs)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"a tool catalog holds an invalid schema: {exc.message}") from None
 
     def names(self) -> list[str]:
         return sorted(self._specs)
@@ -181,7 +230,12 @@ def compile_intent(
     """Decide one intent. Pure: the same inputs always give the same decision."""
     tokens = usage.input_tokens + usage.output_tokens
     basis = Basis(
-        _time_text(now), usage.tool_calls, tokens, usage.usd_millicents, authority.policy.hash
+        _time_text(now),
+        usage.tool_calls,
+        tokens,
+        usage.usd_millicents,
+        authority.policy.hash,
+        catalog.hash,
     )
     spec = catalog.get(intent.tool)
     if spec is None:
@@ -237,6 +291,7 @@ def _apply_policy(spec: ToolSpec, basis: Basis, decision: PolicyDecision) -> Dec
         basis.tokens,
         basis.usd_millicents,
         decision.policy_hash,
+        basis.catalog_hash,
         decision.policies,
     )
     if decision.outcome == "deny":
@@ -250,3 +305,56 @@ def _apply_policy(spec: ToolSpec, basis: Basis, decision: PolicyDecision) -> Dec
         assert decision.channel is not None
         return Suspended(spec, decided, decision.channel, decision.quorum)
     return Staged(spec, decided)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingApproval:
+    """A suspended proposal's votes so far, as the ledger's fold has them."""
+
+    channel: str
+    approvers: tuple[str, ...]
+    denied_by: str | None = None
+
+    @staticmethod
+    def of(pending: Mapping[str, Any] | None) -> PendingApproval | None:
+        """From the run summary's record of a pending proposal (None when there is none)."""
+        if pending is None:
+            return None
+        return PendingApproval(
+            str(pending.get("channel")),
+            tuple(str(a) for a in pending.get("approvers") or ()),
+            pending.get("denied_by"),
+        )
+
+
+class Next(StrEnum):
+    """What follows a decision, given the proposal's votes so far."""
+
+    REJECT = "reject"
+    """Record the rejection."""
+    EXECUTE = "execute"
+    """Run the tool and record its commit or failure."""
+    DENY = "deny"
+    """A veto stands: record the `approval_denied` rejection."""
+    SUSPEND = "suspend"
+    """Record a suspension on the decision's channel, then wait for votes."""
+    WAIT = "wait"
+    """Already suspended on that channel without its quorum: keep waiting."""
+
+
+def settle(decision: Decision, pending: PendingApproval | None) -> Next:
+    """The one rule that turns a decision and the votes recorded so far into the next step.
+    The live actor acts on it and replay checks every recorded step against it, so the two
+    cannot drift: a commit needs `EXECUTE`, which a suspended decision only reaches with a
+    quorum of distinct approvers on its channel and no veto."""
+    if isinstance(decision, Rejected):
+        return Next.REJECT
+    if isinstance(decision, Staged):
+        return Next.EXECUTE
+    if pending is not None and pending.denied_by:
+        return Next.DENY
+    if pending is None or pending.channel != decision.channel:
+        return Next.SUSPEND
+    if len(set(pending.approvers)) >= decision.quorum:
+        return Next.EXECUTE
+    return Next.WAIT

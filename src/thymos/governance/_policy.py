@@ -20,7 +20,7 @@ from typing import Any
 
 import cedarpy
 
-from thymos.core import Effect, Risk, ToolSpec, blake3_hex, canonical_bytes
+from thymos.core import Effect, Risk, ToolSpec, document_hash
 
 SCHEMA = """\
 namespace Thymos {
@@ -258,10 +258,26 @@ class PolicySet:
         self._policies = cedarpy.PolicySet.from_str(combined)
         self._dynamic = _dynamic_context(cedarpy.policies_to_json_str(combined))
         self._decisions: dict[tuple[object, ...], PolicyDecision] = {}
-        self.hash = blake3_hex(
-            canonical_bytes([[f.name, f.text] for f in sorted(files, key=lambda f: f.name)])
-        )
+        self._files = tuple(sorted(files, key=lambda f: f.name))
+        self.hash = document_hash(self.document())
         self.files = tuple(f.name for f in files)
+
+    def document(self) -> list[list[str]]:
+        """The policy set as stored and exported: `[[file name, text], ...]` sorted by name.
+        Its hash is the set's hash, recorded with every decision."""
+        return [[f.name, f.text] for f in self._files]
+
+    @staticmethod
+    def from_document(document: Any) -> PolicySet:
+        """The policy set a stored document holds (`PolicyError` when it is not one)."""
+        if not isinstance(document, list) or not all(
+            isinstance(item, list)
+            and len(item) == 2
+            and all(isinstance(part, str) for part in item)
+            for item in document
+        ):
+            raise PolicyError("(policy document)", 1, 1, "not a list of [file name, text]")
+        return PolicySet([PolicyFile(name, text) for name, text in document])
 
     @staticmethod
     def _meta_of(

@@ -35,6 +35,7 @@ from thymos.core import (
     NotCanonicalizable,
     TerminatedBy,
     ThymosError,
+    ToolFailureCode,
     canonical_bytes,
     us_from_rfc3339,
 )
@@ -43,12 +44,14 @@ from thymos.governance import (
     Authority,
     Basis,
     Decision,
+    Next,
+    PendingApproval,
     Rejected,
     RejectionReason,
-    Staged,
     Suspended,
     ToolCatalog,
     compile_intent,
+    settle,
 )
 from thymos.tools import ToolContext, ToolFailure, ToolRegistry, Workspace
 
@@ -319,16 +322,27 @@ class RunActor:
         base = {"intent": intent_id, "tool": intent.tool, "compiler": COMPILER_VERSION}
         while True:
             decision = self._compile(intent)
-            if isinstance(decision, Rejected):
+            pending = self.trajectory.state.summary.pending.get(intent_id)
+            step = settle(decision, PendingApproval.of(pending))
+            if step is Next.REJECT:
+                assert isinstance(decision, Rejected)
                 self.trajectory.stage([(EntryKind.REJECTION, {**base, **decision.as_body()})])
                 self._settle_votes(intent_id)
                 return
-            if isinstance(decision, Staged):
-                await self._execute(intent_id, intent, decision.basis, base)
+            if step is Next.EXECUTE:
+                # Staged, or suspended and approved by its quorum: every other stage passed
+                # again just now.
+                approved_by = (
+                    list(pending["approvers"])
+                    if isinstance(decision, Suspended) and pending is not None
+                    else None
+                )
+                await self._execute(intent_id, intent, decision.basis, base, approved_by)
                 self._settle_votes(intent_id)
                 return
-            pending = self.trajectory.state.summary.pending.get(intent_id)
-            if pending is not None and pending.get("denied_by"):
+            assert isinstance(decision, Suspended)
+            if step is Next.DENY:
+                assert pending is not None
                 # A recorded veto without its rejection (a ledger from before denials and their
                 # rejections were appended together): the veto stands.
                 self.trajectory.stage(
@@ -341,18 +355,7 @@ class RunActor:
                 )
                 self._settle_votes(intent_id)
                 return
-            if (
-                pending is not None
-                and pending["channel"] == decision.channel
-                and pending["approvals"] >= decision.quorum
-            ):
-                # Approved by its quorum, and every other stage passed again just now.
-                await self._execute(
-                    intent_id, intent, decision.basis, base, approved_by=pending["approvers"]
-                )
-                self._settle_votes(intent_id)
-                return
-            if pending is None or pending["channel"] != decision.channel:
+            if step is Next.SUSPEND:
                 self._suspend(intent_id, intent, decision, base)
             if await self._await_votes(intent_id, decision, base) == "denied":
                 self._settle_votes(intent_id)
@@ -413,6 +416,8 @@ class RunActor:
                 while self._votes:
                     vote = self._votes.pop(0)
                     verdict = await self._take_vote(intent_id, vote, decision, base)
+                    if verdict == "deadline":
+                        return "deadline"
                     if verdict == "denied":
                         self._settle_votes(intent_id)  # decided: later votes are answered now
                         return "denied"
@@ -468,6 +473,18 @@ class RunActor:
             "key_id": vote.key_id,
             "reason": vote.reason,
         }
+        # The vote is recorded at the very time its writ is checked: replay checks that every
+        # vote was cast while the writ was valid.
+        now_us = self.deps.clock.now_us()
+        if self._expires_us is not None and now_us >= self._expires_us:
+            vote.result.set_exception(
+                ThymosError(
+                    ErrorCode.PROPOSAL_DECIDED,
+                    "the run's writ has expired; the proposal is rejected",
+                    {"proposal_id": intent_id},
+                )
+            )
+            return "deadline"
         approvals_before, required = pending["approvals"], pending["required"]
         items: list[tuple[EntryKind, Mapping[str, Any]]] = [(EntryKind.APPROVAL, body)]
         if not vote.approve:
@@ -476,7 +493,7 @@ class RunActor:
                 (EntryKind.REJECTION, self._denial_body(base, decision, vote.approver, vote.reason))
             )
         try:
-            await self.trajectory.append(items)
+            await self.trajectory.append(items, at_us=now_us)
         except BaseException as exc:
             if not vote.result.done():
                 vote.result.set_exception(
@@ -549,12 +566,14 @@ class RunActor:
             self._record_failure(decided, failure.code, failure.message)
             return
         except DeltaConflict as conflict:
-            self._record_failure(decided, "delta_conflict", str(conflict))
+            self._record_failure(decided, ToolFailureCode.DELTA_CONFLICT, str(conflict))
             return
         except Exception as exc:
             # A tool bug is still a decision to record, never a swallowed error.
             log.exception("tool %s raised", intent.tool)
-            self._record_failure(decided, "tool_error", f"the tool raised {type(exc).__name__}")
+            self._record_failure(
+                decided, ToolFailureCode.TOOL_ERROR, f"the tool raised {type(exc).__name__}"
+            )
             return
         finally:
             self._set_view("thinking")
@@ -567,21 +586,28 @@ class RunActor:
             self.trajectory.stage([(EntryKind.COMMIT, body)])
         except NotCanonicalizable:
             self._record_failure(
-                decided, "invalid_output", "the tool's output has no canonical JSON form"
+                decided,
+                ToolFailureCode.INVALID_OUTPUT,
+                "the tool's output has no canonical JSON form",
             )
         except EntryTooLarge as exc:
-            self._record_failure(decided, "output_too_large", str(exc))
+            self._record_failure(decided, ToolFailureCode.OUTPUT_TOO_LARGE, str(exc))
 
-    def _record_failure(self, base: Mapping[str, Any], code: str, message: str) -> None:
-        body = {**base, "error": {"code": code, "message": message}}
+    def _record_failure(self, base: Mapping[str, Any], code: ToolFailureCode, message: str) -> None:
         try:
-            self.trajectory.stage([(EntryKind.TOOL_FAILURE, body)])
-        except (NotCanonicalizable, EntryTooLarge):
-            # Never fail to record a failure: keep only what identifies the call.
-            minimal = {key: base[key] for key in ("intent", "tool", "compiler") if key in base}
             self.trajectory.stage(
-                [(EntryKind.TOOL_FAILURE, {**minimal, "error": {"code": code, "message": message}})]
+                [
+                    (
+                        EntryKind.TOOL_FAILURE,
+                        {**base, "error": {"code": code.value, "message": message}},
+                    )
+                ]
             )
+        except (NotCanonicalizable, EntryTooLarge):
+            # Never fail to record a failure: the decision's facts are always encodable; the
+            # tool's message is what could not be.
+            error = {"code": code.value, "message": "the tool's message could not be recorded"}
+            self.trajectory.stage([(EntryKind.TOOL_FAILURE, {**base, "error": error})])
 
     async def _end(
         self,

@@ -15,3 +15,7 @@ REPLAY_PAGE_ROWS = 2000
 
 KEEPALIVE_S = 15.0
 """SSE comment keep-alive interval (API.md: at least every 15 s)."""
+
+SIGNED_HEAD_INTERVAL = 1024
+"""A long run's head is signed at least every this many entries (besides every terminal and
+waiting state), so a copy cut anywhere loses at most this many entries' worth of proof."""

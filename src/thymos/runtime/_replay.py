@@ -1,148 +1,363 @@
-"""Replay: verify a run's trajectory from the ledger alone and fold its commits into a world.
+"""Replay: verify a run from its ledger alone, re-running every decision, and fold its world.
 
-It never calls a model or a tool (invariant 5). It checks every hash, parent link and seq; that
-the ledger is as long as the run record says; that the run's writ verifies under the root key;
-that every decision refers to an undecided intent of the run; that every commit was allowed by
-the writ (scope, effect ceiling, validity window, budgets) on the facts recorded with it, and
-that those facts agree with the ledger (usage so far, time); that every commit's deltas apply;
-and, on request, the compiler version and policy-set hash of every decision.
+It never calls a model or a tool (invariant 5). Per entry, in seq order, it checks:
+
+- the chain: every hash, parent link and seq (`ChainVerifier`), and the server's signed heads
+  (each signature verifies under the root key and names the very entry at its seq; a ledger that
+  ends before a signed head is truncated; a terminal or waiting run's head must be signed);
+- the vocabulary: a known kind, only that kind's documented body fields, a replayable format;
+- authority and decisions: the writ verifies under the root key; every suspension, rejection,
+  commit and tool failure is decided again by `compile_intent`, the very function the live actor
+  calls, on the facts the entry records (time, usage, policy set and tool catalog, both fetched
+  by hash), and those facts agree with the ledger's own fold; `settle`, the actor's own rule,
+  says whether a commit needed approvals, and the fold of suspensions and votes must hold them
+  (a quorum of distinct approvers on the proposal's channel, no veto, every vote bound to a
+  pending proposal and cast while the writ was valid);
+- the world: every commit's deltas apply.
+
+The same `Replayer` serves the server's ledger (`replay_report`) and an exported bundle
+(`replay_bundle`), so an auditor's copy is checked exactly as the server checks its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import biscuit_auth as biscuit
+import cedarpy
+import orjson
 
 from thymos.core import (
+    BODY_FIELDS,
+    DOCUMENT_REFERENCES,
+    LEDGER_FORMATS_REPLAYABLE,
     ChainVerifier,
     DeltaConflict,
+    DocumentKind,
     Effect,
     Entry,
     EntryKind,
+    HeadVerifier,
+    Intent,
+    NotCanonicalizable,
+    ReplayFailure,
+    RunStatus,
     RunSummary,
+    SignedHead,
     StoredRow,
     World,
+    blake3_hex,
+    canonical_bytes,
     deltas_of,
 )
-from thymos.governance import WritError, WritFacts, authorize, authorize_span, is_monotone
+from thymos.governance import (
+    Authority,
+    Decision,
+    Next,
+    PendingApproval,
+    PolicyError,
+    PolicySet,
+    Rejected,
+    RejectionReason,
+    Suspended,
+    ToolCatalog,
+    WritError,
+    WritFacts,
+    authorize,
+    compile_intent,
+    lineage_of,
+    settle,
+)
 from thymos.governance import parse as parse_writ
-from thymos.storage import LedgerStore, RunRecord
+from thymos.storage import Document, LedgerStore, RunRecord
 
 from ._limits import REPLAY_PAGE_ROWS
 
 DECISION_KINDS = frozenset({EntryKind.REJECTION, EntryKind.COMMIT, EntryKind.TOOL_FAILURE})
 FAILURES_SHOWN_MAX = 100
+PARSED_DOCUMENTS_MAX = 64
+"""Policy sets and catalogs parsed for replay, kept by hash (parsing a Cedar set costs ms)."""
+
+_BASIS_FIELDS = ("authority", "policy_hash", "catalog_hash", "policies")
+_parsed: OrderedDict[str, PolicySet | ToolCatalog] = OrderedDict()
+
+
+def _parse_document(document: Document) -> PolicySet | ToolCatalog:
+    """The policy set or catalog a document holds (memoised by hash); ValueError if none."""
+    cached = _parsed.get(document.hash)
+    if cached is not None:
+        _parsed.move_to_end(document.hash)
+        return cached
+    body = orjson.loads(document.body)
+    parsed: PolicySet | ToolCatalog
+    if document.kind == DocumentKind.POLICY_SET:
+        try:
+            parsed = PolicySet.from_document(body)
+        except PolicyError as exc:
+            raise ValueError(str(exc)) from None
+    elif document.kind == DocumentKind.TOOL_CATALOG:
+        parsed = ToolCatalog.from_document(body)
+    else:
+        raise ValueError(f"unknown document kind {document.kind!r}")
+    _parsed[document.hash] = parsed
+    if len(_parsed) > PARSED_DOCUMENTS_MAX:
+        _parsed.popitem(last=False)
+    return parsed
+
+
+def referenced_documents(entry: Entry) -> list[str]:
+    """The document hashes a decision entry names (`policy_hash`, `catalog_hash`)."""
+    return [value for name in DOCUMENT_REFERENCES if isinstance(value := entry.body.get(name), str)]
+
+
+def _moment(text: Any) -> datetime:
+    if not isinstance(text, str):
+        raise ValueError("not a time")
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _shown(decision: Decision) -> str:
+    if isinstance(decision, Rejected):
+        return f"a rejection ({decision.reason.value})"
+    if isinstance(decision, Suspended):
+        return f"a suspension on {decision.channel} (quorum {decision.quorum})"
+    return "to stage it"
 
 
 @dataclass(slots=True)
-class _Replayer:
+class Replayer:
+    """Replays one run, page by page, in constant memory (beyond its documents and heads)."""
+
     run_id: str
-    require_compiler: str | None
-    require_policy: str | None
-    verifier: ChainVerifier
+    root: biscuit.PublicKey
+    heads: dict[int, SignedHead]
+    require_compiler: str | None = None
+    require_policy: str | None = None
+    verifier: ChainVerifier = field(init=False)
     world: World = field(default_factory=lambda: World(lazy_hash=True))
+    summary: RunSummary = field(default_factory=RunSummary)
     kinds: Counter[str] = field(default_factory=Counter)
     compilers: set[str] = field(default_factory=set)
     policies: set[str] = field(default_factory=set)
-    authorised_tools: frozenset[str] | None = None
-    undecided: set[str] = field(default_factory=set)
-    head_id: str | None = None
+    documents: dict[str, Document | None] = field(default_factory=dict)
+    """Documents by hash as fetched (None: the store does not hold it)."""
+    decisions: list[tuple[int, str]] = field(default_factory=list)
+    """What replay decided for each decision entry: (seq, outcome), the property test's view."""
+    format: int | None = None
     head_seq: int = -1
-    root: biscuit.PublicKey | None = None
-    writ: biscuit.Biscuit | None = None
-    tenant: str = ""
-    usage: RunSummary = field(default_factory=RunSummary)
-    monotone: bool = False
-    pending: list[tuple[int, WritFacts]] = field(default_factory=list)
-    """Commits of the current page whose writ check is still to be made (checked per page, so
-    memory stays bounded whatever the ledger's length)."""
+    head_id: str | None = None
+    signed_through: int | None = None
+    _heads_seen: int = 0
+    _head_verifier: HeadVerifier = field(init=False)
+    _writ: biscuit.Biscuit | None = None
+    _lineage: tuple[str, ...] = ()
+    _tenant: str = ""
+    _task: str = ""
+    _undecided: dict[str, Intent] = field(default_factory=dict)
+    _suspended: dict[str, WritFacts] = field(default_factory=dict)
+    """Pending proposals: the writ facts of their suspension (a vote re-checks them at its time)."""
+    _revoked: set[str] = field(default_factory=set)
+    _entities: dict[tuple[str, str], cedarpy.Entities] = field(default_factory=dict)
 
-    def page(self, rows: list[StoredRow]) -> None:
+    def __post_init__(self) -> None:
+        self.verifier = ChainVerifier(self.run_id)
+        self._head_verifier = HeadVerifier(bytes(self.root.to_bytes()))
+
+    # -- the chain and the signed heads ---------------------------------------------------
+
+    def verify_page(self, rows: Sequence[StoredRow]) -> list[Entry]:
+        """Check a page's chain links and signed heads; the entries that parse, in order."""
+        entries = []
         for row in rows:
             entry = self.verifier.check(row)
             self.head_seq, self.head_id = row.seq, row.id
+            head = self.heads.get(row.seq)
+            if head is not None:
+                self._check_head(head, self.verifier.previous_id)
             if entry is not None:
-                self._decision_checks(entry)
-                self._fold_usage(entry)
-        self._authorize_pending()
+                entries.append(entry)
+        return entries
 
-    def _authorize_pending(self) -> None:
-        """Re-authorize this page's commits with the writ. For a writ made only of Thymos's own
-        monotone checks, commits of the same tool and effect are authorized together at their
-        extremes (two authorizer calls per group); a group that fails, or any other writ, is
-        authorized commit by commit so each failure names its seq."""
-        pending, self.pending = self.pending, []
-        if self.writ is None or not pending:
-            return
-        groups: dict[tuple[str, str], list[tuple[int, WritFacts]]] = {}
-        for seq, facts in pending:
-            groups.setdefault((facts.tool, facts.effect.value), []).append((seq, facts))
-        for members in groups.values():
-            if self.monotone:
-                first = members[0][1]
-                refusal = authorize_span(
-                    self.writ,
-                    tenant=first.tenant,
-                    tool=first.tool,
-                    effect=first.effect,
-                    earliest=min(f.now for _, f in members),
-                    latest=max(f.now for _, f in members),
-                    tool_calls=max(f.tool_calls for _, f in members),
-                    tokens=max(f.tokens for _, f in members),
-                    usd_millicents=max(f.usd_millicents for _, f in members),
-                )
-                if refusal is None:
-                    continue
-            for seq, facts in members:
-                refused = authorize(self.writ, facts)
-                if refused is not None:
-                    self._fail(seq, "unauthorised_commit", f"entry {seq}: {refused.message}")
+    def _check_head(self, head: SignedHead, actual_id: str | None) -> None:
+        self._heads_seen += 1
+        if head.run_id != self.run_id or not self._head_verifier.verifies(head):
+            self._fail(
+                head.seq,
+                ReplayFailure.SIGNATURE_INVALID,
+                f"the signed head at seq {head.seq} does not verify under the root key",
+            )
+        elif head.entry_id != actual_id:
+            self._fail(
+                head.seq,
+                ReplayFailure.SIGNED_HEAD_MISMATCH,
+                f"entry {head.seq} is not the entry the server signed: the ledger was rewritten",
+            )
+        elif self.verifier.verified:
+            self.signed_through = head.seq
 
-    def _fail(self, seq: int, code: str, message: str) -> None:
-        self.verifier.fail(seq, code, message)
+    # -- documents -------------------------------------------------------------------------
 
-    def _fold_usage(self, entry: Entry) -> None:
-        # Usage so far is the summary fold; it is only meaningful while the chain is unbroken.
-        if entry.seq == self.usage.head_seq + 1:
-            self.usage.fold(entry)
+    def needed_documents(self, entries: Iterable[Entry]) -> set[str]:
+        return {
+            ident
+            for entry in entries
+            if entry.kind in DECISION_KINDS or entry.kind == EntryKind.SUSPENSION
+            for ident in referenced_documents(entry)
+            if ident not in self.documents
+        }
 
-    def _load_writ(self, entry: Entry) -> None:
-        writ = entry.body.get("writ")
-        if self.root is None:
-            return
+    def add_documents(self, wanted: Iterable[str], found: Mapping[str, Document]) -> None:
+        for ident in wanted:
+            self.documents[ident] = found.get(ident)
+
+    def _document(self, entry: Entry, field_name: str, kind: type[Any]) -> Any:
+        """The policy set or catalog a decision names, or None (the failure is recorded)."""
+        ident = entry.body.get(field_name)
+        document = self.documents.get(ident) if isinstance(ident, str) else None
+        what = DOCUMENT_REFERENCES[field_name].value.replace("_", " ")
+        if document is None:
+            self._fail(
+                entry.seq,
+                ReplayFailure.DOCUMENT_MISSING,
+                f"entry {entry.seq} was decided under {what} {ident!r}, whose text is not held",
+            )
+            return None
+        try:
+            if blake3_hex(document.body) != document.hash:
+                raise ValueError("its text does not hash to its address")
+            parsed = _parse_document(document)
+            if not isinstance(parsed, kind):
+                raise ValueError(f"it is a {document.kind}")
+        except ValueError as exc:
+            self._fail(
+                entry.seq,
+                ReplayFailure.DOCUMENT_MISMATCH,
+                f"the {what} entry {entry.seq} was decided under is not the one recorded: {exc}",
+            )
+            return None
+        return parsed
+
+    # -- entries ---------------------------------------------------------------------------
+
+    def fold_page(self, entries: Iterable[Entry]) -> None:
+        for entry in entries:
+            self.kinds[entry.kind] += 1
+            if self._vocabulary_ok(entry):
+                handler = _HANDLERS.get(entry.kind)
+                if handler is not None:
+                    handler(self, entry)
+            # The fold (usage so far, pending approvals, status) is only meaningful while the
+            # chain is unbroken.
+            if entry.seq == self.summary.head_seq + 1:
+                self.summary.fold(entry)
+
+    def _vocabulary_ok(self, entry: Entry) -> bool:
+        try:
+            kind = EntryKind(entry.kind)
+        except ValueError:
+            self._fail(
+                entry.seq, ReplayFailure.UNKNOWN_KIND, f"entry {entry.seq} has kind {entry.kind!r}"
+            )
+            return False
+        unknown = sorted(set(entry.body) - BODY_FIELDS[kind])
+        if unknown and (self.format in LEDGER_FORMATS_REPLAYABLE or entry.seq == 0):
+            self._fail(
+                entry.seq,
+                ReplayFailure.UNKNOWN_FIELD,
+                f"entry {entry.seq} ({kind.value}) has undocumented fields: {', '.join(unknown)}",
+            )
+        return True
+
+    @property
+    def _checkable(self) -> bool:
+        return self._writ is not None and self.format in LEDGER_FORMATS_REPLAYABLE
+
+    def _run_started(self, entry: Entry) -> None:
+        body = entry.body
+        self._tenant = str(body.get("tenant", ""))
+        self._task = str(body.get("task", ""))
+        fmt = body.get("format", 1)
+        self.format = fmt if isinstance(fmt, int) and not isinstance(fmt, bool) else None
+        if self.format not in LEDGER_FORMATS_REPLAYABLE:
+            self._fail(
+                entry.seq,
+                ReplayFailure.UNSUPPORTED_FORMAT,
+                f"the ledger has body format {fmt!r}; this release re-runs the decisions of "
+                f"format {', '.join(str(f) for f in sorted(LEDGER_FORMATS_REPLAYABLE))}",
+            )
+        writ = body.get("writ")
         if not isinstance(writ, dict) or not isinstance(writ.get("token"), str):
-            self._fail(entry.seq, "writ_missing", "the run's first entry holds no writ")
+            self._fail(entry.seq, ReplayFailure.WRIT_MISSING, "the run's first entry holds no writ")
             return
         try:
-            self.writ = parse_writ(writ["token"], self.root)
-            self.monotone = is_monotone(self.writ)
+            self._writ = parse_writ(writ["token"], self.root)
         except WritError as exc:
             self._fail(
                 entry.seq,
-                "writ_invalid",
+                ReplayFailure.WRIT_INVALID,
                 f"the run's writ does not verify under the root key: {exc}",
             )
-
-    def _check_authority(self, entry: Entry) -> None:
-        """The writ allowed this commit on the facts recorded with it, and the facts are true."""
-        if self.root is None:
             return
+        self._lineage = lineage_of(self._writ)
+
+    def _intent(self, entry: Entry) -> None:
         body = entry.body
-        facts = body.get("authority")
-        if self.writ is None or not isinstance(facts, dict):
+        self._undecided[entry.id] = Intent(
+            str(body.get("tool")), body.get("args", {}), str(body.get("call_id", ""))
+        )
+
+    def _proposal(self, entry: Entry) -> Intent | None:
+        """The undecided intent a decision entry decides (else the failure is recorded)."""
+        ref = entry.body.get("intent")
+        intent = self._undecided.get(ref) if isinstance(ref, str) else None
+        if intent is None:
             self._fail(
                 entry.seq,
-                "unauthorised_commit",
-                f"entry {entry.seq} commits without a verifiable writ",
+                ReplayFailure.ORPHAN_DECISION,
+                f"entry {entry.seq} decides an intent that is not pending",
             )
-            return
-        usage = self.usage.usage
+        return intent
+
+    def _requirements(self, entry: Entry) -> None:
+        body = entry.body
+        compiler, policy = body.get("compiler"), body.get("policy_hash")
+        if isinstance(compiler, str):
+            self.compilers.add(compiler)
+        if isinstance(policy, str):
+            self.policies.add(policy)
+        if self.require_compiler is not None and compiler != self.require_compiler:
+            self._fail(
+                entry.seq,
+                ReplayFailure.COMPILER_MISMATCH,
+                f"entry {entry.seq} was decided by {compiler!r}, not {self.require_compiler!r}",
+            )
+        if self.require_policy is not None and policy != self.require_policy:
+            self._fail(
+                entry.seq,
+                ReplayFailure.POLICY_MISMATCH,
+                f"entry {entry.seq} was decided under policy {policy!r}, not {self.require_policy!r}",
+            )
+
+    def _recompile(self, entry: Entry, intent: Intent) -> Decision | None:
+        """Decide the intent again with `compile_intent` on the facts the entry records, after
+        checking those facts against the ledger's own fold. None when it cannot be decided (the
+        failure is recorded)."""
+        body = entry.body
+        facts = body.get("authority")
+        usage = self.summary.usage
         tokens = usage.input_tokens + usage.output_tokens
+        if not isinstance(facts, dict):
+            self._fail(
+                entry.seq,
+                ReplayFailure.AUTHORITY_MISMATCH,
+                f"entry {entry.seq} records no authority facts",
+            )
+            return None
         if (facts.get("tool_calls"), facts.get("tokens"), facts.get("usd_millicents")) != (
             usage.tool_calls,
             tokens,
@@ -150,120 +365,348 @@ class _Replayer:
         ):
             self._fail(
                 entry.seq,
-                "authority_mismatch",
+                ReplayFailure.AUTHORITY_MISMATCH,
                 f"entry {entry.seq} records usage that the ledger does not show",
             )
-            return
-        at = str(facts.get("authorized_at", ""))
+            return None
         try:
-            moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
-            recorded = datetime.fromisoformat(entry.time.replace("Z", "+00:00"))
-            effect = Effect(str(body.get("effect")))
+            moment, recorded = _moment(facts.get("authorized_at")), _moment(entry.time)
         except ValueError:
             self._fail(
                 entry.seq,
-                "authority_mismatch",
+                ReplayFailure.AUTHORITY_MISMATCH,
                 f"entry {entry.seq} records malformed authority facts",
             )
-            return
+            return None
         if moment > recorded:
             self._fail(
                 entry.seq,
-                "authority_mismatch",
+                ReplayFailure.AUTHORITY_MISMATCH,
                 f"entry {entry.seq} was authorized after it was recorded",
             )
+            return None
+        policy = self._document(entry, "policy_hash", PolicySet)
+        catalog = self._document(entry, "catalog_hash", ToolCatalog)
+        if policy is None or catalog is None or self._writ is None:
+            return None
+        key = (policy.hash, catalog.hash)
+        entities = self._entities.get(key)
+        if entities is None:
+            entities = policy.entities(
+                run_id=self.run_id, tenant=self._tenant, task=self._task, tools=catalog.specs()
+            )
+            self._entities[key] = entities
+        if body.get("reason") == RejectionReason.REVOKED.value:
+            # Revocation is the one fact from outside the run: the ledger records it, naming an
+            # id of the writ's lineage; from then on every decision sees it.
+            revoked = (body.get("details") or {}).get("writ_id")
+            if revoked in self._lineage:
+                self._revoked.add(revoked)
+        authority = Authority(
+            self.run_id, self._tenant, self._writ, self._lineage, policy, entities
+        )
+        return compile_intent(
+            intent,
+            catalog=catalog,
+            authority=authority,
+            usage=usage,
+            now=moment,
+            revocations=frozenset(self._revoked),
+        )
+
+    def _differs(self, entry: Entry, expected: Mapping[str, Any], fields: Iterable[str]) -> bool:
+        """Record a mismatch when a recorded field is not what replay decides."""
+        for name in fields:
+            if entry.body.get(name) != expected.get(name):
+                self._fail(
+                    entry.seq,
+                    ReplayFailure.DECISION_MISMATCH,
+                    f"entry {entry.seq} records {name} {entry.body.get(name)!r}; "
+                    f"replay decides {expected.get(name)!r}",
+                )
+                return True
+        return False
+
+    def _suspension(self, entry: Entry) -> None:
+        self._requirements(entry)
+        intent = self._proposal(entry)
+        if intent is None or not self._checkable:
             return
-        facts = WritFacts(
-            self.tenant,
-            str(body.get("tool")),
-            effect,
-            moment,
+        decision = self._recompile(entry, intent)
+        if decision is None:
+            return
+        pending = PendingApproval.of(self.summary.pending.get(entry.body["intent"]))
+        step = settle(decision, pending)
+        self.decisions.append((entry.seq, f"suspend:{getattr(decision, 'channel', '')}"))
+        if step is not Next.SUSPEND or not isinstance(decision, Suspended):
+            self._fail(
+                entry.seq,
+                ReplayFailure.DECISION_MISMATCH,
+                f"entry {entry.seq} records a suspension; replay decides {_shown(decision)}",
+            )
+            return
+        expected = {
+            **decision.basis.as_body(),
+            "tool": intent.tool,
+            "channel": decision.channel,
+            "quorum": decision.quorum,
+        }
+        if not self._differs(entry, expected, (*_BASIS_FIELDS, "tool", "channel", "quorum")):
+            self._suspended[entry.body["intent"]] = self._facts(decision, intent, entry)
+
+    def _facts(self, decision: Suspended, intent: Intent, entry: Entry) -> WritFacts:
+        usage = self.summary.usage
+        return WritFacts(
+            self._tenant,
+            intent.tool,
+            Effect(decision.tool.effect),
+            _moment(entry.body["authority"]["authorized_at"]),
             usage.tool_calls,
-            tokens,
+            usage.input_tokens + usage.output_tokens,
             usage.usd_millicents,
         )
-        self.pending.append((entry.seq, facts))
 
-    def _decision_checks(self, entry: Entry) -> None:
-        self.kinds[entry.kind] += 1
+    def _approval(self, entry: Entry) -> None:
+        if not self._checkable:
+            return
         body = entry.body
-        if entry.kind == EntryKind.RUN_STARTED:
-            tools = body.get("tools")
-            self.authorised_tools = frozenset(tools) if isinstance(tools, list) else frozenset()
-            self.tenant = str(body.get("tenant", ""))
-            self._load_writ(entry)
-        elif entry.kind == EntryKind.INTENT:
-            self.undecided.add(entry.id)
-        elif entry.kind in DECISION_KINDS:
-            ref = body.get("intent")
-            if ref not in self.undecided:
+        proposal = body.get("proposal_id")
+        pending = self.summary.pending.get(proposal) if isinstance(proposal, str) else None
+        if (
+            pending is None
+            or proposal not in self._undecided
+            or pending.get("channel") != body.get("channel")
+        ):
+            self._fail(
+                entry.seq,
+                ReplayFailure.VOTE_UNBOUND,
+                f"entry {entry.seq} votes on channel {body.get('channel')!r} for a proposal "
+                "that is not waiting there",
+            )
+            return
+        if body.get("approver") in pending.get("approvers", ()) or pending.get("denied_by"):
+            self._fail(
+                entry.seq,
+                ReplayFailure.DUPLICATE_VOTE,
+                f"entry {entry.seq} is a second vote by {body.get('approver')!r} "
+                "or a vote after a veto",
+            )
+            return
+        facts = self._suspended.get(proposal)
+        if facts is None:
+            return  # its suspension did not check out; that failure is already recorded
+        try:
+            at = _moment(entry.time)
+        except ValueError:
+            at = facts.now
+        refused = authorize(self._writ_or_fail(), replace(facts, now=at))
+        if refused is not None:
+            self._fail(
+                entry.seq,
+                ReplayFailure.VOTE_OUTSIDE_VALIDITY,
+                f"entry {entry.seq} is a vote cast when the writ no longer allowed the "
+                f"proposal: {refused.message}",
+            )
+
+    def _writ_or_fail(self) -> biscuit.Biscuit:
+        assert self._writ is not None, "only called when the run is checkable"
+        return self._writ
+
+    def _rejection(self, entry: Entry) -> None:
+        self._requirements(entry)
+        intent = self._proposal(entry)
+        if intent is None:
+            return
+        ref = entry.body["intent"]
+        pending = self.summary.pending.get(ref)
+        self._undecided.pop(ref, None)
+        self._suspended.pop(ref, None)
+        if not self._checkable:
+            return
+        decision = self._recompile(entry, intent)
+        if decision is None:
+            return
+        step = settle(decision, PendingApproval.of(pending))
+        if entry.body.get("reason") == RejectionReason.APPROVAL_DENIED.value:
+            self.decisions.append((entry.seq, "deny"))
+            details = entry.body.get("details") or {}
+            if step is not Next.DENY or pending is None:
                 self._fail(
                     entry.seq,
-                    "orphan_decision",
-                    f"entry {entry.seq} decides an intent that is not pending",
+                    ReplayFailure.DECISION_MISMATCH,
+                    f"entry {entry.seq} records a denial that no recorded veto made",
                 )
-            self.undecided.discard(ref)
-            compiler = body.get("compiler")
-            if isinstance(compiler, str):
-                self.compilers.add(compiler)
-            if self.require_compiler is not None and compiler != self.require_compiler:
+            elif pending.get("denied_by") != details.get("approver"):
                 self._fail(
                     entry.seq,
-                    "compiler_mismatch",
-                    f"entry {entry.seq} was decided by {compiler!r}, not {self.require_compiler!r}",
+                    ReplayFailure.DECISION_MISMATCH,
+                    f"entry {entry.seq} names {details.get('approver')!r} as the denier; "
+                    f"the veto was {pending.get('denied_by')!r}'s",
                 )
-            policy = body.get("policy_hash")
-            if isinstance(policy, str):
-                self.policies.add(policy)
-            if self.require_policy is not None and policy != self.require_policy:
+            else:
+                assert isinstance(decision, Suspended)
+                self._differs(entry, decision.basis.as_body(), _BASIS_FIELDS)
+            return
+        self.decisions.append(
+            (
+                entry.seq,
+                f"reject:{decision.reason.value}" if isinstance(decision, Rejected) else step.value,
+            )
+        )
+        if not isinstance(decision, Rejected):
+            self._fail(
+                entry.seq,
+                ReplayFailure.DECISION_MISMATCH,
+                f"entry {entry.seq} records a rejection ({entry.body.get('reason')}); "
+                f"replay decides {_shown(decision)}",
+            )
+            return
+        self._differs(entry, decision.as_body(), ("reason", "message", "details", *_BASIS_FIELDS))
+
+    def _execution(self, entry: Entry) -> None:
+        """A commit or a tool failure: the call was executed, so it must have been allowed."""
+        self._requirements(entry)
+        intent = self._proposal(entry)
+        ref = entry.body.get("intent")
+        pending = self.summary.pending.get(ref) if isinstance(ref, str) else None
+        if isinstance(ref, str):
+            self._undecided.pop(ref, None)
+            self._suspended.pop(ref, None)
+        if entry.kind == EntryKind.COMMIT:
+            try:
+                self.world.apply_all(deltas_of(entry.body))
+            except (DeltaConflict, ValueError) as exc:
                 self._fail(
                     entry.seq,
-                    "policy_mismatch",
-                    f"entry {entry.seq} was decided under policy {policy!r}, not {self.require_policy!r}",
+                    ReplayFailure.DELTA_CONFLICT,
+                    f"entry {entry.seq} has deltas that do not apply: {exc}",
                 )
-            if entry.kind == EntryKind.COMMIT:
-                self._check_authority(entry)
-                if self.authorised_tools is None or body.get("tool") not in self.authorised_tools:
-                    self._fail(
-                        entry.seq,
-                        "unauthorised_commit",
-                        f"entry {entry.seq} commits a tool outside the run's authority",
-                    )
-                try:
-                    self.world.apply_all(deltas_of(body))
-                except (DeltaConflict, ValueError) as exc:
-                    self._fail(
-                        entry.seq,
-                        "delta_conflict",
-                        f"entry {entry.seq} has deltas that do not apply: {exc}",
-                    )
+        if intent is None or not self._checkable:
+            return
+        decision = self._recompile(entry, intent)
+        if decision is None:
+            return
+        step = settle(decision, PendingApproval.of(pending))
+        self.decisions.append((entry.seq, step.value))
+        if isinstance(decision, Rejected):
+            self._fail(
+                entry.seq,
+                ReplayFailure.UNAUTHORISED_COMMIT,
+                f"entry {entry.seq} executes a call that is not allowed: {decision.message}",
+            )
+            return
+        if step is not Next.EXECUTE:
+            assert isinstance(decision, Suspended)
+            held = 0 if pending is None else len(pending.get("approvers", ()))
+            why = (
+                f"was vetoed by {pending['denied_by']!r}"
+                if pending is not None and pending.get("denied_by")
+                else f"has {held} of {decision.quorum} approvals on {decision.channel}"
+            )
+            self._fail(
+                entry.seq,
+                ReplayFailure.APPROVAL_MISSING,
+                f"entry {entry.seq} executes a proposal that needs approval and {why}",
+            )
+            return
+        approved_by = (
+            list(pending["approvers"]) if isinstance(decision, Suspended) and pending else None
+        )
+        expected = {
+            **decision.basis.as_body(),
+            "tool": intent.tool,
+            "effect": decision.tool.effect.value,
+            "approved_by": approved_by,
+        }
+        self._differs(entry, expected, (*_BASIS_FIELDS, "tool", "effect", "approved_by"))
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def _fail(self, seq: int, code: ReplayFailure, message: str) -> None:
+        self.verifier.fail(seq, code.value, message)
+
+    def finish(self, *, signed_end: bool = False) -> None:
+        """The checks that need the whole ledger: truncation and an unsigned settled head.
+        `signed_end` requires the last entry to be signed whatever the run's state (an export
+        handed to an auditor: one cut short ends unsigned)."""
+        last_signed = max(self.heads, default=-1)
+        if last_signed > self.head_seq:
+            self._fail(
+                self.head_seq + 1,
+                ReplayFailure.TRUNCATED,
+                f"the server signed seq {last_signed} but the ledger ends at seq {self.head_seq}",
+            )
+            return
+        status = self.summary.status
+        settled = status.terminal or status is RunStatus.WAITING_APPROVAL or signed_end
+        if self.head_seq >= 0 and settled and self.signed_through != self.head_seq:
+            self._fail(
+                self.head_seq,
+                ReplayFailure.HEAD_UNSIGNED,
+                f"the ledger ends at seq {self.head_seq} ({status.value}), a head the server "
+                "never signed",
+            )
+
+    def report(self) -> dict[str, Any]:
+        failures = sorted(self.verifier.failures, key=lambda f: f.seq)
+        return {
+            "run_id": self.run_id,
+            "verified": not failures,
+            "entries": self.verifier.count,
+            "kinds": dict(sorted(self.kinds.items())),
+            "head_seq": self.head_seq,
+            "head_id": self.head_id,
+            "world_hash": self.world.hash,
+            "ledger_format": self.format,
+            "decisions_checked": len(self.decisions),
+            "signed_heads": self._heads_seen,
+            "signed_through": self.signed_through,
+            "compiler_versions": sorted(self.compilers),
+            "policy_hashes": sorted(self.policies),
+            "failures": [f.as_dict() for f in failures[:FAILURES_SHOWN_MAX]],
+        }
+
+
+_HANDLERS: dict[str, Callable[[Replayer, Entry], None]] = {
+    EntryKind.RUN_STARTED: Replayer._run_started,
+    EntryKind.INTENT: Replayer._intent,
+    EntryKind.SUSPENSION: Replayer._suspension,
+    EntryKind.APPROVAL: Replayer._approval,
+    EntryKind.REJECTION: Replayer._rejection,
+    EntryKind.COMMIT: Replayer._execution,
+    EntryKind.TOOL_FAILURE: Replayer._execution,
+}
+"""What replay checks per entry kind; kinds without a handler are only folded."""
 
 
 async def replay_report(
     store: LedgerStore,
     record: RunRecord,
     *,
-    root: biscuit.PublicKey | None,
+    root: biscuit.PublicKey,
     require_compiler: str | None,
     require_policy: str | None,
 ) -> dict[str, Any]:
-    replayer = _Replayer(
-        record.run_id, require_compiler, require_policy, ChainVerifier(record.run_id)
-    )
-    replayer.root = root
+    """Replay a stored run: its rows, its signed heads and the documents its decisions name."""
+    heads = {h.seq: h for h in await store.signed_heads(record.run_id)}
+    replayer = Replayer(record.run_id, root, heads, require_compiler, require_policy)
     after = -1
     while True:
         rows = await store.read_rows(record.run_id, after_seq=after, limit=REPLAY_PAGE_ROWS)
         if not rows:
             break
-        # Hashing and parsing a page is CPU work: do it off the event loop.
-        await asyncio.to_thread(replayer.page, rows)
+        # Hashing, parsing and deciding a page is CPU work: do it off the event loop.
+        entries = await asyncio.to_thread(replayer.verify_page, rows)
+        wanted = replayer.needed_documents(entries)
+        if wanted:
+            replayer.add_documents(wanted, await store.documents(sorted(wanted)))
+        await asyncio.to_thread(replayer.fold_page, entries)
         after = rows[-1].seq
     recorded_head = int(record.summary["head_seq"])
     if replayer.head_seq < recorded_head:
         replayer._fail(
             replayer.head_seq + 1,
-            "missing_entries",
+            ReplayFailure.MISSING_ENTRIES,
             f"the run record's head is seq {recorded_head} but the ledger ends at seq {replayer.head_seq}",
         )
     elif (
@@ -272,19 +715,83 @@ async def replay_report(
     ):
         replayer._fail(
             recorded_head,
-            "head_mismatch",
+            ReplayFailure.HEAD_MISMATCH,
             f"entry {recorded_head} is not the head the run record names",
         )
-    failures = sorted(replayer.verifier.failures, key=lambda f: f.seq)
-    return {
-        "run_id": record.run_id,
-        "verified": not failures,
-        "entries": replayer.verifier.count,
-        "kinds": dict(sorted(replayer.kinds.items())),
-        "head_seq": replayer.head_seq,
-        "head_id": replayer.head_id,
-        "world_hash": replayer.world.hash,
-        "compiler_versions": sorted(replayer.compilers),
-        "policy_hashes": sorted(replayer.policies),
-        "failures": [f.as_dict() for f in failures[:FAILURES_SHOWN_MAX]],
-    }
+    replayer.finish()
+    return replayer.report()
+
+
+# -- exported bundles -----------------------------------------------------------------------
+
+
+class BundleError(ValueError):
+    """A line of an export that is neither an envelope nor a documented record."""
+
+
+@dataclass(slots=True)
+class Bundle:
+    """An export read back: the entries' rows, the documents and the signed heads."""
+
+    run_id: str | None = None
+    rows: list[StoredRow] = field(default_factory=list)
+    documents: dict[str, Document] = field(default_factory=dict)
+    heads: dict[int, SignedHead] = field(default_factory=dict)
+
+
+def read_bundle(lines: Iterable[bytes]) -> Bundle:
+    """Parse an export (`GET /runs/:id/ledger?proof=true`): envelopes verbatim, `document` and
+    `signed_head` records between them. Envelope lines are kept as bytes: their hash is their id."""
+    bundle = Bundle()
+    for number, line in enumerate((raw.rstrip(b"\n") for raw in lines), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise BundleError(f"line {number} is not JSON") from None
+        if not isinstance(record, dict):
+            raise BundleError(f"line {number} is not a JSON object")
+        if "document" in record and len(record) == 1:
+            doc = record["document"]
+            if not isinstance(doc, dict) or set(doc) != {"hash", "kind", "body"}:
+                raise BundleError(f"line {number}: a document has hash, kind and body")
+            try:
+                body = canonical_bytes(doc["body"])
+            except NotCanonicalizable:
+                raise BundleError(f"line {number}: a document body has no canonical form") from None
+            bundle.documents[str(doc["hash"])] = Document(str(doc["hash"]), str(doc["kind"]), body)
+        elif "signed_head" in record and len(record) == 1:
+            try:
+                head = SignedHead.from_record(record["signed_head"])
+            except ValueError as exc:
+                raise BundleError(f"line {number}: {exc}") from None
+            bundle.heads[head.seq] = head
+        else:
+            seq, run = record.get("seq"), record.get("run")
+            if not isinstance(seq, int) or not isinstance(run, str):
+                raise BundleError(f"line {number} is not an envelope")
+            bundle.run_id = bundle.run_id or run
+            bundle.rows.append(StoredRow(seq, blake3_hex(line), line))
+    return bundle
+
+
+def replay_bundle(
+    bundle: Bundle,
+    *,
+    root: biscuit.PublicKey,
+    require_compiler: str | None = None,
+    require_policy: str | None = None,
+    allow_unsigned_tail: bool = False,
+) -> dict[str, Any]:
+    """Replay an exported run exactly as the server replays its own. Its last entry must be
+    signed unless `allow_unsigned_tail` (the export of a run still running)."""
+    run_id = bundle.run_id or ""
+    replayer = Replayer(run_id, root, dict(bundle.heads), require_compiler, require_policy)
+    for start in range(0, len(bundle.rows), REPLAY_PAGE_ROWS):
+        entries = replayer.verify_page(bundle.rows[start : start + REPLAY_PAGE_ROWS])
+        wanted = replayer.needed_documents(entries)
+        replayer.add_documents(wanted, bundle.documents)
+        replayer.fold_page(entries)
+    replayer.finish(signed_end=not allow_unsigned_tail)
+    return replayer.report()

@@ -15,16 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import biscuit_auth as biscuit
+import orjson
 
 from thymos import __version__
 from thymos.cognition import PROVIDERS, Cognition, CognitionEvent, create_provider, validate_script
 from thymos.core import (
+    LEDGER_FORMAT,
     ChainVerifier,
     CorruptEntry,
+    DocumentKind,
     Effect,
     Entry,
     EntryKind,
     ErrorCode,
+    HeadSigner,
     NotCanonicalizable,
     RunSpec,
     RunStatus,
@@ -57,14 +61,14 @@ from thymos.governance import (
     public_key_hex,
 )
 from thymos.governance import parse as parse_writ
-from thymos.storage import LedgerStore, RunRecord
+from thymos.storage import Document, LedgerStore, RunRecord
 from thymos.tools import READ_ONLY_DEFAULT_SCOPES, ToolRegistry, Workspace
 
 from ._actor import ActorDeps, RunActor, Vote
 from ._clock import Clock, SystemClock, system_random
 from ._feeds import Cell, Feed
 from ._limits import REPLAY_PAGE_ROWS, RUNS_ACTIVE_MAX, SUBSCRIBERS_PER_RUN_MAX
-from ._replay import replay_report
+from ._replay import referenced_documents, replay_report
 from ._requests import StartRun
 from ._state import RunState
 from ._trajectory import Trajectory
@@ -126,6 +130,9 @@ class Runtime:
         # the server passes the persistent one.
         self.root = root or new_root_key()
         self.policy = policy or PolicySet(default_policy_files())
+        # The root key also signs run heads (the same Ed25519 key, published at /writs/root-key).
+        self._signer = HeadSigner(bytes(self.root.private_key.to_bytes()))
+        self._documents_kept = False
         self._revocations: frozenset[str] = frozenset()
         self._unloadable: set[str] = set()
         self.tools = tools
@@ -145,11 +152,25 @@ class Runtime:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    async def keep_documents(self) -> None:
+        """Store the active policy set and tool catalog by hash (once per process): every
+        decision names them, and replay and exports fetch them by that hash."""
+        if self._documents_kept:
+            return
+        await self.store.put_documents(
+            [
+                _document(DocumentKind.POLICY_SET, self.policy.document()),
+                _document(DocumentKind.TOOL_CATALOG, self.catalog.document()),
+            ]
+        )
+        self._documents_kept = True
+
     async def recover(self) -> int:
         """Load revocations; relaunch runs that wait for approval (their approvals survive a
         restart); record runs left running by a previous process as interrupted. Returns how many
         were interrupted."""
         self._revocations = frozenset(await self.store.revocations())
+        await self.keep_documents()
         count = 0
         for record in await self.store.runs_with_status(
             [RunStatus.RUNNING.value, RunStatus.WAITING_APPROVAL.value]
@@ -175,6 +196,7 @@ class Runtime:
                 clock=self.clock,
                 entries=Feed(),
                 on_change=lambda: None,
+                signer=self._signer,
             )
             body = {
                 "status": RunStatus.FAILED.value,
@@ -304,7 +326,7 @@ class Runtime:
             script=script,
             budget=request.budget,
             tenant=tenant,
-            extra={"effect_ceiling": ceiling.value},
+            extra={"format": LEDGER_FORMAT, "effect_ceiling": ceiling.value},
         )
         try:
             canonical_bytes(spec.as_body())
@@ -337,6 +359,7 @@ class Runtime:
     async def _create_in_slot(
         self, spec: RunSpec, idempotency: tuple[str, str] | None, created_by: str | None
     ) -> RunRecord:
+        await self.keep_documents()
         now_us = self.clock.now_us()
         run_id = uuid7(now_us // 1000, self._random(10))
         now = rfc3339_from_us(now_us)
@@ -427,6 +450,7 @@ class Runtime:
             clock=self.clock,
             entries=entries,
             on_change=snapshot.touch,
+            signer=self._signer,
         )
         provider = self._provider_factory(state.spec)
         deps = ActorDeps(
@@ -742,9 +766,15 @@ class Runtime:
         report["world_matches"] = live_hash is not None and live_hash == report["world_hash"]
         return report
 
-    async def export(self, run_id: str, tenant: str | None, after_seq: int) -> AsyncIterator[bytes]:
-        """The run's stored envelopes as JSON Lines, verbatim, in seq order."""
+    async def export(
+        self, run_id: str, tenant: str | None, after_seq: int, *, proof: bool = False
+    ) -> AsyncIterator[bytes]:
+        """The run's stored envelopes as JSON Lines, verbatim, in seq order. With `proof`, each
+        document a decision names comes (once) before the first entry naming it, and each
+        signed head right after the entry it signs (the format is in docs/LEDGER.md)."""
         await self.visible_record(run_id, tenant)
+        if proof:
+            return self._export_proof(run_id, after_seq)
         return self._export(run_id, after_seq)
 
     async def _export(self, run_id: str, after_seq: int) -> AsyncIterator[bytes]:
@@ -753,6 +783,50 @@ class Runtime:
             if not rows:
                 return
             yield b"".join(row.raw + b"\n" for row in rows)
+            after_seq = rows[-1].seq
+
+    async def _export_proof(self, run_id: str, after_seq: int) -> AsyncIterator[bytes]:
+        heads = {h.seq: h for h in await self.store.signed_heads(run_id, after_seq=after_seq)}
+        sent: set[str] = set()
+        while True:
+            rows = await self.store.read_rows(run_id, after_seq=after_seq, limit=REPLAY_PAGE_ROWS)
+            if not rows:
+                return
+            # Read past what the heads were listed for: heads signed since are fetched too.
+            if rows[-1].seq > max(heads, default=after_seq):
+                heads.update(
+                    (h.seq, h)
+                    for h in await self.store.signed_heads(
+                        run_id, after_seq=max(heads, default=after_seq)
+                    )
+                )
+            wanted: list[str] = []
+            entries: list[Entry | None] = []
+            for row in rows:
+                try:
+                    entry = parse_envelope(row.raw, run_id=run_id, seq=row.seq, entry_id=row.id)
+                except CorruptEntry:
+                    entry = None  # exported as stored; the verifier names it
+                entries.append(entry)
+                if entry is not None:
+                    wanted.extend(h for h in referenced_documents(entry) if h not in sent)
+            found = await self.store.documents(wanted) if wanted else {}
+            out: list[bytes] = []
+            for row, entry in zip(rows, entries, strict=True):
+                for ident in referenced_documents(entry) if entry is not None else ():
+                    document = found.get(ident)
+                    if ident in sent or document is None:
+                        continue
+                    sent.add(ident)
+                    out.append(
+                        b'{"document":{"body":%s,"hash":"%s","kind":"%s"}}\n'
+                        % (document.body, ident.encode(), document.kind.encode())
+                    )
+                out.append(row.raw + b"\n")
+                head = heads.pop(row.seq, None)
+                if head is not None:
+                    out.append(orjson.dumps({"signed_head": head.as_record()}) + b"\n")
+            yield b"".join(out)
             after_seq = rows[-1].seq
 
     async def _load_state(self, record: RunRecord) -> RunState:
@@ -774,6 +848,15 @@ class Runtime:
                     raise ThymosError(ErrorCode.LEDGER_CORRUPT, failure.message, failure.as_dict())
                 state.fold(entry)
             after = rows[-1].seq
+        # A signed head beyond the stored ledger, or naming another entry, means the ledger was
+        # cut or rewritten: continuing (and signing) would vouch for it.
+        for head in await self.store.signed_heads(record.run_id):
+            if head.seq > state.summary.head_seq:
+                raise ThymosError(
+                    ErrorCode.LEDGER_CORRUPT,
+                    f"the server signed seq {head.seq} but the ledger ends at seq {state.summary.head_seq}",
+                    {"seq": state.summary.head_seq + 1},
+                )
         state.last_checkpoint_seq = state.summary.head_seq
         return state
 
@@ -792,6 +875,11 @@ class Runtime:
 
     async def ready(self) -> bool:
         return self.accepting and await self.store.ping()
+
+
+def _document(kind: DocumentKind, body: Any) -> Document:
+    raw = canonical_bytes(body)
+    return Document(blake3_hex(raw), kind.value, raw)
 
 
 def _default_provider(spec: RunSpec) -> Cognition:

@@ -1,8 +1,9 @@
 """A run's trajectory: the one writer of its ledger (invariant 8).
 
 `stage` seals entries with consecutive seqs and parent links, folds them into the run's state and
-submits them (with the run row when its status changed, and a world checkpoint when one is due)
-as one atomic append; `flush` waits until everything staged is durable; observers get entries
+submits them (with the run row when its status changed, a world checkpoint when one is due, and
+the server's signature over the new head when the run reaches a terminal or waiting state or
+`SIGNED_HEAD_INTERVAL` entries have passed since the last one) as one atomic append; `flush` waits until everything staged is durable; observers get entries
 only once they are durable. Only the run's actor holds a `Trajectory`.
 
 Staging without waiting is safe for effects that stay inside the world (reads, `kv_set`): if the
@@ -18,11 +19,12 @@ import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from thymos.core import Entry, EntryKind, rfc3339_from_us, seal
+from thymos.core import Entry, EntryKind, HeadSigner, RunStatus, SignedHead, rfc3339_from_us, seal
 from thymos.storage import Checkpoint, LedgerStore, RunUpdate
 
 from ._clock import Clock
 from ._feeds import Feed
+from ._limits import SIGNED_HEAD_INTERVAL
 from ._state import RunState
 
 ENTRY_BYTES_MAX = 1024 * 1024
@@ -44,8 +46,13 @@ class Trajectory:
         clock: Clock,
         entries: Feed[Entry],
         on_change: Callable[[], None],
+        signer: HeadSigner | None = None,
     ) -> None:
         self.run_id = run_id
+        self._signer = signer
+        self._signed_seq = state.summary.head_seq
+        """The last head signed (a loaded run counts its stored head: it was signed when the run
+        reached the state it was stored in, or is within an interval of the last signature)."""
         self.state = state
         self._store = store
         self._clock = clock
@@ -70,16 +77,20 @@ class Trajectory:
     def head_seq(self) -> int:
         return self.state.summary.head_seq
 
-    def stage(self, items: Sequence[tuple[EntryKind, Mapping[str, Any]]]) -> list[Entry]:
+    def stage(
+        self, items: Sequence[tuple[EntryKind, Mapping[str, Any]]], *, at_us: int | None = None
+    ) -> list[Entry]:
         """Seal entries, fold them into the run's state and submit their append, without waiting
         for durability. Observers see them once they are durable. Returns the sealed entries.
 
         Sealing happens before anything changes, so `NotCanonicalizable` or `EntryTooLarge` from
         here leaves the run's state and ledger untouched. After a failed write every later one
-        fails too (storage refuses a gap), and `stage` and `flush` raise the first failure."""
+        fails too (storage refuses a gap), and `stage` and `flush` raise the first failure.
+        `at_us` is the entries' time when the caller has already read the clock for a check that
+        must hold at the very time recorded (a vote within its writ's validity)."""
         if self._failure is not None:
             raise self._failure
-        time = rfc3339_from_us(self._clock.now_us())
+        time = rfc3339_from_us(self._clock.now_us() if at_us is None else at_us)
         summary = self.state.summary
         seq, parent = summary.head_seq + 1, summary.head_id
         sealed: list[Entry] = []
@@ -109,7 +120,10 @@ class Trajectory:
             update = RunUpdate(status.value, time, self.state.summary.as_dict())
             self._persisted_status = status.value
             self.persisted_usage = self.state.summary.usage
-        write = asyncio.ensure_future(self._store.append(self.run_id, sealed, update, checkpoint))
+        head = self._sign_if_due(sealed[-1], status, time)
+        write = asyncio.ensure_future(
+            self._store.append(self.run_id, sealed, update, checkpoint, head)
+        )
         status_after = status.value
         # What observers may see once this write is durable: the status and pending approvals
         # as of its last entry (copied: the live ones keep changing).
@@ -119,6 +133,15 @@ class Trajectory:
         )
         self._last_write = write
         return sealed
+
+    def _sign_if_due(self, last: Entry, status: RunStatus, time: str) -> SignedHead | None:
+        if self._signer is None:
+            return None
+        settled = status.terminal or status is RunStatus.WAITING_APPROVAL
+        if not settled and last.seq - self._signed_seq < SIGNED_HEAD_INTERVAL:
+            return None
+        self._signed_seq = last.seq
+        return self._signer.sign(self.run_id, last.seq, last.id, time)
 
     def _settled(
         self,
@@ -156,8 +179,10 @@ class Trajectory:
         if self._failure is not None:
             raise self._failure
 
-    async def append(self, items: Sequence[tuple[EntryKind, Mapping[str, Any]]]) -> list[Entry]:
+    async def append(
+        self, items: Sequence[tuple[EntryKind, Mapping[str, Any]]], *, at_us: int | None = None
+    ) -> list[Entry]:
         """Stage entries and wait until they (and everything before them) are durable."""
-        sealed = self.stage(items)
+        sealed = self.stage(items, at_us=at_us)
         await self.flush()
         return sealed

@@ -6,6 +6,7 @@ entry means. Entries are stored as the canonical bytes they were sealed with.
 
 from ._contract import (
     Checkpoint,
+    Document,
     IdempotencyHit,
     LedgerStore,
     RunRecord,
@@ -19,6 +20,7 @@ from ._sqlite import SqliteLedgerStore
 __all__ = [
     "ApiKey",
     "Checkpoint",
+    "Document",
     "IdempotencyHit",
     "KeyNameTaken",
     "KeySeed",

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from thymos.core import Entry, ErrorCode, StoredRow, ThymosError
+from thymos.core import Entry, ErrorCode, SignedHead, StoredRow, ThymosError
 
 
 class StorageError(ThymosError):
@@ -67,6 +67,16 @@ class RunUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class Document:
+    """A content-addressed document: `body` is canonical JSON whose BLAKE3 is `hash` (readers
+    check it; storage only keeps the bytes)."""
+
+    hash: str
+    kind: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class IdempotencyHit:
     body_hash: str
     run_id: str
@@ -98,6 +108,7 @@ class LedgerStore(Protocol):
         entries: Sequence[Entry],
         update: RunUpdate | None,
         checkpoint: Checkpoint | None = None,
+        head: SignedHead | None = None,
     ) -> Awaitable[None]:
         """Submit an append now and return what to await for its durability. Appends submitted
         by one caller are applied in submission order, so a run's writer can pipeline several
@@ -105,7 +116,7 @@ class LedgerStore(Protocol):
         continuity rule below).
 
         Append entries (consecutive seqs, continuing the stored head) and, when given, update
-        the run row and store a checkpoint, atomically. A seq that is taken or leaves a gap is
+        the run row, store a checkpoint and the signed head of the batch, atomically. A seq that is taken or leaves a gap is
         `SeqConflict`."""
         ...
 
@@ -142,3 +153,15 @@ class LedgerStore(Protocol):
         ...
 
     async def revocations(self) -> list[str]: ...
+
+    async def put_documents(self, documents: Sequence[Document]) -> None:
+        """Keep documents by hash (one already kept is left as it is)."""
+        ...
+
+    async def documents(self, hashes: Sequence[str]) -> dict[str, Document]:
+        """The kept documents among `hashes` (absent ones are simply missing)."""
+        ...
+
+    async def signed_heads(self, run_id: str, *, after_seq: int = -1) -> list[SignedHead]:
+        """The run's signed heads with seq > after_seq, in seq order."""
+        ...

@@ -70,4 +70,22 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX runs_by_writ ON runs (writ_id)",
         "CREATE INDEX runs_by_creator ON runs (created_by)",
     ),
+    (
+        # Version 3: what proves a ledger. Documents a decision used that are not in the ledger
+        # (policy sets, tool catalogs), kept by the hash the decision records; and the server's
+        # signatures over run heads.
+        """CREATE TABLE documents (
+            hash TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            body BLOB NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE signed_heads (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            seq INTEGER NOT NULL,
+            entry_id TEXT NOT NULL,
+            signed_at TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        ) WITHOUT ROWID""",
+    ),
 )

@@ -20,10 +20,11 @@ from typing import Any, TypeVar
 
 import orjson
 
-from thymos.core import Entry, ErrorCode, StoredRow, ThymosError
+from thymos.core import Entry, ErrorCode, SignedHead, StoredRow, ThymosError
 
 from ._contract import (
     Checkpoint,
+    Document,
     IdempotencyHit,
     RunRecord,
     RunUpdate,
@@ -283,6 +284,7 @@ class SqliteLedgerStore:
         entries: Sequence[Entry],
         update: RunUpdate | None,
         checkpoint: Checkpoint | None = None,
+        head: SignedHead | None = None,
     ) -> asyncio.Future[None]:
         def work(conn: sqlite3.Connection) -> None:
             # Continuity: the batch must start right after the stored head, so a writer that
@@ -290,12 +292,12 @@ class SqliteLedgerStore:
             row = conn.execute(
                 "SELECT MAX(seq) FROM entries WHERE run_id = ?", (run_id,)
             ).fetchone()
-            head = -1 if row is None or row[0] is None else int(row[0])
-            if entries[0].seq != head + 1:
+            stored = -1 if row is None or row[0] is None else int(row[0])
+            if entries[0].seq != stored + 1:
                 raise SeqConflict(run_id, entries[0].seq)
             # Consecutive within the batch too: a gap inside it would pass the head check.
             for offset, entry in enumerate(entries):
-                if entry.seq != head + 1 + offset:
+                if entry.seq != stored + 1 + offset:
                     raise SeqConflict(run_id, entry.seq)
             _insert_entries(conn, run_id, entries)
             if update is not None:
@@ -307,6 +309,11 @@ class SqliteLedgerStore:
                 conn.execute(
                     "INSERT OR REPLACE INTO checkpoints (run_id, seq, world) VALUES (?, ?, ?)",
                     (run_id, checkpoint.seq, checkpoint.world),
+                )
+            if head is not None:
+                conn.execute(
+                    "INSERT INTO signed_heads (run_id, seq, entry_id, signed_at, signature) VALUES (?, ?, ?, ?, ?)",
+                    (run_id, head.seq, head.entry_id, head.signed_at, head.signature),
                 )
 
         return self._submit(work)
@@ -408,6 +415,41 @@ class SqliteLedgerStore:
     async def revocations(self) -> list[str]:
         def work(conn: sqlite3.Connection) -> list[str]:
             return [row[0] for row in conn.execute("SELECT writ_id FROM revocations")]
+
+        return await self._read(work)
+
+    async def put_documents(self, documents: Sequence[Document]) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT OR IGNORE INTO documents (hash, kind, body) VALUES (?, ?, ?)",
+                [(d.hash, d.kind, d.body) for d in documents],
+            )
+
+        await self._write(work)
+
+    async def documents(self, hashes: Sequence[str]) -> dict[str, Document]:
+        wanted = sorted(set(hashes))
+
+        def work(conn: sqlite3.Connection) -> dict[str, Document]:
+            found: dict[str, Document] = {}
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                for ident, kind, body in conn.execute(
+                    f"SELECT hash, kind, body FROM documents WHERE hash IN ({marks})", chunk
+                ):
+                    found[ident] = Document(ident, kind, bytes(body))
+            return found
+
+        return await self._read(work) if wanted else {}
+
+    async def signed_heads(self, run_id: str, *, after_seq: int = -1) -> list[SignedHead]:
+        def work(conn: sqlite3.Connection) -> list[SignedHead]:
+            cursor = conn.execute(
+                "SELECT seq, entry_id, signed_at, signature FROM signed_heads WHERE run_id = ? AND seq > ? ORDER BY seq",
+                (run_id, after_seq),
+            )
+            return [SignedHead(run_id, seq, ident, at, sig) for seq, ident, at, sig in cursor]
 
         return await self._read(work)
 

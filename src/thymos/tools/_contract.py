@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from thymos.core import Delta, Resource, ToolSpec
+from thymos.core import Delta, Resource, ToolFailureCode, ToolSpec
 
 if TYPE_CHECKING:
     from ._workspace import Workspace
@@ -39,7 +39,7 @@ class ToolOutcome:
 class ToolFailure(Exception):
     """The tool ran and failed in a way cognition should hear about (recorded as tool_failure)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ToolFailureCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from thymos.core import Effect, Risk, ToolSpec
+from thymos.core import Effect, Risk, ToolFailureCode, ToolSpec
 
 from ._contract import ToolContext, ToolFailure, ToolOutcome
 
@@ -45,7 +45,7 @@ class FsRead:
         with workspace.open_file(path, workspace.protected_files(), args["path"]) as handle:
             data = handle.read(FS_READ_BYTES_MAX * 4)
         if b"\x00" in data[:8192]:
-            raise ToolFailure("binary_file", f"{args['path']!r} looks binary")
+            raise ToolFailure(ToolFailureCode.BINARY_FILE, f"{args['path']!r} looks binary")
         text = data.decode("utf-8", errors="replace")
         lines = text.splitlines(keepends=True)
         start = int(args.get("offset", 1)) - 1

@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from thymos.core import Effect, Risk, ToolSpec
+from thymos.core import Effect, Risk, ToolFailureCode, ToolSpec
 
 from ._contract import ToolContext, ToolFailure, ToolOutcome
 
@@ -47,7 +47,9 @@ class Grep:
         try:
             regex = re.compile(args["pattern"], re.IGNORECASE if args.get("ignore_case") else 0)
         except re.error as exc:
-            raise ToolFailure("invalid_pattern", f"the pattern does not compile: {exc}") from exc
+            raise ToolFailure(
+                ToolFailureCode.INVALID_PATTERN, f"the pattern does not compile: {exc}"
+            ) from exc
         workspace = ctx.workspace
         root = workspace.confine(args.get("path", "."))
         protected = workspace.protected_files()

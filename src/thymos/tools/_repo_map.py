@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from thymos.core import Effect, Risk, ToolSpec
+from thymos.core import Effect, Risk, ToolFailureCode, ToolSpec
 
 from ._contract import ToolContext, ToolFailure, ToolOutcome
 
@@ -38,7 +38,9 @@ class RepoMap:
         workspace = ctx.workspace
         root = workspace.confine(args.get("path", "."))
         if not root.is_dir():
-            raise ToolFailure("not_a_directory", f"{args.get('path', '.')!r} is not a folder")
+            raise ToolFailure(
+                ToolFailureCode.NOT_A_DIRECTORY, f"{args.get('path', '.')!r} is not a folder"
+            )
         limit = int(args.get("max_entries", 500))
         files: list[dict[str, Any]] = []
         truncated = False

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from thymos.core import ToolFailureCode
+
 from ._contract import ToolFailure
 
 SKIPPED_DIRS = frozenset(
@@ -69,16 +71,21 @@ class Workspace:
         """The real path of `relative` inside the workspace, or a `ToolFailure`:
         `outside_workspace` for an escape, `protected_path` for the server's own files."""
         if "\x00" in relative:
-            raise ToolFailure("invalid_path", "paths cannot contain NUL bytes")
+            raise ToolFailure(ToolFailureCode.INVALID_PATH, "paths cannot contain NUL bytes")
         candidate = Path(relative)
         if candidate.is_absolute():
-            raise ToolFailure("outside_workspace", "paths are relative to the workspace")
+            raise ToolFailure(
+                ToolFailureCode.OUTSIDE_WORKSPACE, "paths are relative to the workspace"
+            )
         resolved = (self.root / candidate).resolve()
         if resolved != self.root and self.root not in resolved.parents:
-            raise ToolFailure("outside_workspace", f"{relative!r} is outside the workspace")
+            raise ToolFailure(
+                ToolFailureCode.OUTSIDE_WORKSPACE, f"{relative!r} is outside the workspace"
+            )
         if self.is_protected(resolved):
             raise ToolFailure(
-                "protected_path", f"{relative!r} belongs to the server and no tool may reach it"
+                ToolFailureCode.PROTECTED_PATH,
+                f"{relative!r} belongs to the server and no tool may reach it",
             )
         return resolved
 
@@ -138,16 +145,19 @@ class Workspace:
         try:
             descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
-            raise ToolFailure("not_found", f"{shown!r} does not exist") from None
+            raise ToolFailure(ToolFailureCode.NOT_FOUND, f"{shown!r} does not exist") from None
         except OSError as exc:
-            raise ToolFailure("unreadable", f"{shown!r} cannot be opened: {exc.strerror}") from None
+            raise ToolFailure(
+                ToolFailureCode.UNREADABLE, f"{shown!r} cannot be opened: {exc.strerror}"
+            ) from None
         try:
             info = os.fstat(descriptor)
             if not stat.S_ISREG(info.st_mode):
-                raise ToolFailure("not_a_file", f"{shown!r} is not a regular file")
+                raise ToolFailure(ToolFailureCode.NOT_A_FILE, f"{shown!r} is not a regular file")
             if (info.st_dev, info.st_ino) in protected_files:
                 raise ToolFailure(
-                    "protected_path", f"{shown!r} belongs to the server and no tool may reach it"
+                    ToolFailureCode.PROTECTED_PATH,
+                    f"{shown!r} belongs to the server and no tool may reach it",
                 )
             self._check_opened(descriptor, shown)
             os.set_blocking(descriptor, True)
@@ -165,10 +175,13 @@ class Workspace:
         except OSError:
             return
         if real != self.root and self.root not in real.parents:
-            raise ToolFailure("outside_workspace", f"{shown!r} is outside the workspace")
+            raise ToolFailure(
+                ToolFailureCode.OUTSIDE_WORKSPACE, f"{shown!r} is outside the workspace"
+            )
         if self.is_protected(real):
             raise ToolFailure(
-                "protected_path", f"{shown!r} belongs to the server and no tool may reach it"
+                ToolFailureCode.PROTECTED_PATH,
+                f"{shown!r} belongs to the server and no tool may reach it",
             )
 
 
