@@ -6,25 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from tests.policies import GOVERNED_POLICY
 from thymos.core import EntryKind
 from thymos.governance import PolicyFile, PolicySet, default_policy_files
 from thymos.runtime import Runtime
-
-GOVERNED_POLICY = """\
-@id("permit-all")
-permit(principal, action, resource);
-
-@id("prod-needs-two")
-@approval("ops") @quorum("2")
-permit(principal, action, resource)
-when { resource.name == "kv_set" && context.arguments like "*\\"key\\":\\"prod*" };
-
-@id("no-secrets")
-forbid(principal, action, resource)
-when { context.arguments like "*secret*" };
-"""
-"""Writing a `prod*` key needs two approvers on `ops`; arguments mentioning a secret are
-forbidden; everything else the writ allows is permitted."""
 
 
 def governed_policy() -> PolicySet:

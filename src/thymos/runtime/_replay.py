@@ -687,14 +687,26 @@ async def replay_report(
     require_compiler: str | None,
     require_policy: str | None,
 ) -> dict[str, Any]:
-    """Replay a stored run: its rows, its signed heads and the documents its decisions name."""
-    heads = {h.seq: h for h in await store.signed_heads(record.run_id)}
-    replayer = Replayer(record.run_id, root, heads, require_compiler, require_policy)
+    """Replay a stored run: its rows, its signed heads and the documents its decisions name.
+
+    Each page's heads are read after its rows: a head is stored in the transaction of the entry
+    it signs, so every head of the rows read is visible, even while the run is still writing."""
+    run_id = record.run_id
+    replayer = Replayer(run_id, root, {}, require_compiler, require_policy)
     after = -1
     while True:
-        rows = await store.read_rows(record.run_id, after_seq=after, limit=REPLAY_PAGE_ROWS)
+        rows = await store.read_rows(run_id, after_seq=after, limit=REPLAY_PAGE_ROWS)
         if not rows:
-            break
+            beyond = await store.signed_heads(run_id, after_seq=after)
+            if not beyond:
+                break
+            # Entries signed beyond what was read were committed with their heads: read on.
+            rows = await store.read_rows(run_id, after_seq=after, limit=REPLAY_PAGE_ROWS)
+            if not rows:
+                replayer.heads.update((h.seq, h) for h in beyond)  # signed, then cut off
+                break
+        heads = await store.signed_heads(run_id, after_seq=after, upto_seq=rows[-1].seq)
+        replayer.heads.update((h.seq, h) for h in heads)
         # Hashing, parsing and deciding a page is CPU work: do it off the event loop.
         entries = await asyncio.to_thread(replayer.verify_page, rows)
         wanted = replayer.needed_documents(entries)
@@ -786,12 +798,30 @@ def replay_bundle(
 ) -> dict[str, Any]:
     """Replay an exported run exactly as the server replays its own. Its last entry must be
     signed unless `allow_unsigned_tail` (the export of a run still running)."""
-    run_id = bundle.run_id or ""
-    replayer = Replayer(run_id, root, dict(bundle.heads), require_compiler, require_policy)
+    return bundle_replayer(
+        bundle,
+        root=root,
+        require_compiler=require_compiler,
+        require_policy=require_policy,
+        allow_unsigned_tail=allow_unsigned_tail,
+    ).report()
+
+
+def bundle_replayer(
+    bundle: Bundle,
+    *,
+    root: biscuit.PublicKey,
+    require_compiler: str | None = None,
+    require_policy: str | None = None,
+    allow_unsigned_tail: bool = False,
+) -> Replayer:
+    """The replayer after replaying a bundle (its `decisions` are what replay decided)."""
+    replayer = Replayer(
+        bundle.run_id or "", root, dict(bundle.heads), require_compiler, require_policy
+    )
     for start in range(0, len(bundle.rows), REPLAY_PAGE_ROWS):
         entries = replayer.verify_page(bundle.rows[start : start + REPLAY_PAGE_ROWS])
-        wanted = replayer.needed_documents(entries)
-        replayer.add_documents(wanted, bundle.documents)
+        replayer.add_documents(replayer.needed_documents(entries), bundle.documents)
         replayer.fold_page(entries)
     replayer.finish(signed_end=not allow_unsigned_tail)
-    return replayer.report()
+    return replayer

@@ -786,20 +786,18 @@ class Runtime:
             after_seq = rows[-1].seq
 
     async def _export_proof(self, run_id: str, after_seq: int) -> AsyncIterator[bytes]:
-        heads = {h.seq: h for h in await self.store.signed_heads(run_id, after_seq=after_seq)}
         sent: set[str] = set()
         while True:
             rows = await self.store.read_rows(run_id, after_seq=after_seq, limit=REPLAY_PAGE_ROWS)
             if not rows:
                 return
-            # Read past what the heads were listed for: heads signed since are fetched too.
-            if rows[-1].seq > max(heads, default=after_seq):
-                heads.update(
-                    (h.seq, h)
-                    for h in await self.store.signed_heads(
-                        run_id, after_seq=max(heads, default=after_seq)
-                    )
+            # Read after the rows: a head is stored with the entry it signs, so all are visible.
+            heads = {
+                h.seq: h
+                for h in await self.store.signed_heads(
+                    run_id, after_seq=after_seq, upto_seq=rows[-1].seq
                 )
+            }
             wanted: list[str] = []
             entries: list[Entry | None] = []
             for row in rows:

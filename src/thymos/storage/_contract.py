@@ -162,6 +162,8 @@ class LedgerStore(Protocol):
         """The kept documents among `hashes` (absent ones are simply missing)."""
         ...
 
-    async def signed_heads(self, run_id: str, *, after_seq: int = -1) -> list[SignedHead]:
-        """The run's signed heads with seq > after_seq, in seq order."""
+    async def signed_heads(
+        self, run_id: str, *, after_seq: int = -1, upto_seq: int | None = None
+    ) -> list[SignedHead]:
+        """The run's signed heads with after_seq < seq <= upto_seq, in seq order."""
         ...

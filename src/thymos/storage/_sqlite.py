@@ -39,6 +39,7 @@ WRITE_GROUP_MAX = 256
 """Submissions grouped into one transaction; bounds how long one transaction holds the lock."""
 
 READER_THREADS = 4
+_SEQ_MAX = 2**63 - 1
 
 _PRAGMAS = (
     # WAL lets readers proceed while the single writer commits.
@@ -443,11 +444,15 @@ class SqliteLedgerStore:
 
         return await self._read(work) if wanted else {}
 
-    async def signed_heads(self, run_id: str, *, after_seq: int = -1) -> list[SignedHead]:
+    async def signed_heads(
+        self, run_id: str, *, after_seq: int = -1, upto_seq: int | None = None
+    ) -> list[SignedHead]:
+        upto = _SEQ_MAX if upto_seq is None else upto_seq
+
         def work(conn: sqlite3.Connection) -> list[SignedHead]:
             cursor = conn.execute(
-                "SELECT seq, entry_id, signed_at, signature FROM signed_heads WHERE run_id = ? AND seq > ? ORDER BY seq",
-                (run_id, after_seq),
+                "SELECT seq, entry_id, signed_at, signature FROM signed_heads WHERE run_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
+                (run_id, after_seq, upto),
             )
             return [SignedHead(run_id, seq, ident, at, sig) for seq, ident, at, sig in cursor]
 
