@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from thymos.core import Effect
 from thymos.governance import (
+    SpanAuthorizer,
     WritFacts,
     WritTerms,
     attenuate,
@@ -68,3 +69,33 @@ def test_a_hand_made_block_is_not_treated_as_monotone() -> None:
     assert is_monotone(token)
     odd = token.append(biscuit.BlockBuilder("check if tool($t), tool_calls($n), $n == 5;"))
     assert not is_monotone(odd)
+
+
+@settings(max_examples=SPAN_EXAMPLES, deadline=None)
+@given(
+    parent=terms_strategy,
+    child=terms_strategy,
+    calls=st.lists(
+        st.tuples(st.sampled_from(TOOLS), st.sampled_from(list(Effect)), facts_strategy),
+        min_size=1,
+        max_size=12,
+    ),
+    odd=st.booleans(),
+)
+def test_the_span_authorizer_answers_every_call_exactly_as_authorize(
+    parent: WritTerms,
+    child: WritTerms,
+    calls: list[tuple[str, Effect, WritFacts]],
+    odd: bool,
+) -> None:
+    """Replay's `SpanAuthorizer` answers from boxes it proved ahead of the calls; for any writ
+    (monotone, or with a hand-made check) and any sequence of calls, its answer to each (allowed,
+    or the refusing stage and message) is the one `authorize` gives."""
+    minted = mint(ROOT.private_key, parent)
+    token = parse(attenuate(minted.token, ROOT.public_key, child).token, ROOT.public_key)
+    if odd:
+        token = token.append(biscuit.BlockBuilder("check if tool_calls($n), $n != 7;"))
+    spans = SpanAuthorizer()
+    for tool, effect, c in calls:
+        call = WritFacts("acme", tool, effect, c.now, c.tool_calls, c.tokens, c.usd_millicents)
+        assert spans(token, call) == authorize(token, call)

@@ -32,6 +32,8 @@ from ._policy import (
 )
 from ._writ import (
     WRIT_FORMAT,
+    Authorizer,
+    SpanAuthorizer,
     Writ,
     WritError,
     WritFacts,
@@ -58,6 +60,7 @@ __all__ = [
     "SCHEMA",
     "WRIT_FORMAT",
     "Authority",
+    "Authorizer",
     "Basis",
     "Decision",
     "Next",
@@ -69,6 +72,7 @@ __all__ = [
     "PolicySet",
     "Rejected",
     "RejectionReason",
+    "SpanAuthorizer",
     "Staged",
     "Suspended",
     "ToolCatalog",

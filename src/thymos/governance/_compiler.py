@@ -45,7 +45,7 @@ from thymos.core import (
 
 from ._policy import PolicyCall, PolicyDecision, PolicySet
 from ._schema import Acceptor, fast_acceptor
-from ._writ import WritFacts, authorize, revoked
+from ._writ import Authorizer, WritFacts, authorize, revoked
 
 COMPILER_VERSION = "thymos-compiler/2"
 """Recorded with every decision; replay can require a version (`require_compiler`)."""
@@ -226,8 +226,11 @@ def compile_intent(
     usage: Usage,
     now: datetime,
     revocations: frozenset[str],
+    authorizer: Authorizer = authorize,
 ) -> Decision:
-    """Decide one intent. Pure: the same inputs always give the same decision."""
+    """Decide one intent. Pure: the same inputs always give the same decision. `authorizer`
+    answers the writ's checks (replay passes a `SpanAuthorizer`, which answers exactly as
+    `authorize` does, from spans it has proven)."""
     tokens = usage.input_tokens + usage.output_tokens
     basis = Basis(
         _time_text(now),
@@ -259,7 +262,7 @@ def compile_intent(
         tokens,
         usage.usd_millicents,
     )
-    refusal = authorize(authority.writ, facts)
+    refusal = authorizer(authority.writ, facts)
     if refusal is not None:
         return Rejected(
             RejectionReason(refusal.stage.value), refusal.message, {"tool": spec.name}, basis

@@ -18,7 +18,7 @@ writs derived from it. Anyone with the root public key can verify a writ offline
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -354,3 +354,94 @@ def key_pair(private: biscuit.PrivateKey) -> biscuit.KeyPair:
 
 def public_key_hex(public: biscuit.PublicKey) -> str:
     return bytes(public.to_bytes()).hex()
+
+
+Authorizer = Callable[[biscuit.Biscuit, WritFacts], WritRefusal | None]
+"""How the compiler asks a writ about one call: `authorize`, or a `SpanAuthorizer`."""
+
+_SPAN_TIME_MIN = timedelta(minutes=1)
+
+
+@dataclass(slots=True)
+class _Box:
+    earliest: datetime
+    latest: datetime
+    tool_calls: int
+    tokens: int
+    usd_millicents: int
+
+    def holds(self, facts: WritFacts, now: datetime) -> bool:
+        return (
+            self.earliest <= now <= self.latest
+            and facts.tool_calls <= self.tool_calls
+            and facts.tokens <= self.tokens
+            and facts.usd_millicents <= self.usd_millicents
+        )
+
+
+class SpanAuthorizer:
+    """`authorize` for many calls of one writ, answering most from spans already proven allowed.
+
+    For a writ made only of Thymos's own monotone checks (`is_monotone`), whether a call is
+    allowed depends on its tenant, tool and effect, and otherwise only monotonically on the time
+    and usage: a box of times [earliest, latest] and usage up to some maxima is wholly allowed
+    when its two extreme corners are (`authorize_span`). Per tenant, tool and effect it keeps
+    the largest box proven so far, widening it ahead of the calls (doubling), so a run's calls
+    cost a logarithmic number of Biscuit authorizations. Anything outside a proven box, any
+    other writ, and every refusal is answered by `authorize` itself, so refusals name their
+    stage exactly as they always do."""
+
+    def __init__(self) -> None:
+        self._boxes: dict[tuple[int, str, str, Effect], _Box] = {}
+        self._exact: set[tuple[int, str, str, Effect]] = set()
+        self._monotone: dict[int, bool] = {}
+
+    def __call__(self, token: biscuit.Biscuit, facts: WritFacts) -> WritRefusal | None:
+        ident = id(token)
+        monotone = self._monotone.get(ident)
+        if monotone is None:
+            monotone = self._monotone[ident] = is_monotone(token)
+        key = (ident, facts.tenant, facts.tool, facts.effect)
+        if not monotone or key in self._exact:
+            return authorize(token, facts)
+        now = facts.now.replace(microsecond=0)
+        box = self._boxes.get(key)
+        if box is not None and box.holds(facts, now):
+            return None
+        tight = _Box(
+            min(box.earliest, now) if box else now,
+            max(box.latest, now) if box else now,
+            max(box.tool_calls, facts.tool_calls) if box else facts.tool_calls,
+            max(box.tokens, facts.tokens) if box else facts.tokens,
+            max(box.usd_millicents, facts.usd_millicents) if box else facts.usd_millicents,
+        )
+        wide = _Box(
+            tight.earliest,
+            tight.latest + max(_SPAN_TIME_MIN, tight.latest - tight.earliest),
+            2 * tight.tool_calls + 1,
+            2 * tight.tokens + 1,
+            2 * tight.usd_millicents + 1,
+        )
+        if self._proven(token, facts, wide):
+            self._boxes[key] = wide
+            return None
+        # Near a limit: ask about each call from now on, as `authorize` always does.
+        self._exact.add(key)
+        return authorize(token, facts)
+
+    @staticmethod
+    def _proven(token: biscuit.Biscuit, facts: WritFacts, box: _Box) -> bool:
+        return (
+            authorize_span(
+                token,
+                tenant=facts.tenant,
+                tool=facts.tool,
+                effect=facts.effect,
+                earliest=box.earliest,
+                latest=box.latest,
+                tool_calls=box.tool_calls,
+                tokens=box.tokens,
+                usd_millicents=box.usd_millicents,
+            )
+            is None
+        )

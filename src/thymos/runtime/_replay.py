@@ -64,6 +64,7 @@ from thymos.governance import (
     PolicySet,
     Rejected,
     RejectionReason,
+    SpanAuthorizer,
     Suspended,
     ToolCatalog,
     WritError,
@@ -163,6 +164,10 @@ class Replayer:
     """Pending proposals: the writ facts of their suspension (a vote re-checks them at its time)."""
     _revoked: set[str] = field(default_factory=set)
     _entities: dict[tuple[str, str], cedarpy.Entities] = field(default_factory=dict)
+    _loaded: dict[tuple[str, str], tuple[Any, ReplayFailure | None, str]] = field(
+        default_factory=dict
+    )
+    _authorizer: SpanAuthorizer = field(default_factory=SpanAuthorizer)
 
     def __post_init__(self) -> None:
         self.verifier = ChainVerifier(self.run_id)
@@ -216,17 +221,31 @@ class Replayer:
             self.documents[ident] = found.get(ident)
 
     def _document(self, entry: Entry, field_name: str, kind: type[Any]) -> Any:
-        """The policy set or catalog a decision names, or None (the failure is recorded)."""
+        """The policy set or catalog a decision names, or None (the failure is recorded).
+        Each document is checked against its address and parsed once per replay."""
         ident = entry.body.get(field_name)
-        document = self.documents.get(ident) if isinstance(ident, str) else None
+        key = (ident if isinstance(ident, str) else "", field_name)
+        loaded = self._loaded.get(key)
+        if loaded is None:
+            loaded = self._load(key[0], field_name, kind)
+            self._loaded[key] = loaded
+        parsed, code, reason = loaded
+        if parsed is None:
+            assert code is not None
+            self._fail(entry.seq, code, f"entry {entry.seq} {reason}")
+        return parsed
+
+    def _load(
+        self, ident: str, field_name: str, kind: type[Any]
+    ) -> tuple[Any, ReplayFailure | None, str]:
+        document = self.documents.get(ident)
         what = DOCUMENT_REFERENCES[field_name].value.replace("_", " ")
         if document is None:
-            self._fail(
-                entry.seq,
+            return (
+                None,
                 ReplayFailure.DOCUMENT_MISSING,
-                f"entry {entry.seq} was decided under {what} {ident!r}, whose text is not held",
+                (f"was decided under {what} {ident!r}, whose text is not held"),
             )
-            return None
         try:
             if blake3_hex(document.body) != document.hash:
                 raise ValueError("its text does not hash to its address")
@@ -234,13 +253,12 @@ class Replayer:
             if not isinstance(parsed, kind):
                 raise ValueError(f"it is a {document.kind}")
         except ValueError as exc:
-            self._fail(
-                entry.seq,
+            return (
+                None,
                 ReplayFailure.DOCUMENT_MISMATCH,
-                f"the {what} entry {entry.seq} was decided under is not the one recorded: {exc}",
+                (f"was decided under a {what} that is not the one recorded: {exc}"),
             )
-            return None
-        return parsed
+        return parsed, None, ""
 
     # -- entries ---------------------------------------------------------------------------
 
@@ -412,6 +430,7 @@ class Replayer:
             usage=usage,
             now=moment,
             revocations=frozenset(self._revoked),
+            authorizer=self._authorizer,
         )
 
     def _differs(self, entry: Entry, expected: Mapping[str, Any], fields: Iterable[str]) -> bool:

@@ -178,6 +178,8 @@ class Runtime:
             try:
                 state = await self._load_state(record)
             except ThymosError as exc:
+                # Left as stored: neither continued nor ended, so nothing vouches for it.
+                self._unloadable.add(record.run_id)
                 log.error("run %s cannot be recovered: %s", record.run_id, exc.message)
                 continue
             if state.summary.status is RunStatus.WAITING_APPROVAL:
