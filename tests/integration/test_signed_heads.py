@@ -43,7 +43,7 @@ async def test_heads_are_signed_at_waiting_and_terminal_states_and_every_interva
     names the stored entry at its seq."""
     runtime = _runtime(store, workspace)
     many = [{"tool": "kv_get", "args": {"key": "k"}}] * 600
-    script = [
+    script: list[dict[str, Any]] = [
         {"intents": many},
         {"intents": many},
         {"tool": "kv_set", "args": {"key": "prod-db", "value": 1}},
@@ -80,7 +80,10 @@ async def test_a_restart_refuses_to_continue_a_ledger_cut_below_a_signed_head(
     store = SqliteLedgerStore(path)
     await store.open()
     runtime = _runtime(store, workspace)
-    script = [{"tool": "kv_set", "args": {"key": "prod-db", "value": 1}}, {"final": "done"}]
+    script: list[dict[str, Any]] = [
+        {"tool": "kv_set", "args": {"key": "prod-db", "value": 1}},
+        {"final": "done"},
+    ]
     record, _ = await runtime.start_run(
         StartRun(task="wait", max_steps=5, tool_scopes=["kv_*"], script=script), tenant="t"
     )
