@@ -101,7 +101,7 @@ async def _live_and_replayed(script: list[dict[str, Any]], plan: list[int]) -> t
             EntryKind.TOOL_FAILURE,
         ):
             live.append((row.seq, _recorded(envelope["kind"], envelope["body"])))
-    replayer = bundle_replayer(bundle, root=runtime.root.public_key)
+    replayer = bundle_replayer(bundle, root=runtime.root.public_key, record_decisions=True)
     return live, replayer
 
 

@@ -29,7 +29,6 @@ from datetime import datetime
 from typing import Any
 
 import biscuit_auth as biscuit
-import cedarpy
 import orjson
 
 from thymos.core import (
@@ -85,6 +84,7 @@ PARSED_DOCUMENTS_MAX = 64
 """Policy sets and catalogs parsed for replay, kept by hash (parsing a Cedar set costs ms)."""
 
 _BASIS_FIELDS = ("authority", "policy_hash", "catalog_hash", "policies")
+_FIELDS_OF: dict[str, frozenset[str]] = {kind.value: names for kind, names in BODY_FIELDS.items()}
 _parsed: OrderedDict[str, PolicySet | ToolCatalog] = OrderedDict()
 
 
@@ -147,8 +147,10 @@ class Replayer:
     policies: set[str] = field(default_factory=set)
     documents: dict[str, Document | None] = field(default_factory=dict)
     """Documents by hash as fetched (None: the store does not hold it)."""
-    decisions: list[tuple[int, str]] = field(default_factory=list)
-    """What replay decided for each decision entry: (seq, outcome), the property test's view."""
+    decisions: list[tuple[int, str]] | None = None
+    """When a list is given: what replay decided for each decision entry, (seq, outcome), the
+    property test's view. None (the default) keeps memory flat on a ledger of any length."""
+    decisions_checked: int = 0
     format: int | None = None
     head_seq: int = -1
     head_id: str | None = None
@@ -162,8 +164,8 @@ class Replayer:
     _undecided: dict[str, Intent] = field(default_factory=dict)
     _suspended: dict[str, WritFacts] = field(default_factory=dict)
     """Pending proposals: the writ facts of their suspension (a vote re-checks them at its time)."""
-    _revoked: set[str] = field(default_factory=set)
-    _entities: dict[tuple[str, str], cedarpy.Entities] = field(default_factory=dict)
+    _revoked: frozenset[str] = frozenset()
+    _authorities: dict[tuple[str, str], Authority] = field(default_factory=dict)
     _loaded: dict[tuple[str, str], tuple[Any, ReplayFailure | None, str]] = field(
         default_factory=dict
     )
@@ -408,30 +410,35 @@ class Replayer:
         if policy is None or catalog is None or self._writ is None:
             return None
         key = (policy.hash, catalog.hash)
-        entities = self._entities.get(key)
-        if entities is None:
+        authority = self._authorities.get(key)
+        if authority is None:
             entities = policy.entities(
                 run_id=self.run_id, tenant=self._tenant, task=self._task, tools=catalog.specs()
             )
-            self._entities[key] = entities
+            authority = Authority(
+                self.run_id, self._tenant, self._writ, self._lineage, policy, entities
+            )
+            self._authorities[key] = authority
         if body.get("reason") == RejectionReason.REVOKED.value:
             # Revocation is the one fact from outside the run: the ledger records it, naming an
             # id of the writ's lineage; from then on every decision sees it.
             revoked = (body.get("details") or {}).get("writ_id")
-            if revoked in self._lineage:
-                self._revoked.add(revoked)
-        authority = Authority(
-            self.run_id, self._tenant, self._writ, self._lineage, policy, entities
-        )
+            if revoked in self._lineage and revoked not in self._revoked:
+                self._revoked = self._revoked | {revoked}
         return compile_intent(
             intent,
             catalog=catalog,
             authority=authority,
             usage=usage,
             now=moment,
-            revocations=frozenset(self._revoked),
+            revocations=self._revoked,
             authorizer=self._authorizer,
         )
+
+    def _decided(self, outcome: tuple[int, str]) -> None:
+        self.decisions_checked += 1
+        if self.decisions is not None:
+            self.decisions.append(outcome)
 
     def _differs(self, entry: Entry, expected: Mapping[str, Any], fields: Iterable[str]) -> bool:
         """Record a mismatch when a recorded field is not what replay decides."""
@@ -456,7 +463,7 @@ class Replayer:
             return
         pending = PendingApproval.of(self.summary.pending.get(entry.body["intent"]))
         step = settle(decision, pending)
-        self.decisions.append((entry.seq, f"suspend:{getattr(decision, 'channel', '')}"))
+        self._decided((entry.seq, f"suspend:{getattr(decision, 'channel', '')}"))
         if step is not Next.SUSPEND or not isinstance(decision, Suspended):
             self._fail(
                 entry.seq,
@@ -547,7 +554,7 @@ class Replayer:
             return
         step = settle(decision, PendingApproval.of(pending))
         if entry.body.get("reason") == RejectionReason.APPROVAL_DENIED.value:
-            self.decisions.append((entry.seq, "deny"))
+            self._decided((entry.seq, "deny"))
             details = entry.body.get("details") or {}
             if step is not Next.DENY or pending is None:
                 self._fail(
@@ -566,7 +573,7 @@ class Replayer:
                 assert isinstance(decision, Suspended)
                 self._differs(entry, decision.basis.as_body(), _BASIS_FIELDS)
             return
-        self.decisions.append(
+        self._decided(
             (
                 entry.seq,
                 f"reject:{decision.reason.value}" if isinstance(decision, Rejected) else step.value,
@@ -606,7 +613,7 @@ class Replayer:
         if decision is None:
             return
         step = settle(decision, PendingApproval.of(pending))
-        self.decisions.append((entry.seq, step.value))
+        self._decided((entry.seq, step.value))
         if isinstance(decision, Rejected):
             self._fail(
                 entry.seq,
@@ -677,7 +684,7 @@ class Replayer:
             "head_id": self.head_id,
             "world_hash": self.world.hash,
             "ledger_format": self.format,
-            "decisions_checked": len(self.decisions),
+            "decisions_checked": self.decisions_checked,
             "signed_heads": self._heads_seen,
             "signed_through": self.signed_through,
             "compiler_versions": sorted(self.compilers),
@@ -833,10 +840,17 @@ def bundle_replayer(
     require_compiler: str | None = None,
     require_policy: str | None = None,
     allow_unsigned_tail: bool = False,
+    record_decisions: bool = False,
 ) -> Replayer:
-    """The replayer after replaying a bundle (its `decisions` are what replay decided)."""
+    """The replayer after replaying a bundle (with `record_decisions`, its `decisions` list what
+    replay decided for each decision entry)."""
     replayer = Replayer(
-        bundle.run_id or "", root, dict(bundle.heads), require_compiler, require_policy
+        bundle.run_id or "",
+        root,
+        dict(bundle.heads),
+        require_compiler,
+        require_policy,
+        decisions=[] if record_decisions else None,
     )
     for start in range(0, len(bundle.rows), REPLAY_PAGE_ROWS):
         entries = replayer.verify_page(bundle.rows[start : start + REPLAY_PAGE_ROWS])
