@@ -167,6 +167,29 @@ def commit_before_approval(envelopes: list[Envelope]) -> tuple[list[Envelope], i
     return edited, last_vote, "approval_missing"
 
 
+def vote_after_expiry(envelopes: list[Envelope]) -> tuple[list[Envelope], int, str]:
+    """A vote is dated after the run's writ expired (as if cast then)."""
+    vote = _index(envelopes, lambda e: e["kind"] == "approval")
+    edited = copy.deepcopy(envelopes)
+    edited[vote]["time"] = "2099-01-01T00:00:00.000000Z"
+    return edited, vote, "vote_outside_validity"
+
+
+def vote_duplicated(envelopes: list[Envelope]) -> tuple[list[Envelope], int, str]:
+    """The second approval of a quorum is rewritten as a second vote by the first approver."""
+    commit = _approved_commit(envelopes)
+    proposal = envelopes[commit]["body"]["intent"]
+    first, second = (
+        i
+        for i, e in enumerate(envelopes)
+        if e["kind"] == "approval" and e["body"]["proposal_id"] == proposal
+    )
+    edited = copy.deepcopy(envelopes)
+    edited[second]["body"]["approver"] = edited[first]["body"]["approver"]
+    edited[second]["body"]["key_id"] = edited[first]["body"]["key_id"]
+    return edited, second, "duplicate_vote"
+
+
 def value_changed(envelopes: list[Envelope]) -> tuple[list[Envelope], int, str]:
     """A committed value is changed (decisions still check out): only the signatures see it."""
     commit = _index(envelopes, lambda e: e["kind"] == "commit" and e["body"]["deltas"])
@@ -186,6 +209,8 @@ FORGERIES: dict[str, Forgery] = {
     "approval-removed": approval_removed,
     "approvals-stripped": approvals_stripped,
     "vote-moved": vote_moved,
+    "vote-after-expiry": vote_after_expiry,
+    "vote-duplicated": vote_duplicated,
     "commit-before-approval": commit_before_approval,
     "value-changed": value_changed,
     "truncated": truncated,

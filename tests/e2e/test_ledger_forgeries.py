@@ -107,6 +107,47 @@ class Forged:
     runs: dict[str, str]
     expected: dict[str, tuple[int, str]]
     control: str
+    kinds: dict[str, str]
+    """Untouched runs of other kinds, by what they are."""
+
+
+def _other_kinds(server: ServerProcess) -> dict[str, str]:
+    """Runs that end otherwise, or have not ended when the server stops: max_steps, a model
+    error, a budget, one still waiting for approval, one interrupted mid-step by the stop."""
+    client = as_key(server, "a1")
+
+    def start(script: list[dict[str, Any]], **extra: Any) -> str:
+        body = {"task": "kind", "tool_scopes": ["kv_*"], "cognition": {"script": script}}
+        return create_run(client, {**body, **extra})
+
+    kv = {"tool": "kv_set", "args": {"key": "a", "value": 1}}
+    runs = {
+        "max-steps": start([kv, kv, {"final": "never"}], max_steps=2),
+        "model-error": start([kv, {"error": "the model failed"}]),
+        "budget": start(
+            [kv, {"text": "long", "usage": {"input_tokens": 90, "output_tokens": 20}}, kv],
+            budget={"tokens": 100},
+        ),
+        "waiting": start([{"tool": "kv_set", "args": {"key": "prod-x", "value": 1}}]),
+        "interrupted": start([kv, {"text": "thinking", "sleep_ms": 600_000}]),
+    }
+    for name in ("max-steps", "model-error", "budget"):
+        wait_terminal(client, runs[name])
+    wait_for(
+        lambda: (
+            client.get(f"/runs/{runs['waiting']}").json()["status"] == "waiting_approval" or None
+        ),
+        timeout_s=15,
+        what="the run to wait",
+    )
+    wait_for(
+        lambda: (
+            client.get(f"/runs/{runs['interrupted']}").json()["summary"]["commits"] == 1 or None
+        ),
+        timeout_s=15,
+        what="the run to sleep",
+    )
+    return runs
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +158,7 @@ def forged(
     server = module_server_factory({"THYMOS_API_KEYS": KEYS_ENV, "THYMOS_POLICY_DIR": str(folder)})
     runs = {name: _governed_run(server) for name in CASES}
     control = _governed_run(server)
+    kinds = _other_kinds(server)
     admin = as_key(server, "a-admin")
     for run_id in [*runs.values(), control]:
         report = admin.get(f"/runs/{run_id}/replay").json()
@@ -149,7 +191,7 @@ def forged(
     finally:
         conn.close()
     server.start()
-    return Forged(server, runs, expected, control)
+    return Forged(server, runs, expected, control, kinds)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -174,6 +216,27 @@ def test_the_untouched_run_still_verifies_inside_and_outside(
     assert report["signed_through"] == report["head_seq"]
     assert report["decisions_checked"] == 9  # 2 suspensions, 4 rejections, 2 commits, a failure
     assert _verify_outside(tmp_path, client, forged.control) == 0
+
+
+def test_runs_of_every_other_kind_verify_inside_and_outside(forged: Forged, tmp_path: Path) -> None:
+    """Runs that stopped at max_steps, on a model error, on a budget, one still waiting for
+    approval across the restart and one interrupted by it: each replays verified with its head
+    signed, and the outside verifier accepts its export."""
+    client = as_key(forged.server, "a-admin")
+    ends = {}
+    for name, run_id in forged.kinds.items():
+        report = client.get(f"/runs/{run_id}/replay").json()
+        assert report["verified"] is True, (name, report["failures"])
+        assert report["signed_through"] == report["head_seq"], name
+        assert _verify_outside(tmp_path, client, run_id) == 0, name
+        ends[name] = client.get(f"/runs/{run_id}").json()["summary"]["terminated_by"]
+    assert ends == {
+        "max-steps": "max_steps",
+        "model-error": "error",
+        "budget": "budget_exhausted",
+        "waiting": None,
+        "interrupted": "interrupted",
+    }
 
 
 def test_a_swapped_policy_text_fails_every_decision_made_under_it(
@@ -212,3 +275,21 @@ def test_a_swapped_policy_text_fails_every_decision_made_under_it(
         "document_mismatch",
     )
     assert _verify_outside(tmp_path, client, run_id) == 1
+
+    # Deleted instead, and the server restarted on another policy directory (so it does not
+    # store that text again): the text is missing, a named failure, never a pass.
+    server.stop()
+    conn = sqlite3.connect(server.sqlite_path)
+    try:
+        conn.execute("DELETE FROM documents WHERE kind = 'policy_set'")
+        conn.commit()
+    finally:
+        conn.close()
+    other = policy_dir(tmp_path / "other", permissive=PERMISSIVE_POLICY)
+    server.env_extra["THYMOS_POLICY_DIR"] = str(other)
+    server.start()
+    report = as_key(server, "a-admin").get(f"/runs/{run_id}/replay").json()
+    assert (report["failures"][0]["seq"], report["failures"][0]["code"]) == (
+        first["seq"],
+        "document_missing",
+    )
