@@ -22,6 +22,7 @@ The same `Replayer` serves the server's ledger (`replay_report`) and an exported
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -86,14 +87,17 @@ PARSED_DOCUMENTS_MAX = 64
 _BASIS_FIELDS = ("authority", "policy_hash", "catalog_hash", "policies")
 _FIELDS_OF: dict[str, frozenset[str]] = {kind.value: names for kind, names in BODY_FIELDS.items()}
 _parsed: OrderedDict[str, PolicySet | ToolCatalog] = OrderedDict()
+_parsed_lock = threading.Lock()
 
 
 def _parse_document(document: Document) -> PolicySet | ToolCatalog:
-    """The policy set or catalog a document holds (memoised by hash); ValueError if none."""
-    cached = _parsed.get(document.hash)
-    if cached is not None:
-        _parsed.move_to_end(document.hash)
-        return cached
+    """The policy set or catalog a document holds (memoised by hash); ValueError if none.
+    Replays run on worker threads, so the memo is shared under a lock."""
+    with _parsed_lock:
+        cached = _parsed.get(document.hash)
+        if cached is not None:
+            _parsed.move_to_end(document.hash)
+            return cached
     body = orjson.loads(document.body)
     parsed: PolicySet | ToolCatalog
     if document.kind == DocumentKind.POLICY_SET:
@@ -105,9 +109,10 @@ def _parse_document(document: Document) -> PolicySet | ToolCatalog:
         parsed = ToolCatalog.from_document(body)
     else:
         raise ValueError(f"unknown document kind {document.kind!r}")
-    _parsed[document.hash] = parsed
-    if len(_parsed) > PARSED_DOCUMENTS_MAX:
-        _parsed.popitem(last=False)
+    with _parsed_lock:
+        _parsed[document.hash] = parsed
+        if len(_parsed) > PARSED_DOCUMENTS_MAX:
+            _parsed.popitem(last=False)
     return parsed
 
 
