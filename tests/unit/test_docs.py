@@ -13,6 +13,8 @@ from thymos.core import (
     EntryKind,
     ErrorCode,
     ReplayFailure,
+    RunStatus,
+    TerminatedBy,
     ToolFailureCode,
 )
 from thymos.governance import RejectionReason
@@ -49,7 +51,8 @@ def _section(title: str) -> str:
 
 def test_every_ledger_value_is_documented() -> None:
     """Every entry kind (with a table row), every body field of every kind, every rejection
-    reason, tool failure code, replay failure code and document kind, and the body format, are
+    reason, run status and ending, tool failure code, replay failure code and document kind,
+    and the body format, are
     in docs/LEDGER.md: a new value fails here until it is documented."""
     kinds = _section("Entry kinds and their body fields")
     missing = [k.value for k in EntryKind if f"| `{k.value}` |" not in kinds]
@@ -63,6 +66,7 @@ def test_every_ledger_value_is_documented() -> None:
         ("Rejection reasons", [r.value for r in RejectionReason]),
         ("Tool failure codes", [c.value for c in ToolFailureCode]),
         ("Documents", [d.value for d in DocumentKind]),
+        ("Run endings", [v.value for v in (*RunStatus, *TerminatedBy)]),
     ):
         section = _section(title)
         missing += [f"{title}: {v}" for v in values if f"`{v}`" not in section]
