@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
-from thymos.core import Delta, World
+from thymos.core import Delta, World, blake3_hex
 from thymos.tools import (
+    FsPatch,
     FsRead,
+    FsWrite,
     Grep,
     KvGet,
     KvSet,
@@ -19,6 +21,7 @@ from thymos.tools import (
     Tool,
     ToolContext,
     ToolFailure,
+    ToolPool,
     Workspace,
 )
 
@@ -39,11 +42,14 @@ def workspace(tmp_path: Path) -> Path:
     return root
 
 
+POOL = ToolPool(2)
+
+
 def ctx(
     workspace: Path, world: World | None = None, protected: tuple[Path, ...] = ()
 ) -> ToolContext:
     return ToolContext(
-        "run", Workspace.of(workspace, protected), world if world is not None else World()
+        "run", Workspace.of(workspace, protected), world if world is not None else World(), POOL
     )
 
 
@@ -293,3 +299,105 @@ def test_a_workspace_without_protected_paths_protects_nothing(workspace: Path) -
     assert guarded.is_protected((workspace / "state" / "x").resolve())
     assert not guarded.is_protected((workspace / "statement.txt").resolve())
     assert not Workspace.of(workspace).is_protected((workspace / "state").resolve())
+
+
+# -- ripgrep, writing files ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_grep_runs_a_catastrophic_pattern_in_linear_time(workspace: Path) -> None:
+    """`(a+)+$` over a line of forty `a`s and a `b` takes Python's `re` minutes; ripgrep's
+    linear-time engine answers at once (the suite's per-test timeout is the bound)."""
+    (workspace / "evil.txt").write_text("a" * 40 + "b\n" + "a" * 40 + "\n")
+    found = await run(Grep(), {"pattern": "(a+)+$", "path": "evil.txt"}, ctx(workspace))
+    assert [m["line"] for m in found["matches"]] == [2]
+    assert (found["truncated"], found["timed_out"]) == (False, False)
+
+
+@pytest.mark.anyio
+async def test_grep_reports_truncation_and_narrows_by_glob(workspace: Path) -> None:
+    many = workspace / "many"
+    many.mkdir()
+    for index in range(30):
+        (many / f"f{index:02}.txt").write_text("needle\n")
+    (many / "code.py").write_text("needle = 1\n")
+    context = ctx(workspace)
+    capped = await run(Grep(), {"pattern": "needle", "path": "many", "max_results": 5}, context)
+    assert (len(capped["matches"]), capped["truncated"]) == (5, True)
+    whole = await run(Grep(), {"pattern": "needle", "path": "many", "max_results": 500}, context)
+    assert (len(whole["matches"]), whole["truncated"], whole["files_searched"]) == (31, False, 31)
+    python = await run(Grep(), {"pattern": "needle", "glob": "*.py"}, context)
+    assert [m["path"] for m in python["matches"]] == ["many/code.py"]
+
+
+async def _write(args: dict[str, Any], context: ToolContext, tool: Tool | None = None) -> Any:
+    outcome = await (tool or FsWrite()).run(args, context)
+    assert isinstance(context.world, World)
+    context.world.apply_all(outcome.deltas)
+    return outcome
+
+
+@pytest.mark.anyio
+async def test_fs_write_and_fs_patch_change_the_file_and_commit_its_hash(workspace: Path) -> None:
+    """fs_write creates folders and the file; fs_patch replaces its one anchor; each proposes a
+    `file` resource whose value is the content's size and BLAKE3, versioned like any resource."""
+    world = World()
+    context = ctx(workspace, world)
+    first = await _write({"path": "pkg/mod.py", "content": "x = 1\ny = 2\n"}, context)
+    assert (workspace / "pkg" / "mod.py").read_text() == "x = 1\ny = 2\n"
+    assert first.output["created"] is True
+    assert first.deltas == (
+        Delta(
+            "create", "file", "pkg/mod.py", {"size": 12, "blake3": blake3_hex(b"x = 1\ny = 2\n")}
+        ),
+    )
+    patched = await _write(
+        {"path": "pkg/mod.py", "anchor": "y = 2", "replacement": "y = 3"}, context, FsPatch()
+    )
+    assert (workspace / "pkg" / "mod.py").read_text() == "x = 1\ny = 3\n"
+    resource = world.get("file", "pkg/mod.py")
+    assert resource is not None and resource.version == 2
+    assert resource.value == {"size": 12, "blake3": blake3_hex(b"x = 1\ny = 3\n")}
+    assert patched.deltas[0].expected_version == 1
+    assert sorted(p.name for p in (workspace / "pkg").iterdir()) == ["mod.py"]  # no temp left
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("anchor", "code"), [("z = 9", "anchor_not_found"), ("=", "anchor_not_unique")]
+)
+async def test_fs_patch_needs_its_anchor_exactly_once(
+    workspace: Path, anchor: str, code: str
+) -> None:
+    (workspace / "two.py").write_text("a = 1\nb = 2\n")
+    args = {"path": "two.py", "anchor": anchor, "replacement": "c"}
+    assert await failure_code(FsPatch(), args, ctx(workspace)) == code
+    assert (workspace / "two.py").read_text() == "a = 1\nb = 2\n"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", [*ESCAPES, "out/file.txt", "src/../out/x.txt"])
+async def test_writes_never_leave_the_workspace(workspace: Path, tmp_path: Path, path: str) -> None:
+    """`..`, absolute paths and a symlinked folder (made during the run) pointing outside are all
+    refused; nothing is written outside."""
+    os.symlink(tmp_path / "outside", workspace / "out")
+    before = sorted(p.name for p in (tmp_path / "outside").iterdir())
+    code = await failure_code(FsWrite(), {"path": path, "content": "pwned"}, ctx(workspace))
+    assert code in ("outside_workspace", "not_a_file")
+    assert sorted(p.name for p in (tmp_path / "outside").iterdir()) == before
+
+
+@pytest.mark.anyio
+async def test_writes_never_reach_a_protected_path(
+    workspace: Path, secrets: tuple[Path, ...]
+) -> None:
+    """A protected file, reached by its name, a symlink or a hard link, is never replaced."""
+    _, key_file, _ = secrets
+    os.symlink(key_file, workspace / "alias.txt")
+    os.link(key_file, workspace / "hard.txt")
+    original = key_file.read_bytes()
+    context = ctx(workspace, protected=secrets)
+    for path in ("alias.txt", "hard.txt"):
+        code = await failure_code(FsWrite(), {"path": path, "content": "x"}, context)
+        assert code == "protected_path", path
+    assert key_file.read_bytes() == original

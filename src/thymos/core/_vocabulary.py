@@ -75,6 +75,12 @@ class ToolFailureCode(StrEnum):
     TOOL_ERROR = "tool_error"
     INVALID_OUTPUT = "invalid_output"
     OUTPUT_TOO_LARGE = "output_too_large"
+    UNAVAILABLE = "unavailable"
+    STOPPED = "stopped"
+    ANCHOR_NOT_FOUND = "anchor_not_found"
+    ANCHOR_NOT_UNIQUE = "anchor_not_unique"
+    NOT_TEXT = "not_text"
+    TOO_LARGE = "too_large"
 
 
 class ReplayFailure(StrEnum):

@@ -53,7 +53,7 @@ from thymos.governance import (
     compile_intent,
     settle,
 )
-from thymos.tools import ToolContext, ToolFailure, ToolRegistry, Workspace
+from thymos.tools import Tool, ToolContext, ToolFailure, ToolPool, ToolRegistry, Workspace
 
 from ._clock import Clock
 from ._feeds import Feed
@@ -82,6 +82,14 @@ class StopRun(BaseException):
         self.message = message
 
 
+class ToolStopped(Exception):
+    """A tool was cancelled because the run must stop (`stop` says how)."""
+
+    def __init__(self, stop: StopRun) -> None:
+        super().__init__(stop.terminated_by.value)
+        self.stop = stop
+
+
 class Parked(BaseException):
     """Control flow: the server stops while the run waits for approval; it stays waiting."""
 
@@ -103,6 +111,7 @@ class ActorDeps:
     clock: Clock
     cognition_events: Feed[CognitionEvent]
     revocations: Callable[[], frozenset[str]]
+    pool: ToolPool
     view: LiveView = field(default_factory=LiveView)
 
 
@@ -134,6 +143,8 @@ class RunActor:
         self.authority = authority
         self._on_change = on_change
         self._stop: StopRun | None = None
+        self._stopping = asyncio.Event()
+        """Set with `_stop`: what a running tool is raced against."""
         self._votes: list[Vote] = []
         self._wake = asyncio.Event()
         self._waiting = False
@@ -159,6 +170,7 @@ class RunActor:
         """Ask the run to stop at its next safe point."""
         if self._stop is None:
             self._stop = StopRun(terminated_by, message)
+        self._stopping.set()
         self._wake.set()
 
     def submit_vote(self, vote: Vote) -> None:
@@ -210,15 +222,46 @@ class RunActor:
     def _safe_point(self) -> None:
         if self._stop is not None:
             raise self._stop
+        left = self._wall_clock_left_s()
+        if left is not None and left <= 0:
+            raise self._out_of_time()
+
+    def _wall_clock_left_s(self) -> float | None:
         budget = self.trajectory.state.spec.budget
-        if (
-            budget.wall_clock_ms is not None
-            and self.deps.clock.monotonic_ms() - self._started_ms >= budget.wall_clock_ms
-        ):
-            raise StopRun(
-                TerminatedBy.BUDGET_EXHAUSTED,
-                f"the wall-clock budget of {budget.wall_clock_ms} ms is spent",
+        if budget.wall_clock_ms is None:
+            return None
+        spent = self.deps.clock.monotonic_ms() - self._started_ms
+        return (budget.wall_clock_ms - spent) / 1000
+
+    def _out_of_time(self) -> StopRun:
+        budget = self.trajectory.state.spec.budget
+        return StopRun(
+            TerminatedBy.BUDGET_EXHAUSTED,
+            f"the wall-clock budget of {budget.wall_clock_ms} ms is spent",
+        )
+
+    async def _run_tool(self, tool: Tool, args: Mapping[str, Any], context: ToolContext) -> Any:
+        """The tool's outcome, unless the run is stopped or its wall-clock budget runs out
+        first: then the tool is cancelled mid-flight (a child process's whole group is killed)
+        and `ToolStopped` says why."""
+        call = asyncio.ensure_future(tool.run(args, context))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {call, stopping},
+                timeout=self._wall_clock_left_s(),
+                return_when=asyncio.FIRST_COMPLETED,
             )
+        except BaseException:
+            call.cancel()
+            raise
+        finally:
+            stopping.cancel()
+        if call in done:
+            return call.result()
+        call.cancel()
+        await asyncio.wait({call})  # its clean-up (killing a process group) runs now
+        raise ToolStopped(self._stop or self._out_of_time())
 
     async def _loop(self) -> str:
         """Steps until a final answer (returned) or a stop (raised as `StopRun`)."""
@@ -558,10 +601,19 @@ class RunActor:
         decided = {**base, **basis.as_body(), "effect": spec.effect.value}
         if approved_by is not None:
             decided["approved_by"] = approved_by
-        context = ToolContext(self.trajectory.run_id, self.deps.workspace, state.world)
+        context = ToolContext(
+            self.trajectory.run_id, self.deps.workspace, state.world, self.deps.pool
+        )
         try:
-            outcome = await tool.run(intent.args, context)
+            outcome = await self._run_tool(tool, intent.args, context)
             state.world.check_all(outcome.deltas)
+        except ToolStopped as stopped:
+            self._record_failure(
+                decided,
+                ToolFailureCode.STOPPED,
+                f"the tool was stopped: {stopped.stop.message or stopped.stop.terminated_by.value}",
+            )
+            raise stopped.stop from None
         except ToolFailure as failure:
             self._record_failure(decided, failure.code, failure.message)
             return

@@ -62,7 +62,7 @@ from thymos.governance import (
 )
 from thymos.governance import parse as parse_writ
 from thymos.storage import Document, LedgerStore, RunRecord
-from thymos.tools import READ_ONLY_DEFAULT_SCOPES, ToolRegistry, Workspace
+from thymos.tools import READ_ONLY_DEFAULT_SCOPES, ToolPool, ToolRegistry, Workspace
 
 from ._actor import ActorDeps, RunActor, Vote
 from ._clock import Clock, SystemClock, system_random
@@ -139,6 +139,7 @@ class Runtime:
         self.catalog = ToolCatalog(tools.specs())
         self.config = config
         self.workspace = Workspace.of(config.workspace, config.protected)
+        self.tool_pool = ToolPool()
         self.clock = clock or SystemClock()
         self._random = random
         # How a run gets its cognition; tests and the benchmark substitute their own.
@@ -225,6 +226,7 @@ class Runtime:
         self.closed.set()
         for active in list(self._active.values()):
             self._close_feeds(active)
+        self.tool_pool.close()
 
     # -- starting runs -----------------------------------------------------------------------
 
@@ -456,7 +458,13 @@ class Runtime:
         )
         provider = self._provider_factory(state.spec)
         deps = ActorDeps(
-            self.catalog, self.tools, self.workspace, self.clock, cognition, self.revocations
+            self.catalog,
+            self.tools,
+            self.workspace,
+            self.clock,
+            cognition,
+            self.revocations,
+            self.tool_pool,
         )
         authority = self._authority(record.run_id, state.spec)
         actor = RunActor(trajectory, provider, deps, authority, snapshot.touch)

@@ -6,8 +6,10 @@ ledger or the world. File tools never leave the workspace.
 
 from ._contract import Tool, ToolContext, ToolFailure, ToolOutcome, ToolRegistry, WorldView
 from ._fs_read import FsRead
+from ._fs_write import FILE_KIND, FsPatch, FsWrite
 from ._grep import Grep
 from ._kv import KvGet, KvSet
+from ._pool import ToolPool
 from ._repo_map import RepoMap
 from ._workspace import Workspace
 
@@ -17,12 +19,15 @@ READ_ONLY_DEFAULT_SCOPES = ("repo_map", "fs_read", "grep", "kv_get")
 
 def builtin_tools() -> ToolRegistry:
     """A registry holding the built-in tools."""
-    return ToolRegistry([RepoMap(), FsRead(), Grep(), KvGet(), KvSet()])
+    return ToolRegistry([RepoMap(), FsRead(), Grep(), FsWrite(), FsPatch(), KvGet(), KvSet()])
 
 
 __all__ = [
+    "FILE_KIND",
     "READ_ONLY_DEFAULT_SCOPES",
+    "FsPatch",
     "FsRead",
+    "FsWrite",
     "Grep",
     "KvGet",
     "KvSet",
@@ -31,6 +36,7 @@ __all__ = [
     "ToolContext",
     "ToolFailure",
     "ToolOutcome",
+    "ToolPool",
     "ToolRegistry",
     "Workspace",
     "WorldView",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from thymos.core import Delta, Resource, ToolFailureCode, ToolSpec
 
 if TYPE_CHECKING:
+    from ._pool import ToolPool
     from ._workspace import Workspace
 
 
@@ -28,6 +29,8 @@ class ToolContext:
     run_id: str
     workspace: Workspace
     world: WorldView
+    pool: ToolPool
+    """Where blocking work runs (never asyncio's default executor)."""
 
 
 @dataclass(frozen=True, slots=True)

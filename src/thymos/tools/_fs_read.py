@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,7 +36,7 @@ class FsRead:
     )
 
     async def run(self, args: Mapping[str, Any], ctx: ToolContext) -> ToolOutcome:
-        return await asyncio.to_thread(self._read, args, ctx)
+        return await ctx.pool.run(self._read, args, ctx)
 
     def _read(self, args: Mapping[str, Any], ctx: ToolContext) -> ToolOutcome:
         workspace = ctx.workspace

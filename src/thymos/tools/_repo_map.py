@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,7 +31,7 @@ class RepoMap:
     )
 
     async def run(self, args: Mapping[str, Any], ctx: ToolContext) -> ToolOutcome:
-        return await asyncio.to_thread(self._map, args, ctx)
+        return await ctx.pool.run(self._map, args, ctx)
 
     def _map(self, args: Mapping[str, Any], ctx: ToolContext) -> ToolOutcome:
         workspace = ctx.workspace

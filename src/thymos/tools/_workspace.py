@@ -15,6 +15,7 @@ root key), a root key file, the policy directory. Three checks stand between a t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -165,6 +166,70 @@ class Workspace:
         except BaseException:
             os.close(descriptor)
             raise
+
+    def write_file(self, path: Path, data: bytes, shown: str) -> bool:
+        """Replace (or create) the confined file `path` with `data`, atomically; True if it was
+        created. The folders from the workspace down are opened one by one without following
+        symlinks (created as needed), and the file is written under a temporary name in its
+        folder, then renamed over it: a symlink or folder swapped in after the name check cannot
+        lead the write out of the workspace, and no reader sees half a file."""
+        parts = path.relative_to(self.root).parts
+        if not parts:
+            raise ToolFailure(ToolFailureCode.NOT_A_FILE, f"{shown!r} is the workspace itself")
+        folder = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for part in parts[:-1]:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, dir_fd=folder)
+                try:
+                    inner = os.open(
+                        part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder
+                    )
+                except OSError:
+                    raise ToolFailure(
+                        ToolFailureCode.OUTSIDE_WORKSPACE,
+                        f"{shown!r} passes through {part!r}, which is not a folder of the workspace",
+                    ) from None
+                os.close(folder)
+                folder = inner
+            self._check_opened(folder, shown)
+            name = parts[-1]
+            try:
+                existing = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            except FileNotFoundError:
+                existing = None
+            if existing is not None and not stat.S_ISREG(existing.st_mode):
+                raise ToolFailure(ToolFailureCode.NOT_A_FILE, f"{shown!r} is not a regular file")
+            if (
+                existing is not None
+                and (existing.st_dev, existing.st_ino) in self.protected_files()
+            ):
+                raise ToolFailure(
+                    ToolFailureCode.PROTECTED_PATH,
+                    f"{shown!r} belongs to the server and no tool may reach it",
+                )
+            temporary = f".{name}.thymos-{os.getpid()}-{id(data):x}.tmp"
+            descriptor = os.open(
+                temporary,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                0o644 if existing is None else stat.S_IMODE(existing.st_mode),
+                dir_fd=folder,
+            )
+            try:
+                with os.fdopen(descriptor, "wb") as handle:
+                    handle.write(data)
+                os.rename(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary, dir_fd=folder)
+                raise
+            return existing is None
+        except OSError as exc:
+            raise ToolFailure(
+                ToolFailureCode.UNREADABLE, f"{shown!r} cannot be written: {exc.strerror}"
+            ) from None
+        finally:
+            os.close(folder)
 
     def _check_opened(self, descriptor: int, shown: str) -> None:
         """Where the opened file really is (Linux names it under /proc): inside the workspace and

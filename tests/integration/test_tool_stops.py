@@ -1,0 +1,149 @@
+"""A tool never outlives its run's authority to act: a shutdown (and later a cancel) or the end of
+the wall-clock budget stops a tool mid-flight, kills a child process's whole group, and records
+the call as a `tool_failure` with code `stopped` before the run ends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from thymos.core import Budget, Effect, Risk, ToolSpec
+from thymos.runtime import Runtime, RuntimeConfig, StartRun
+from thymos.storage import SqliteLedgerStore
+from thymos.tools import ToolContext, ToolOutcome, ToolRegistry, builtin_tools
+from thymos.tools._process import run_process
+
+from ._runs import all_rows, finish
+
+
+class Sleeper:
+    """Starts `sleep 300` in a process group of its own and waits for it."""
+
+    spec = ToolSpec(
+        name="sleeper",
+        description="sleeps",
+        input_schema={"type": "object", "additionalProperties": False},
+        effect=Effect.READ,
+        risk=Risk.LOW,
+        idempotent=True,
+        compensable=False,
+    )
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.pid = 0
+
+    def _started(self, pid: int) -> None:
+        self.pid = pid
+        self.started.set()
+
+    async def run(self, args: Mapping[str, Any], ctx: ToolContext) -> ToolOutcome:
+        done = await run_process(
+            ["sh", "-c", "sleep 300; sleep 300"],
+            cwd=ctx.workspace.root,
+            env={"PATH": os.environ["PATH"]},
+            timeout_s=600,
+            started=self._started,
+        )
+        return ToolOutcome({"exit_code": done.exit_code})
+
+
+class StepClock:
+    """Real wall time for `now_us`; a monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.ms = 0
+
+    def now_us(self) -> int:
+        return time.time_ns() // 1000
+
+    def monotonic_ms(self) -> int:
+        return self.ms
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def _kinds(store: SqliteLedgerStore, run_id: str) -> list[dict[str, Any]]:
+    return [orjson.loads(row.raw) for row in await all_rows(store, run_id)]
+
+
+@pytest.fixture
+def sleeper() -> Sleeper:
+    return Sleeper()
+
+
+def _registry(tool: Sleeper) -> ToolRegistry:
+    registry = builtin_tools()
+    registry.register(tool)
+    return registry
+
+
+@pytest.mark.anyio
+async def test_a_shutdown_stops_a_running_tool_and_kills_its_process_group(
+    store: SqliteLedgerStore, workspace: Path, sleeper: Sleeper
+) -> None:
+    runtime = Runtime(
+        store=store, tools=_registry(sleeper), config=RuntimeConfig(workspace=workspace)
+    )
+    record, _ = await runtime.start_run(
+        StartRun(task="sleep", tool_scopes=["sleeper"], script=[{"tool": "sleeper", "args": {}}]),
+        tenant="t",
+    )
+    await sleeper.started.wait()
+    pid = sleeper.pid
+    assert _alive(pid)
+    await runtime.shutdown(30.0)
+    assert not _alive(pid)
+    entries = await _kinds(store, record.run_id)
+    failure = entries[-2]
+    assert failure["kind"] == "tool_failure"
+    assert failure["body"]["error"]["code"] == "stopped"
+    assert entries[-1]["body"]["terminated_by"] == "interrupted"
+    report = await runtime.replay(record.run_id, None, require_compiler=None, require_policy=None)
+    assert report["verified"], report["failures"]
+
+
+@pytest.mark.anyio
+async def test_the_wall_clock_budget_stops_a_running_tool(
+    store: SqliteLedgerStore, workspace: Path, sleeper: Sleeper
+) -> None:
+    """The run's wall-clock budget is nearly spent when the tool starts (the monotonic clock is
+    moved by hand): the tool is stopped when it runs out, not when the tool would have ended."""
+    clock = StepClock()
+    runtime = Runtime(
+        store=store,
+        tools=_registry(sleeper),
+        config=RuntimeConfig(workspace=workspace),
+        clock=clock,
+    )
+    record, _ = await runtime.start_run(
+        StartRun(
+            task="sleep",
+            tool_scopes=["sleeper"],
+            script=[{"tool": "sleeper", "args": {}}],
+            budget=Budget(wall_clock_ms=60_000),
+        ),
+        tenant="t",
+    )
+    clock.ms = 59_950
+    view = await finish(runtime, record.run_id)
+    assert view["summary"]["terminated_by"] == "budget_exhausted"
+    assert sleeper.started.is_set()
+    assert not _alive(sleeper.pid)
+    entries = await _kinds(store, record.run_id)
+    assert [e["kind"] for e in entries[-2:]] == ["tool_failure", "run_ended"]
+    assert entries[-2]["body"]["error"]["code"] == "stopped"
+    await runtime.shutdown(5.0)
