@@ -10,6 +10,7 @@ import ipaddress
 import math
 import os
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +194,8 @@ class Settings:
     idle_timeout_s: float = IDLE_TIMEOUT_S_DEFAULT
     connections_max: int = CONNECTIONS_MAX_DEFAULT
     connections_per_client_max: int = CONNECTIONS_PER_CLIENT_MAX_DEFAULT
+    sandbox: bool = True
+    test_command: tuple[str, ...] | None = None
 
     @property
     def protected_paths(self) -> tuple[Path, ...]:
@@ -384,6 +387,16 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         values["root_key_file"] = Path(source["THYMOS_ROOT_KEY_FILE"])
     if "THYMOS_API_KEYS" in source:
         values["api_keys"] = parse_api_keys(source["THYMOS_API_KEYS"])
+    if "THYMOS_SANDBOX" in source:
+        choice = source["THYMOS_SANDBOX"].strip().lower()
+        if choice not in ("on", "off"):
+            raise SettingsError("THYMOS_SANDBOX must be on or off")
+        values["sandbox"] = choice == "on"
+    if source.get("THYMOS_TEST_COMMAND", "").strip():
+        try:
+            values["test_command"] = tuple(shlex.split(source["THYMOS_TEST_COMMAND"]))
+        except ValueError as exc:
+            raise SettingsError(f"THYMOS_TEST_COMMAND does not split into words: {exc}") from None
     if "THYMOS_LOG_LEVEL" in source:
         values["log_level"] = source["THYMOS_LOG_LEVEL"].lower()
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -3,7 +3,9 @@ key-value tools' proposed deltas."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,9 @@ from thymos.tools import (
     KvGet,
     KvSet,
     RepoMap,
+    Sandbox,
+    Shell,
+    TestRun,
     Tool,
     ToolContext,
     ToolFailure,
@@ -48,8 +53,9 @@ POOL = ToolPool(2)
 def ctx(
     workspace: Path, world: World | None = None, protected: tuple[Path, ...] = ()
 ) -> ToolContext:
+    confined = Workspace.of(workspace, protected)
     return ToolContext(
-        "run", Workspace.of(workspace, protected), world if world is not None else World(), POOL
+        "run", confined, world if world is not None else World(), POOL, Sandbox(confined)
     )
 
 
@@ -401,3 +407,71 @@ async def test_writes_never_reach_a_protected_path(
         code = await failure_code(FsWrite(), {"path": path, "content": "x"}, context)
         assert code == "protected_path", path
     assert key_file.read_bytes() == original
+
+
+# -- commands in the sandbox --------------------------------------------------------------------
+
+
+async def _shell(command: str, context: ToolContext, seconds: int = 20) -> Any:
+    return await run(Shell(), {"command": command, "timeout_secs": seconds}, context)
+
+
+@pytest.mark.anyio
+async def test_the_sandbox_confines_a_command_to_the_workspace(
+    workspace: Path, tmp_path: Path, secrets: tuple[Path, ...]
+) -> None:
+    """A sandboxed command reads and writes the workspace, but cannot read /etc/shadow, files
+    outside the workspace or the server's own files inside it, cannot write outside it, sees no
+    process of the server and none of its environment."""
+    context = ctx(workspace, protected=secrets)
+    done = await _shell("cat README.md | head -1; echo made > made.txt", context)
+    assert done["exit_code"] == 0, done
+    assert (workspace / "made.txt").read_text() == "made\n"
+    for command in (
+        "cat /etc/shadow",
+        f"cat {tmp_path / 'secret.txt'}",
+        f"echo x > {tmp_path / 'outside' / 'new.txt'}",
+        "echo x > /tmp/thymos-escape.txt",
+    ):
+        refused = await _shell(command, context)
+        assert refused["exit_code"] != 0, (command, refused)
+        assert "hello secret" not in refused["stdout"]
+    # The server's own files inside the workspace are covered: empty, or absent.
+    hidden = await _shell("cat state/root_key signing.key policies/ops.cedar", context)
+    assert ROOT_KEY not in hidden["stdout"] and "hello policy" not in hidden["stdout"]
+    assert not (tmp_path / "outside" / "new.txt").exists()
+    assert not await asyncio.to_thread(os.path.exists, "/tmp/thymos-escape.txt")
+    seen = await _shell("ls /proc | grep -c '^[0-9]'; env", context)
+    assert int(seen["stdout"].split("\n")[0]) <= 3  # bash, ls and grep: no server process
+    assert "THYMOS" not in seen["stdout"] and "ANTHROPIC" not in seen["stdout"]
+
+
+@pytest.mark.anyio
+async def test_the_sandbox_bounds_time_and_output(workspace: Path) -> None:
+    context = ctx(workspace)
+    slow = await _shell("sleep 60", context, seconds=1)
+    assert (slow["timed_out"], slow["exit_code"]) == (True, None)
+    loud = await _shell("head -c 10000000 /dev/zero | tr '\\0' x", context)
+    assert loud["truncated"] is True
+    assert len(loud["stdout"]) <= 256 * 1024
+
+
+@pytest.mark.anyio
+async def test_test_run_without_network_runs_the_detected_command(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """test_run detects pytest for a Python project, runs it without network, and reports
+    whether it passed; a connection to a listener on this machine fails inside it."""
+    (workspace / "tests").mkdir()
+    (workspace / "tests" / "test_ok.py").write_text("def test_ok():\n    assert True\n")
+    (workspace / ".venv" / "bin").mkdir(parents=True)
+    (workspace / ".venv" / "bin" / "python").symlink_to(sys.executable)  # has pytest
+    context = ctx(workspace)
+    done = await run(TestRun(), {"args": ["-p", "no:cacheprovider"]}, context)
+    assert done["passed"] is True, done
+    assert "1 passed" in done["stdout"]
+    probe = await run(
+        TestRun(["bash", "-c", "echo hi > /dev/tcp/127.0.0.1/5432 && echo connected"]), {}, context
+    )
+    assert "connected" not in probe["stdout"]
+    assert probe["exit_code"] != 0

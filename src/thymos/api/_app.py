@@ -50,13 +50,14 @@ def create_app(settings: Settings) -> FastAPI:
         await store.open()
         runtime = Runtime(
             store=store,
-            tools=builtin_tools(),
+            tools=builtin_tools(settings.test_command),
             config=RuntimeConfig(
                 workspace=settings.workspace,
                 mode=settings.mode,
                 default_provider=settings.default_provider,
                 protected=settings.protected_paths,
                 runs_active_max=settings.runs_active_max,
+                sandbox=settings.sandbox,
             ),
             root=root,
             policy=policy,

@@ -38,6 +38,17 @@ def fast_acceptor(schema: Any) -> Acceptor | None:
         )
     if kind == "boolean" and keys == {"type"}:
         return lambda v: type(v) is bool
+    if kind == "array" and keys <= {"type", "items", "minItems", "maxItems"}:
+        each = fast_acceptor(schema.get("items", True))
+        if each is None:
+            return None
+        fewest, most = schema.get("minItems", 0), schema.get("maxItems")
+        return lambda v: (
+            type(v) is list
+            and len(v) >= fewest
+            and (most is None or len(v) <= most)
+            and all(each(item) for item in v)
+        )
     return None
 
 

@@ -53,7 +53,15 @@ from thymos.governance import (
     compile_intent,
     settle,
 )
-from thymos.tools import Tool, ToolContext, ToolFailure, ToolPool, ToolRegistry, Workspace
+from thymos.tools import (
+    Sandbox,
+    Tool,
+    ToolContext,
+    ToolFailure,
+    ToolPool,
+    ToolRegistry,
+    Workspace,
+)
 
 from ._clock import Clock
 from ._feeds import Feed
@@ -112,6 +120,7 @@ class ActorDeps:
     cognition_events: Feed[CognitionEvent]
     revocations: Callable[[], frozenset[str]]
     pool: ToolPool
+    sandbox: Sandbox
     view: LiveView = field(default_factory=LiveView)
 
 
@@ -602,7 +611,11 @@ class RunActor:
         if approved_by is not None:
             decided["approved_by"] = approved_by
         context = ToolContext(
-            self.trajectory.run_id, self.deps.workspace, state.world, self.deps.pool
+            self.trajectory.run_id,
+            self.deps.workspace,
+            state.world,
+            self.deps.pool,
+            self.deps.sandbox,
         )
         try:
             outcome = await self._run_tool(tool, intent.args, context)

@@ -62,7 +62,7 @@ from thymos.governance import (
 )
 from thymos.governance import parse as parse_writ
 from thymos.storage import Document, LedgerStore, RunRecord
-from thymos.tools import READ_ONLY_DEFAULT_SCOPES, ToolPool, ToolRegistry, Workspace
+from thymos.tools import READ_ONLY_DEFAULT_SCOPES, Sandbox, ToolPool, ToolRegistry, Workspace
 
 from ._actor import ActorDeps, RunActor, Vote
 from ._clock import Clock, SystemClock, system_random
@@ -104,6 +104,9 @@ class RuntimeConfig:
     protected: tuple[Path, ...] = ()
     """Paths no tool may reach wherever they lie: the data directory, key files, policies."""
     runs_active_max: int = RUNS_ACTIVE_MAX
+    sandbox: bool = True
+    """False only when the operator opted out (`THYMOS_SANDBOX=off`): commands then run
+    without namespaces or Landlock."""
 
 
 @dataclass(slots=True)
@@ -140,6 +143,7 @@ class Runtime:
         self.config = config
         self.workspace = Workspace.of(config.workspace, config.protected)
         self.tool_pool = ToolPool()
+        self.sandbox = Sandbox(self.workspace, enforce=config.sandbox)
         self.clock = clock or SystemClock()
         self._random = random
         # How a run gets its cognition; tests and the benchmark substitute their own.
@@ -172,6 +176,13 @@ class Runtime:
         were interrupted."""
         self._revocations = frozenset(await self.store.revocations())
         await self.keep_documents()
+        support = await self.sandbox.probe()
+        if not support.usable:
+            log.warning(
+                "commands (shell, test_run) are refused: %s%s",
+                support.reason,
+                "" if self.config.sandbox else " (THYMOS_SANDBOX=off: they run unconfined)",
+            )
         count = 0
         for record in await self.store.runs_with_status(
             [RunStatus.RUNNING.value, RunStatus.WAITING_APPROVAL.value]
@@ -465,6 +476,7 @@ class Runtime:
             cognition,
             self.revocations,
             self.tool_pool,
+            self.sandbox,
         )
         authority = self._authority(record.run_id, state.spec)
         actor = RunActor(trajectory, provider, deps, authority, snapshot.touch)
@@ -877,6 +889,7 @@ class Runtime:
             "default_provider": self.config.default_provider,
             "cognition_live": False,
             "ledger": self.store.backend,
+            "sandbox": None if self.sandbox.support is None else self.sandbox.support.as_dict(),
             "shutdown": not self.accepting,
             "version": __version__,
         }

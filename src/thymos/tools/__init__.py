@@ -4,6 +4,9 @@
 ledger or the world. File tools never leave the workspace.
 """
 
+from collections.abc import Sequence
+
+from ._commands import Shell, TestRun, detect_test_command
 from ._contract import Tool, ToolContext, ToolFailure, ToolOutcome, ToolRegistry, WorldView
 from ._fs_read import FsRead
 from ._fs_write import FILE_KIND, FsPatch, FsWrite
@@ -11,15 +14,28 @@ from ._grep import Grep
 from ._kv import KvGet, KvSet
 from ._pool import ToolPool
 from ._repo_map import RepoMap
+from ._sandbox import Sandbox, SandboxSupport
 from ._workspace import Workspace
 
 READ_ONLY_DEFAULT_SCOPES = ("repo_map", "fs_read", "grep", "kv_get")
 """What a run gets when it names no tool scopes: the read-only built-in tools."""
 
 
-def builtin_tools() -> ToolRegistry:
-    """A registry holding the built-in tools."""
-    return ToolRegistry([RepoMap(), FsRead(), Grep(), FsWrite(), FsPatch(), KvGet(), KvSet()])
+def builtin_tools(test_command: Sequence[str] | None = None) -> ToolRegistry:
+    """A registry holding the built-in tools (`test_command`: `THYMOS_TEST_COMMAND`, split)."""
+    return ToolRegistry(
+        [
+            RepoMap(),
+            FsRead(),
+            Grep(),
+            FsWrite(),
+            FsPatch(),
+            TestRun(test_command),
+            Shell(),
+            KvGet(),
+            KvSet(),
+        ]
+    )
 
 
 __all__ = [
@@ -32,6 +48,10 @@ __all__ = [
     "KvGet",
     "KvSet",
     "RepoMap",
+    "Sandbox",
+    "SandboxSupport",
+    "Shell",
+    "TestRun",
     "Tool",
     "ToolContext",
     "ToolFailure",
@@ -41,4 +61,5 @@ __all__ = [
     "Workspace",
     "WorldView",
     "builtin_tools",
+    "detect_test_command",
 ]

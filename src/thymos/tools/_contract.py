@@ -15,6 +15,7 @@ from thymos.core import Delta, Resource, ToolFailureCode, ToolSpec
 
 if TYPE_CHECKING:
     from ._pool import ToolPool
+    from ._sandbox import Sandbox
     from ._workspace import Workspace
 
 
@@ -31,6 +32,8 @@ class ToolContext:
     world: WorldView
     pool: ToolPool
     """Where blocking work runs (never asyncio's default executor)."""
+    sandbox: Sandbox
+    """Where child processes run (`Sandbox.run`), confined to the workspace."""
 
 
 @dataclass(frozen=True, slots=True)
