@@ -196,6 +196,7 @@ class Settings:
     connections_per_client_max: int = CONNECTIONS_PER_CLIENT_MAX_DEFAULT
     sandbox: bool = True
     test_command: tuple[str, ...] | None = None
+    http_allow: frozenset[str] = frozenset()
 
     @property
     def protected_paths(self) -> tuple[Path, ...]:
@@ -301,17 +302,19 @@ HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,252})|[0-9a-f:.]{2,45}")
 ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 
 
-def parse_hosts(text: str) -> tuple[str, ...]:
+def parse_hosts(
+    text: str, setting: str = "THYMOS_ALLOWED_HOSTS", wildcards: bool = True
+) -> tuple[str, ...]:
     """`THYMOS_ALLOWED_HOSTS`: comma-separated host names or addresses (no port), `*.example.com`
-    for a domain's subdomains, or `*` for any host."""
+    for a domain's subdomains, or `*` for any host (`wildcards=False`: exact names only)."""
     hosts = []
     for item in (part.strip().lower() for part in text.split(",")):
         if not item:
             continue
-        name = item[2:] if item.startswith("*.") else item
-        if item != "*" and not HOST_NAME.fullmatch(name.strip("[]")):
+        name = item[2:] if item.startswith("*.") and wildcards else item
+        if (item != "*" or not wildcards) and not HOST_NAME.fullmatch(name.strip("[]")):
             raise SettingsError(
-                f"THYMOS_ALLOWED_HOSTS: {item!r} is not a host name or address (give no scheme or port)"
+                f"{setting}: {item!r} is not a host name or address (give no scheme or port)"
             )
         hosts.append(item if item.startswith("*") else item.strip("[]"))
     return tuple(hosts)
@@ -397,6 +400,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
             values["test_command"] = tuple(shlex.split(source["THYMOS_TEST_COMMAND"]))
         except ValueError as exc:
             raise SettingsError(f"THYMOS_TEST_COMMAND does not split into words: {exc}") from None
+    if source.get("THYMOS_HTTP_ALLOW", "").strip():
+        values["http_allow"] = frozenset(
+            parse_hosts(source["THYMOS_HTTP_ALLOW"], "THYMOS_HTTP_ALLOW", wildcards=False)
+        )
     if "THYMOS_LOG_LEVEL" in source:
         values["log_level"] = source["THYMOS_LOG_LEVEL"].lower()
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -92,7 +92,7 @@ BAD_BODIES: dict[str, Bad] = {
         "POST", "/runs", 422, "unknown_tool_scope", json=_run(tool_scopes=["fs_read", "nope_*"])
     ),
     "unknown-exact-scope": Bad(
-        "POST", "/runs", 422, "unknown_tool_scope", json=_run(tool_scopes=["shell"])
+        "POST", "/runs", 422, "unknown_tool_scope", json=_run(tool_scopes=["no_such_tool"])
     ),
     "unknown-provider": Bad(
         "POST", "/runs", 422, "unknown_provider", json=_run(cognition={"provider": "gpt-17"})

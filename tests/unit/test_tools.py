@@ -17,6 +17,7 @@ from thymos.tools import (
     FsRead,
     FsWrite,
     Grep,
+    HttpFetch,
     KvGet,
     KvSet,
     RepoMap,
@@ -475,3 +476,92 @@ async def test_test_run_without_network_runs_the_detected_command(
     )
     assert "connected" not in probe["stdout"]
     assert probe["exit_code"] != 0
+
+
+# -- http_fetch -----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/",
+        "http://[::1]/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/",
+        "http://192.168.1.1/",
+        "http://100.64.0.1/",
+        "http://[fd00::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://0.0.0.0/",
+        "http://localhost/",
+        "http://loopback.example/",
+    ],
+)
+async def test_http_fetch_refuses_addresses_inside_the_servers_networks(
+    workspace: Path, url: str
+) -> None:
+    """Literal addresses, `localhost`, and a name that resolves to loopback are refused after
+    resolution, before any connection."""
+
+    async def resolver(host: str, port: int) -> list[str]:
+        if host == "loopback.example":
+            return ["127.0.0.2"]
+        from thymos.tools._http_fetch import system_resolver
+
+        return await system_resolver(host, port)
+
+    code = await failure_code(HttpFetch(resolver=resolver), {"url": url}, ctx(workspace))
+    assert code == "address_refused"
+
+
+class _Server:
+    """A tiny HTTP server on loopback: `/hello` answers, `/away` redirects to `target`."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.port = 0
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        path = request.split(b" ")[1]
+        if path == b"/away":
+            head = f"HTTP/1.1 302 Found\r\nLocation: {self.target}\r\nContent-Length: 0\r\n"
+            writer.write(head.encode() + b"Connection: close\r\n\r\n")
+        else:
+            body = b"hello " + request.split(b"\r\n")[1]
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n%s" % (len(body), body)
+            )
+        await writer.drain()
+        writer.close()
+
+    async def __aenter__(self) -> _Server:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+@pytest.mark.anyio
+async def test_http_fetch_reaches_an_allowed_host_and_checks_every_redirect(
+    workspace: Path,
+) -> None:
+    """With 127.0.0.1 allowed (THYMOS_HTTP_ALLOW), a fetch answers with status, headers and body
+    (the request's Host is the name asked for); a redirect from there to `localhost` (not
+    allowed) is refused."""
+    async with _Server("http://localhost:9/secret") as server:
+        fetch = HttpFetch(allow=frozenset({"127.0.0.1"}))
+        base = f"http://127.0.0.1:{server.port}"
+        done = await run(fetch, {"url": f"{base}/hello"}, ctx(workspace))
+        assert done["status"] == 200
+        assert done["body"] == f"hello Host: 127.0.0.1:{server.port}"
+        assert done["headers"]["content-type"] == "text/plain"
+        assert done["truncated"] is False
+        code = await failure_code(fetch, {"url": f"{base}/away"}, ctx(workspace))
+        assert code == "address_refused"

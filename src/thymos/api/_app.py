@@ -50,7 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
         await store.open()
         runtime = Runtime(
             store=store,
-            tools=builtin_tools(settings.test_command),
+            tools=builtin_tools(settings.test_command, settings.http_allow),
             config=RuntimeConfig(
                 workspace=settings.workspace,
                 mode=settings.mode,

@@ -81,6 +81,10 @@ class ToolFailureCode(StrEnum):
     ANCHOR_NOT_UNIQUE = "anchor_not_unique"
     NOT_TEXT = "not_text"
     TOO_LARGE = "too_large"
+    INVALID_URL = "invalid_url"
+    ADDRESS_REFUSED = "address_refused"
+    CONNECTION_FAILED = "connection_failed"
+    TIMED_OUT = "timed_out"
 
 
 class ReplayFailure(StrEnum):

@@ -11,6 +11,7 @@ from ._contract import Tool, ToolContext, ToolFailure, ToolOutcome, ToolRegistry
 from ._fs_read import FsRead
 from ._fs_write import FILE_KIND, FsPatch, FsWrite
 from ._grep import Grep
+from ._http_fetch import HttpFetch
 from ._kv import KvGet, KvSet
 from ._pool import ToolPool
 from ._repo_map import RepoMap
@@ -21,8 +22,12 @@ READ_ONLY_DEFAULT_SCOPES = ("repo_map", "fs_read", "grep", "kv_get")
 """What a run gets when it names no tool scopes: the read-only built-in tools."""
 
 
-def builtin_tools(test_command: Sequence[str] | None = None) -> ToolRegistry:
-    """A registry holding the built-in tools (`test_command`: `THYMOS_TEST_COMMAND`, split)."""
+def builtin_tools(
+    test_command: Sequence[str] | None = None, http_allow: frozenset[str] = frozenset()
+) -> ToolRegistry:
+    """A registry holding the built-in tools (`test_command`: `THYMOS_TEST_COMMAND`, split;
+    `http_allow`: `THYMOS_HTTP_ALLOW`, the hosts `http_fetch` may reach whatever they resolve
+    to)."""
     return ToolRegistry(
         [
             RepoMap(),
@@ -32,6 +37,7 @@ def builtin_tools(test_command: Sequence[str] | None = None) -> ToolRegistry:
             FsPatch(),
             TestRun(test_command),
             Shell(),
+            HttpFetch(http_allow),
             KvGet(),
             KvSet(),
         ]
@@ -45,6 +51,7 @@ __all__ = [
     "FsRead",
     "FsWrite",
     "Grep",
+    "HttpFetch",
     "KvGet",
     "KvSet",
     "RepoMap",
