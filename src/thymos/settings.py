@@ -197,6 +197,7 @@ class Settings:
     sandbox: bool = True
     test_command: tuple[str, ...] | None = None
     http_allow: frozenset[str] = frozenset()
+    tool_manifest_dirs: tuple[Path, ...] = ()
 
     @property
     def protected_paths(self) -> tuple[Path, ...]:
@@ -400,6 +401,12 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
             values["test_command"] = tuple(shlex.split(source["THYMOS_TEST_COMMAND"]))
         except ValueError as exc:
             raise SettingsError(f"THYMOS_TEST_COMMAND does not split into words: {exc}") from None
+    if source.get("THYMOS_TOOL_MANIFEST_DIRS", "").strip():
+        values["tool_manifest_dirs"] = tuple(
+            Path(part.strip())
+            for part in source["THYMOS_TOOL_MANIFEST_DIRS"].split(",")
+            if part.strip()
+        )
     if source.get("THYMOS_HTTP_ALLOW", "").strip():
         values["http_allow"] = frozenset(
             parse_hosts(source["THYMOS_HTTP_ALLOW"], "THYMOS_HTTP_ALLOW", wildcards=False)

@@ -12,7 +12,6 @@ from thymos import __version__
 from thymos.runtime import Runtime, RuntimeConfig
 from thymos.settings import Settings
 from thymos.storage import KeySeed, LedgerStore, SqliteKeyStore, SqliteLedgerStore
-from thymos.tools import builtin_tools
 
 from . import _errors, _openapi
 from ._auth import Gateway
@@ -23,7 +22,7 @@ from ._routes_meta import router as meta_router
 from ._routes_runs import router as runs_router
 from ._routes_streams import router as streams_router
 from ._routes_usage import router as usage_router
-from ._setup import check_exposure, load_policy, load_root_key, warn_about_workspace
+from ._setup import check_exposure, load_policy, load_root_key, load_tools, warn_about_workspace
 
 log = logging.getLogger("thymos.api")
 
@@ -43,6 +42,7 @@ def create_app(settings: Settings) -> FastAPI:
     warn_about_workspace(settings)
     root = load_root_key(settings)
     policy = load_policy(settings)
+    tools = load_tools(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,7 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
         await store.open()
         runtime = Runtime(
             store=store,
-            tools=builtin_tools(settings.test_command, settings.http_allow),
+            tools=tools,
             config=RuntimeConfig(
                 workspace=settings.workspace,
                 mode=settings.mode,

@@ -1,4 +1,5 @@
-"""Start-up checks and loading of authority: the root key and the policy set.
+"""Start-up checks and loading of authority and capabilities: the root key, the policy set and
+the tools (built-in and manifest).
 
 Runs when the app is built, before the server listens, so a bad policy or a missing key stops
 `thymos serve` with a clear message (exit code 2) instead of failing later.
@@ -24,10 +25,22 @@ from thymos.governance import (
     private_key_from_hex,
 )
 from thymos.settings import Settings, SettingsError, is_loopback
+from thymos.tools import HttpFetch, ToolRegistry, builtin_tools, load_manifests
 
 log = logging.getLogger("thymos.api")
 
 POLICY_FILE_BYTES_MAX = 1024 * 1024
+
+
+def load_tools(settings: Settings) -> ToolRegistry:
+    """The built-in tools and every manifest tool of THYMOS_TOOL_MANIFEST_DIRS (`ManifestError`
+    names the file, the field and the reason of the first that cannot be loaded)."""
+    registry = builtin_tools(settings.test_command, settings.http_allow)
+    http = registry.get("http_fetch")
+    assert isinstance(http, HttpFetch)
+    for tool in load_manifests(settings.tool_manifest_dirs, registry.specs(), http):
+        registry.register(tool)
+    return registry
 
 
 def load_policy(settings: Settings) -> PolicySet:

@@ -53,6 +53,7 @@ def serve_command(
         stream=sys.stderr,
     )
     from thymos.governance import PolicyError
+    from thymos.tools import ManifestError
 
     from ._serve import serve
 
@@ -65,6 +66,9 @@ def serve_command(
         typer.echo(
             f"thymos: invalid policy {exc.file}:{exc.line}:{exc.column}: {exc.reason}", err=True
         )
+        raise typer.Exit(2) from None
+    except ManifestError as exc:
+        typer.echo(f"thymos: invalid tool manifest {exc.file}: {exc.field}: {exc.reason}", err=True)
         raise typer.Exit(2) from None
 
 

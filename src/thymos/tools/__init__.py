@@ -13,6 +13,7 @@ from ._fs_write import FILE_KIND, FsPatch, FsWrite
 from ._grep import Grep
 from ._http_fetch import HttpFetch
 from ._kv import KvGet, KvSet
+from ._manifests import ManifestError, ManifestTool, load_manifests
 from ._pool import ToolPool
 from ._repo_map import RepoMap
 from ._sandbox import Sandbox, SandboxSupport
@@ -54,6 +55,8 @@ __all__ = [
     "HttpFetch",
     "KvGet",
     "KvSet",
+    "ManifestError",
+    "ManifestTool",
     "RepoMap",
     "Sandbox",
     "SandboxSupport",
@@ -69,4 +72,5 @@ __all__ = [
     "WorldView",
     "builtin_tools",
     "detect_test_command",
+    "load_manifests",
 ]
