@@ -54,7 +54,14 @@ def _run(server: ServerProcess, intents: list[dict[str, Any]]) -> list[dict[str,
         },
     )
     assert wait_terminal(client, run_id, timeout_s=60)["status"] == "completed"
-    return [e for e in entries(client, run_id) if e["kind"] in ("commit", "tool_failure")]
+    items = entries(client, run_id)
+    # Each command (external or not) replays: shell's execution_started precedes its commit.
+    report = client.get(f"/runs/{run_id}/replay").json()
+    assert report["verified"] is True, report["failures"]
+    shells = [e for e in items if e["kind"] == "commit" and e["payload"]["tool"] == "shell"]
+    started = [e for e in items if e["kind"] == "execution_started"]
+    assert len(started) == len(shells)
+    return [e for e in items if e["kind"] in ("commit", "tool_failure")]
 
 
 def _shell(command: str, seconds: int = 20) -> dict[str, Any]:

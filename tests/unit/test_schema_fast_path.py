@@ -64,4 +64,5 @@ def test_fast_acceptor_declines_schemas_outside_its_subset() -> None:
     """A schema with keywords the subset does not know gets no fast path at all."""
     assert fast_acceptor({"type": "string", "pattern": "^a"}) is None
     assert fast_acceptor({"type": "object", "properties": {"a": {"anyOf": [{}]}}}) is None
-    assert fast_acceptor({"type": "object", "additionalProperties": {"type": "string"}}) is None
+    assert fast_acceptor({"type": "object", "additionalProperties": {"type": "number"}}) is None
+    assert fast_acceptor({"type": "string", "enum": ["a", 1]}) is None

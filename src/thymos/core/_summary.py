@@ -105,6 +105,8 @@ class RunSummary:
             self.error = body.get("error")
             self.pending.clear()
             text = f"run {self.status.value} ({self.terminated_by})"
+        elif kind == EntryKind.EXECUTION_STARTED:
+            text = f"{body.get('tool')} started"
         elif kind == EntryKind.RESUMPTION:
             self.status = RunStatus.RUNNING
             self.terminated_by = None

@@ -50,8 +50,8 @@ BODY_FIELDS: Mapping[EntryKind, frozenset[str]] = {
     EntryKind.COMMIT: _DECISION_BASIS | {"effect", "approved_by", "output", "deltas"},
     EntryKind.TOOL_FAILURE: _DECISION_BASIS | {"effect", "approved_by", "error"},
     EntryKind.RUN_ENDED: frozenset({"status", "terminated_by", "final_answer", "error"}),
+    EntryKind.EXECUTION_STARTED: frozenset({"intent", "tool", "effect", "idempotency_key"}),
     # Reserved: named in the vocabulary, not yet written by this release (run control).
-    EntryKind.EXECUTION_STARTED: frozenset(),
     EntryKind.CANCELLATION: frozenset(),
     EntryKind.RESUMPTION: frozenset(),
     EntryKind.DELEGATION: frozenset(),
@@ -112,6 +112,7 @@ class ReplayFailure(StrEnum):
     UNAUTHORISED_COMMIT = "unauthorised_commit"
     DECISION_MISMATCH = "decision_mismatch"
     APPROVAL_MISSING = "approval_missing"
+    EXECUTION_UNANNOUNCED = "execution_unannounced"
     VOTE_UNBOUND = "vote_unbound"
     DUPLICATE_VOTE = "duplicate_vote"
     VOTE_OUTSIDE_VALIDITY = "vote_outside_validity"

@@ -28,9 +28,18 @@ def fast_acceptor(schema: Any) -> Acceptor | None:
     kind = schema.get("type")
     if kind == "object":
         return _object(schema, keys)
-    if kind == "string" and keys <= {"type", "minLength", "maxLength"}:
+    if kind == "string" and keys <= {"type", "minLength", "maxLength", "enum"}:
         low, high = schema.get("minLength", 0), schema.get("maxLength")
-        return lambda v: type(v) is str and len(v) >= low and (high is None or len(v) <= high)
+        choices = schema.get("enum")
+        if choices is not None and not all(isinstance(c, str) for c in choices):
+            return None
+        allowed = frozenset(choices) if choices is not None else None
+        return lambda v: (
+            type(v) is str
+            and len(v) >= low
+            and (high is None or len(v) <= high)
+            and (allowed is None or v in allowed)
+        )
     if kind == "integer" and keys <= {"type", "minimum", "maximum"}:
         low_i, high_i = schema.get("minimum"), schema.get("maximum")
         return lambda v: (
@@ -56,8 +65,11 @@ def _object(schema: Mapping[str, Any], keys: set[str]) -> Acceptor | None:
     if not keys <= {"type", "properties", "required", "additionalProperties"}:
         return None
     extra = schema.get("additionalProperties", True)
+    others: Acceptor | None = None
     if extra not in (True, False):
-        return None
+        others = fast_acceptor(extra)
+        if others is None:
+            return None
     properties: dict[str, Acceptor] = {}
     for name, sub in (schema.get("properties") or {}).items():
         acceptor = fast_acceptor(sub)
@@ -74,7 +86,7 @@ def _object(schema: Mapping[str, Any], keys: set[str]) -> Acceptor | None:
             if name not in value:
                 return False
         for name, item in value.items():
-            check = properties.get(name)
+            check = properties.get(name, others)
             if check is None:
                 if closed:
                     return False

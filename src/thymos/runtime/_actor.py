@@ -29,6 +29,7 @@ from thymos.cognition import (
 )
 from thymos.core import (
     DeltaConflict,
+    Effect,
     EntryKind,
     ErrorCode,
     Intent,
@@ -610,6 +611,16 @@ class RunActor:
         decided = {**base, **basis.as_body(), "effect": spec.effect.value}
         if approved_by is not None:
             decided["approved_by"] = approved_by
+        if spec.effect.rank >= Effect.EXTERNAL.rank:
+            # At most once: the execution is on record, durably, before the effect leaves the
+            # process (invariant 7); the intent's id is the one key it may run under.
+            started = {
+                "intent": intent_id,
+                "tool": intent.tool,
+                "effect": spec.effect.value,
+                "idempotency_key": intent_id,
+            }
+            await self.trajectory.append([(EntryKind.EXECUTION_STARTED, started)])
         context = ToolContext(
             self.trajectory.run_id,
             self.deps.workspace,

@@ -169,6 +169,8 @@ class Replayer:
     _undecided: dict[str, Intent] = field(default_factory=dict)
     _suspended: dict[str, WritFacts] = field(default_factory=dict)
     """Pending proposals: the writ facts of their suspension (a vote re-checks them at its time)."""
+    _announced: set[str] = field(default_factory=set)
+    """Intents whose execution_started is recorded and whose outcome is not yet."""
     _revoked: frozenset[str] = frozenset()
     _authorities: dict[tuple[str, str], Authority] = field(default_factory=dict)
     _loaded: dict[tuple[str, str], tuple[Any, ReplayFailure | None, str]] = field(
@@ -543,6 +545,11 @@ class Replayer:
         assert self._writ is not None, "only called when the run is checkable"
         return self._writ
 
+    def _execution_started(self, entry: Entry) -> None:
+        intent = self._proposal(entry)
+        if intent is not None:
+            self._announced.add(entry.body["intent"])
+
     def _rejection(self, entry: Entry) -> None:
         self._requirements(entry)
         intent = self._proposal(entry)
@@ -600,9 +607,11 @@ class Replayer:
         intent = self._proposal(entry)
         ref = entry.body.get("intent")
         pending = self.summary.pending.get(ref) if isinstance(ref, str) else None
+        announced = isinstance(ref, str) and ref in self._announced
         if isinstance(ref, str):
             self._undecided.pop(ref, None)
             self._suspended.pop(ref, None)
+            self._announced.discard(ref)
         if entry.kind == EntryKind.COMMIT:
             try:
                 self.world.apply_all(deltas_of(entry.body))
@@ -640,6 +649,13 @@ class Replayer:
                 f"entry {entry.seq} executes a proposal that needs approval and {why}",
             )
             return
+        if decision.tool.effect.rank >= Effect.EXTERNAL.rank and not announced:
+            self._fail(
+                entry.seq,
+                ReplayFailure.EXECUTION_UNANNOUNCED,
+                f"entry {entry.seq} records an {decision.tool.effect.value} call with no "
+                "execution_started before it",
+            )
         approved_by = (
             list(pending["approvers"]) if isinstance(decision, Suspended) and pending else None
         )
@@ -703,6 +719,7 @@ _HANDLERS: dict[str, Callable[[Replayer, Entry], None]] = {
     EntryKind.INTENT: Replayer._intent,
     EntryKind.SUSPENSION: Replayer._suspension,
     EntryKind.APPROVAL: Replayer._approval,
+    EntryKind.EXECUTION_STARTED: Replayer._execution_started,
     EntryKind.REJECTION: Replayer._rejection,
     EntryKind.COMMIT: Replayer._execution,
     EntryKind.TOOL_FAILURE: Replayer._execution,
