@@ -198,6 +198,9 @@ class Settings:
     test_command: tuple[str, ...] | None = None
     http_allow: frozenset[str] = frozenset()
     tool_manifest_dirs: tuple[Path, ...] = ()
+    secret_values: tuple[str, ...] = field(default=(), repr=False)
+    """Values of the environment that are secrets (provider keys, tokens, passwords, the root
+    key, API key secrets): tools' outputs are redacted of them before anything is recorded."""
 
     @property
     def protected_paths(self) -> tuple[Path, ...]:
@@ -413,5 +416,19 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         )
     if "THYMOS_LOG_LEVEL" in source:
         values["log_level"] = source["THYMOS_LOG_LEVEL"].lower()
+    values["secret_values"] = tuple(
+        sorted(
+            {
+                value
+                for name, value in source.items()
+                if name.endswith(SECRET_SUFFIXES) or name in SECRET_NAMES
+            }
+            | {key.secret for key in values.get("api_keys", ())}
+        )
+    )
     values.update({k: v for k, v in overrides.items() if v is not None})
     return _validated(Settings(**values))
+
+
+SECRET_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_SECRET_KEY", "_PASSWORD", "_AUTH_TOKEN")
+SECRET_NAMES = frozenset({"THYMOS_ROOT_KEY", "THYMOS_POSTGRES_URL", "DATABASE_URL"})

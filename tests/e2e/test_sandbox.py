@@ -211,3 +211,31 @@ def test_health_reports_the_sandbox(sandboxed: ServerProcess) -> None:
     sandbox = sandboxed.client().get("/health").json()["sandbox"]
     assert sandbox["usable"] is True
     assert sandbox["landlock_abi"] >= 1
+
+
+def test_a_provider_key_a_tool_prints_never_reaches_the_ledger_streams_or_logs(
+    sandboxed: ServerProcess,
+) -> None:
+    """A file of the workspace holds the server's provider key and a credential-shaped value; a
+    command prints both. The ledger, the event stream, the export and the server log show
+    `[REDACTED]` instead (the model's context is built from the ledger)."""
+    (sandboxed.workspace / "leak.txt").write_text(
+        f"{PROVIDER_KEY}\nghp_abcdefghijklmnopqrstuvwxyz0123456789\n"
+    )
+    client = sandboxed.client()
+    run_id = create_run(
+        client,
+        {
+            "task": "leak",
+            "tool_scopes": ["shell"],
+            "cognition": {"script": [_shell("cat leak.txt"), {"final": "done"}]},
+        },
+    )
+    wait_terminal(client, run_id, timeout_s=60)
+    output = next(e for e in entries(client, run_id) if e["kind"] == "commit")["payload"]["output"]
+    assert output["stdout"] == "[REDACTED]\n[REDACTED]\n"
+    for path in (f"/runs/{run_id}/ledger", f"/runs/{run_id}/events", f"/runs/{run_id}/execution"):
+        with client.stream("GET", path) as response:
+            body = response.read()
+        assert PROVIDER_KEY.encode() not in body and b"ghp_abcdef" not in body, path
+    assert PROVIDER_KEY not in sandboxed.log_path.read_text(errors="replace")

@@ -58,6 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
                 protected=settings.protected_paths,
                 runs_active_max=settings.runs_active_max,
                 sandbox=settings.sandbox,
+                secrets=settings.secret_values,
             ),
             root=root,
             policy=policy,

@@ -43,6 +43,7 @@ from ._model import (
     ToolSpec,
     Usage,
 )
+from ._redact import REDACTED, Redactor
 from ._summary import RunSummary
 from ._time import rfc3339_from_us, us_from_rfc3339
 from ._vocabulary import (
@@ -64,6 +65,7 @@ __all__ = [
     "ENVELOPE_FIELDS",
     "LEDGER_FORMAT",
     "LEDGER_FORMATS_REPLAYABLE",
+    "REDACTED",
     "SIGNED_HEAD_VERSION",
     "Budget",
     "ChainFailure",
@@ -80,6 +82,7 @@ __all__ = [
     "HeadVerifier",
     "Intent",
     "NotCanonicalizable",
+    "Redactor",
     "ReplayFailure",
     "Resource",
     "Risk",

@@ -34,6 +34,7 @@ from thymos.core import (
     ErrorCode,
     Intent,
     NotCanonicalizable,
+    Redactor,
     TerminatedBy,
     ThymosError,
     ToolFailureCode,
@@ -122,6 +123,7 @@ class ActorDeps:
     revocations: Callable[[], frozenset[str]]
     pool: ToolPool
     sandbox: Sandbox
+    redactor: Redactor
     view: LiveView = field(default_factory=LiveView)
 
 
@@ -655,7 +657,9 @@ class RunActor:
             self._set_view("thinking")
         body = {
             **decided,
-            "output": outcome.output,
+            # Nothing a tool returns reaches the ledger (and so a stream, the model or an
+            # export) with a secret in it.
+            "output": self.deps.redactor.redact(outcome.output),
             "deltas": [d.as_dict() for d in outcome.deltas],
         }
         try:
@@ -670,6 +674,7 @@ class RunActor:
             self._record_failure(decided, ToolFailureCode.OUTPUT_TOO_LARGE, str(exc))
 
     def _record_failure(self, base: Mapping[str, Any], code: ToolFailureCode, message: str) -> None:
+        message = self.deps.redactor.text(message)
         try:
             self.trajectory.stage(
                 [

@@ -30,6 +30,7 @@ from thymos.core import (
     ErrorCode,
     HeadSigner,
     NotCanonicalizable,
+    Redactor,
     RunSpec,
     RunStatus,
     RunSummary,
@@ -104,6 +105,8 @@ class RuntimeConfig:
     protected: tuple[Path, ...] = ()
     """Paths no tool may reach wherever they lie: the data directory, key files, policies."""
     runs_active_max: int = RUNS_ACTIVE_MAX
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    """Values redacted from every tool output (the server's keys and passwords)."""
     sandbox: bool = True
     """False only when the operator opted out (`THYMOS_SANDBOX=off`): commands then run
     without namespaces or Landlock."""
@@ -144,6 +147,7 @@ class Runtime:
         self.workspace = Workspace.of(config.workspace, config.protected)
         self.tool_pool = ToolPool()
         self.sandbox = Sandbox(self.workspace, enforce=config.sandbox)
+        self.redactor = Redactor((*config.secrets, bytes(self.root.private_key.to_bytes()).hex()))
         self.clock = clock or SystemClock()
         self._random = random
         # How a run gets its cognition; tests and the benchmark substitute their own.
@@ -477,6 +481,7 @@ class Runtime:
             self.revocations,
             self.tool_pool,
             self.sandbox,
+            self.redactor,
         )
         authority = self._authority(record.run_id, state.spec)
         actor = RunActor(trajectory, provider, deps, authority, snapshot.touch)
