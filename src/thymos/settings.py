@@ -198,6 +198,7 @@ class Settings:
     test_command: tuple[str, ...] | None = None
     http_allow: frozenset[str] = frozenset()
     tool_manifest_dirs: tuple[Path, ...] = ()
+    mcp_config: Path | None = None
     secret_values: tuple[str, ...] = field(default=(), repr=False)
     """Values of the environment that are secrets (provider keys, tokens, passwords, the root
     key, API key secrets): tools' outputs are redacted of them before anything is recorded."""
@@ -410,6 +411,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
             for part in source["THYMOS_TOOL_MANIFEST_DIRS"].split(",")
             if part.strip()
         )
+    if source.get("THYMOS_MCP_CONFIG", "").strip():
+        values["mcp_config"] = Path(source["THYMOS_MCP_CONFIG"].strip())
     if source.get("THYMOS_HTTP_ALLOW", "").strip():
         values["http_allow"] = frozenset(
             parse_hosts(source["THYMOS_HTTP_ALLOW"], "THYMOS_HTTP_ALLOW", wildcards=False)

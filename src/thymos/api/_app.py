@@ -12,6 +12,7 @@ from thymos import __version__
 from thymos.runtime import Runtime, RuntimeConfig
 from thymos.settings import Settings
 from thymos.storage import KeySeed, LedgerStore, SqliteKeyStore, SqliteLedgerStore
+from thymos.tools import McpHub, Sandbox, Workspace
 
 from . import _errors, _openapi
 from ._auth import Gateway
@@ -22,7 +23,14 @@ from ._routes_meta import router as meta_router
 from ._routes_runs import router as runs_router
 from ._routes_streams import router as streams_router
 from ._routes_usage import router as usage_router
-from ._setup import check_exposure, load_policy, load_root_key, load_tools, warn_about_workspace
+from ._setup import (
+    check_exposure,
+    load_mcp,
+    load_policy,
+    load_root_key,
+    load_tools,
+    warn_about_workspace,
+)
 
 log = logging.getLogger("thymos.api")
 
@@ -43,11 +51,25 @@ def create_app(settings: Settings) -> FastAPI:
     root = load_root_key(settings)
     policy = load_policy(settings)
     tools = load_tools(settings)
+    mcp_servers = load_mcp(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings)
         await store.open()
+        # MCP servers start first: their tools are registered before runs can scope them.
+        mcp = None
+        if mcp_servers:
+            sandbox = Sandbox(Workspace.of(settings.workspace, settings.protected_paths))
+            await sandbox.probe()
+            mcp = McpHub(mcp_servers, sandbox)
+            for tool in await mcp.start():
+                if tools.get(tool.spec.name) is not None:
+                    log.error(
+                        "MCP tool %s is already a tool's name: not registered", tool.spec.name
+                    )
+                    continue
+                tools.register(tool)
         runtime = Runtime(
             store=store,
             tools=tools,
@@ -62,6 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
             ),
             root=root,
             policy=policy,
+            mcp=mcp,
         )
         recovered = await runtime.recover()
         if recovered:
@@ -79,6 +102,8 @@ def create_app(settings: Settings) -> FastAPI:
             if not runtime.closed.is_set():
                 await runtime.shutdown(settings.shutdown_grace_s)
             await gateway.stop()
+            if mcp is not None:
+                await mcp.stop()
             await store.close()
 
     app = FastAPI(

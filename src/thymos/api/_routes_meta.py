@@ -26,7 +26,7 @@ async def health(request: Request) -> dict[str, Any]:
 
 @router.get(
     "/ready",
-    summary="200 when the ledger answers and the server is not shutting down",
+    summary=("200 when the ledger and every MCP server answer and the server is not shutting down"),
     responses={503: {"model": ErrorEnvelope, "description": "Shutting down, or not ready"}},
 )
 async def ready(request: Request) -> Response:
@@ -35,6 +35,13 @@ async def ready(request: Request) -> Response:
         return error_response(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
     if not await runtime.ready():
         return error_response(ErrorCode.NOT_READY, "the ledger backend does not answer")
+    if runtime.mcp is not None and not runtime.mcp.ready:
+        down = sorted(n for n, s in runtime.mcp.state().items() if s["status"] != "ready")
+        return error_response(
+            ErrorCode.NOT_READY,
+            f"MCP servers not ready: {', '.join(down)} (see /health)",
+            {"mcp_servers": down},
+        )
     return Response(b'{"status":"ready"}', media_type="application/json")
 
 

@@ -25,7 +25,14 @@ from thymos.governance import (
     private_key_from_hex,
 )
 from thymos.settings import Settings, SettingsError, is_loopback
-from thymos.tools import HttpFetch, ToolRegistry, builtin_tools, load_manifests
+from thymos.tools import (
+    HttpFetch,
+    McpServerConfig,
+    ToolRegistry,
+    builtin_tools,
+    load_manifests,
+    load_mcp_config,
+)
 
 log = logging.getLogger("thymos.api")
 
@@ -41,6 +48,11 @@ def load_tools(settings: Settings) -> ToolRegistry:
     for tool in load_manifests(settings.tool_manifest_dirs, registry.specs(), http):
         registry.register(tool)
     return registry
+
+
+def load_mcp(settings: Settings) -> list[McpServerConfig]:
+    """The MCP servers of THYMOS_MCP_CONFIG (none when unset)."""
+    return [] if settings.mcp_config is None else load_mcp_config(settings.mcp_config)
 
 
 def load_policy(settings: Settings) -> PolicySet:

@@ -68,7 +68,7 @@ def serve_command(
         )
         raise typer.Exit(2) from None
     except ManifestError as exc:
-        typer.echo(f"thymos: invalid tool manifest {exc.file}: {exc.field}: {exc.reason}", err=True)
+        typer.echo(f"thymos: invalid tool source {exc.file}: {exc.field}: {exc.reason}", err=True)
         raise typer.Exit(2) from None
 
 

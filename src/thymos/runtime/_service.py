@@ -63,7 +63,14 @@ from thymos.governance import (
 )
 from thymos.governance import parse as parse_writ
 from thymos.storage import Document, LedgerStore, RunRecord
-from thymos.tools import READ_ONLY_DEFAULT_SCOPES, Sandbox, ToolPool, ToolRegistry, Workspace
+from thymos.tools import (
+    READ_ONLY_DEFAULT_SCOPES,
+    McpHub,
+    Sandbox,
+    ToolPool,
+    ToolRegistry,
+    Workspace,
+)
 
 from ._actor import ActorDeps, RunActor, Vote
 from ._clock import Clock, SystemClock, system_random
@@ -130,6 +137,7 @@ class Runtime:
         policy: PolicySet | None = None,
         random: Callable[[int], bytes] = system_random,
         provider_factory: Callable[[RunSpec], Cognition] | None = None,
+        mcp: McpHub | None = None,
     ) -> None:
         self.store = store
         # The root key signs every run's writ. Tests and the benchmark may let it be generated;
@@ -146,6 +154,8 @@ class Runtime:
         self.config = config
         self.workspace = Workspace.of(config.workspace, config.protected)
         self.tool_pool = ToolPool()
+        self.mcp = mcp
+        """The MCP servers tools come from (their state shows in /health and /ready)."""
         self.sandbox = Sandbox(self.workspace, enforce=config.sandbox)
         self.redactor = Redactor((*config.secrets, bytes(self.root.private_key.to_bytes()).hex()))
         self.clock = clock or SystemClock()
@@ -895,6 +905,7 @@ class Runtime:
             "cognition_live": False,
             "ledger": self.store.backend,
             "sandbox": None if self.sandbox.support is None else self.sandbox.support.as_dict(),
+            "mcp": {} if self.mcp is None else self.mcp.state(),
             "shutdown": not self.accepting,
             "version": __version__,
         }

@@ -14,6 +14,7 @@ from ._grep import Grep
 from ._http_fetch import HttpFetch
 from ._kv import KvGet, KvSet
 from ._manifests import ManifestError, ManifestTool, load_manifests
+from ._mcp import McpHub, McpServerConfig, McpTool, load_mcp_config
 from ._pool import ToolPool
 from ._repo_map import RepoMap
 from ._sandbox import Sandbox, SandboxSupport
@@ -57,6 +58,9 @@ __all__ = [
     "KvSet",
     "ManifestError",
     "ManifestTool",
+    "McpHub",
+    "McpServerConfig",
+    "McpTool",
     "RepoMap",
     "Sandbox",
     "SandboxSupport",
@@ -73,4 +77,5 @@ __all__ = [
     "builtin_tools",
     "detect_test_command",
     "load_manifests",
+    "load_mcp_config",
 ]

@@ -177,6 +177,55 @@ class Sandbox:
                 return candidate
         return shutil.which(program, path=path) or program
 
+    def command(
+        self,
+        argv: Sequence[str],
+        *,
+        write: bool,
+        network: bool,
+        scratch: str,
+        cpu_s: int | None,
+        env: Mapping[str, str] | None = None,
+    ) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment that run `argv` confined (through the jail), for callers that
+        start the process themselves (a long-lived MCP server, say). Unconfined (the
+        operator's opt-out) it is `argv` itself with the scrubbed environment."""
+        workspace = self.workspace
+        environment = {k: os.environ[k] for k in ENV_ALLOWED if k in os.environ}
+        environment.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        environment.update(HOME=scratch, TMPDIR=scratch)
+        environment.update(env or {})
+        program = self._resolve(argv[0], environment["PATH"])
+        if not self.enforce:
+            return [program, *argv[1:]], environment
+        rules = [(p, "read") for p in (*SYSTEM_READ, *_interpreter_prefixes())]
+        rules += [(p, "device") for p in DEVICES]
+        rules += [(str(workspace.root), "write" if write else "read"), (scratch, "write")]
+        limits = {
+            "memory_bytes": MEMORY_BYTES_MAX,
+            "file_bytes": FILE_BYTES_MAX,
+            "open_files": OPEN_FILES_MAX,
+        }
+        if cpu_s is not None:
+            limits["cpu_s"] = cpu_s
+        spec = {
+            "argv": [program, *argv[1:]],
+            "cwd": str(workspace.root),
+            "env": environment,
+            "network": network,
+            "rules": rules,
+            "hide": [
+                str(p)
+                for p in workspace.protected
+                if p == workspace.root or workspace.root in p.parents
+            ],
+            "limits": limits,
+            "landlock_required": True,
+        }
+        return [sys.executable, "-I", "-S", str(JAIL), json.dumps(spec)], {
+            "PATH": environment["PATH"]
+        }
+
     async def _jailed(
         self,
         argv: Sequence[str],
@@ -188,49 +237,20 @@ class Sandbox:
         env: Mapping[str, str] | None = None,
         started: Callable[[int], None] | None = None,
     ) -> ProcessResult:
-        workspace = self.workspace
         scratch = tempfile.mkdtemp(prefix="thymos-sandbox-")
         try:
-            environment = {k: os.environ[k] for k in ENV_ALLOWED if k in os.environ}
-            environment.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-            program = self._resolve(argv[0], environment["PATH"])
-            environment.update(HOME=scratch, TMPDIR=scratch)
-            environment.update(env or {})
-            rules = [(p, "read") for p in (*SYSTEM_READ, *_interpreter_prefixes())]
-            rules += [(p, "device") for p in DEVICES]
-            rules += [(str(workspace.root), "write" if write else "read"), (scratch, "write")]
-            spec = {
-                "argv": [program, *argv[1:]],
-                "cwd": str(workspace.root),
-                "env": environment,
-                "network": network,
-                "rules": rules,
-                "hide": [
-                    str(p)
-                    for p in workspace.protected
-                    if p == workspace.root or workspace.root in p.parents
-                ],
-                "limits": {
-                    "cpu_s": max(1, int(timeout_s) + 1),
-                    "memory_bytes": MEMORY_BYTES_MAX,
-                    "file_bytes": FILE_BYTES_MAX,
-                    "open_files": OPEN_FILES_MAX,
-                },
-                "landlock_required": self.enforce,
-            }
-            if not self.enforce:
-                return await run_process(
-                    spec["argv"],  # type: ignore[arg-type]
-                    cwd=workspace.root,
-                    env=environment,
-                    timeout_s=timeout_s,
-                    output_max=output_max,
-                    started=started,
-                )
+            command, environment = self.command(
+                argv,
+                write=write,
+                network=network,
+                scratch=scratch,
+                cpu_s=max(1, int(timeout_s) + 1),
+                env=env,
+            )
             return await run_process(
-                [sys.executable, "-I", "-S", str(JAIL), json.dumps(spec)],
-                cwd=workspace.root,
-                env={"PATH": environment["PATH"]},
+                command,
+                cwd=self.workspace.root,
+                env=environment,
                 timeout_s=timeout_s,
                 output_max=output_max,
                 started=started,

@@ -1,0 +1,30 @@
+"""An MCP server that misbehaves on request: `hang` never answers, `crash` exits the process."""
+
+import os
+import time
+
+from mcp.server import MCPServer
+
+app = MCPServer("flaky")
+
+
+@app.tool()
+def echo(text: str) -> str:
+    """Echo the text."""
+    return text
+
+
+@app.tool()
+def hang() -> str:
+    """Never answers."""
+    time.sleep(3600)
+    return "never"
+
+
+@app.tool()
+def crash() -> str:
+    """Exits the server."""
+    os._exit(1)
+
+
+app.run()
