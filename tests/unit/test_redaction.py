@@ -53,3 +53,27 @@ def test_settings_collect_the_secrets_of_the_environment() -> None:
         "abcdefghijklmnop-secret",
     }
     assert "sk-ant" not in repr(settings)
+
+
+def test_log_records_are_redacted_message_arguments_and_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from thymos.cli._logs import redact_logs
+
+    previous = logging.getLogRecordFactory()
+    try:
+        redact_logs(["correct-horse-battery"])
+        log = logging.getLogger("thymos.test")
+        with caplog.at_level(logging.INFO, logger="thymos.test"):
+            log.info("key %s and sk-ant-%s", "correct-horse-battery", "a" * 30)
+            try:
+                raise ValueError("correct-horse-battery")
+            except ValueError:
+                log.exception("failed")
+        text = caplog.text
+        assert "correct-horse-battery" not in text and "sk-ant-aaa" not in text
+        assert text.count("[REDACTED]") >= 3
+    finally:
+        logging.setLogRecordFactory(previous)

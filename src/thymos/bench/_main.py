@@ -59,7 +59,8 @@ from thymos.governance import (
 )
 from thymos.runtime import MAX_STEPS_MAX, REPLAY_PAGE_ROWS, Runtime, RuntimeConfig, StartRun
 from thymos.storage import SqliteLedgerStore
-from thymos.tools import builtin_tools
+from thymos.tools import Sandbox, Workspace, builtin_tools
+from thymos.tools._process import run_process
 
 from ._http import BenchConnection
 
@@ -85,8 +86,9 @@ class _BenchCognition:
 
     live = False
 
-    def __init__(self, plan: list[int], gate_at: int | None = None) -> None:
+    def __init__(self, plan: list[int], gate_at: int | None = None, tool: str = "kv_set") -> None:
         self.plan = plan
+        self.tool = tool
         self.returned_at: float | None = None
         self.samples: list[tuple[int, float, int]] = []  # (turn index, seconds, intents)
         self.counter = 0
@@ -112,7 +114,12 @@ class _BenchCognition:
             key = (
                 f"p{self.counter % PROBE_KEY_SPACE}" if probing else f"k{self.counter % KEY_SPACE}"
             )
-            intents.append(Intent("kv_set", {"key": key, "value": self.counter}, f"c{index}_{i}"))
+            args: dict[str, Any] = (
+                {"key": key, "value": self.counter}
+                if self.tool == "kv_set"
+                else {"path": f"bench/{key}.txt", "content": f"{self.counter}\n"}
+            )
+            intents.append(Intent(self.tool, args, f"c{index}_{i}"))
         self.returned_at = time.perf_counter()
         return Turn(intents=tuple(intents))
 
@@ -224,6 +231,68 @@ async def _chain_only(store: SqliteLedgerStore, run_id: str) -> float:
     seconds = time.perf_counter() - started
     assert verifier.verified, verifier.failures[:3]
     return seconds
+
+
+async def _tool_overheads(data_dir: Path, rounds: int = 3) -> dict[str, Any]:
+    """Governance overhead per intent of `fs_write` (a real file written atomically, a `file`
+    resource committed) next to `kv_set`, on fresh runs taken in alternation."""
+    workspace = data_dir / "tools-workspace"
+    workspace.mkdir()
+    store = SqliteLedgerStore(data_dir / "tools.sqlite3")
+    await store.open()
+    samples: dict[str, list[float]] = {"kv_set": [], "fs_write": []}
+    current: dict[str, _BenchCognition] = {}
+    runtime = Runtime(
+        store=store,
+        tools=builtin_tools(),
+        config=RuntimeConfig(workspace=workspace),
+        provider_factory=lambda spec: current[spec.task],
+    )
+    try:
+        for _ in range(rounds):
+            for tool in samples:
+                cognition = _BenchCognition([PROBE_INTENTS] * PROBE_TURNS, tool=tool)
+                current[tool] = cognition
+                record, _ = await runtime.start_run(
+                    StartRun(task=tool, max_steps=MAX_STEPS_MAX, tool_scopes=[tool]), tenant="bench"
+                )
+                active = runtime.active(record.run_id)
+                assert active is not None and active.task is not None
+                await active.task
+                samples[tool] += _per_intent_us(cognition.samples, range(1, PROBE_TURNS))
+    finally:
+        await runtime.shutdown(1.0)
+        await store.close()
+    return {
+        "overhead_us_per_intent_kv_set": round(statistics.median(samples["kv_set"]), 1),
+        "overhead_us_per_intent_fs_write": round(statistics.median(samples["fs_write"]), 1),
+    }
+
+
+async def _sandbox_start(data_dir: Path, calls: int = 20) -> dict[str, Any]:
+    """What the sandbox adds to starting a command: `/bin/true` run confined (a fresh
+    interpreter sets up namespaces and Landlock, then becomes the command) and run bare."""
+    folder = data_dir / "sandbox-workspace"
+    folder.mkdir()
+    sandbox = Sandbox(Workspace.of(folder))
+    support = await sandbox.probe()
+    bare: list[float] = []
+    confined: list[float] = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        await run_process(["/bin/true"], cwd=folder, env={}, timeout_s=30)
+        bare.append(time.perf_counter() - started)
+        if support.usable:
+            started = time.perf_counter()
+            done = await sandbox.run(
+                ["/bin/true"], write=False, network=False, timeout_s=30, output_max=1024
+            )
+            confined.append(time.perf_counter() - started)
+            assert done.exit_code == 0, done.stderr
+    return {
+        "process_start_us": round(statistics.median(bare) * 1e6),
+        "sandbox_start_us": round(statistics.median(confined) * 1e6) if confined else None,
+    }
 
 
 def _free_port() -> int:
@@ -375,6 +444,8 @@ def main(*, entries: int, runs: int, clients: int) -> None:
             f"compile without writ and policy:          {figures['compile_without_authority_us']} us"
         )
         figures.update(asyncio.run(_governance_and_replay(entries, data_dir)))
+        figures.update(asyncio.run(_tool_overheads(data_dir)))
+        figures.update(asyncio.run(_sandbox_start(data_dir)))
         print(f"ledger entries in the benchmark run:      {figures['ledger_entries']}")
         print(
             f"governance overhead per intent, seq ~100: {figures['overhead_us_per_intent_seq_100']} us"
@@ -393,6 +464,15 @@ def main(*, entries: int, runs: int, clients: int) -> None:
         print(
             f"signing a head:                           {figures['head_sign_us']} us"
             f" (a short run signs 1 to 3; the long run signed {figures['signed_heads_in_long_run']})"
+        )
+        print(
+            f"governance overhead per intent, kv_set / fs_write: "
+            f"{figures['overhead_us_per_intent_kv_set']} / "
+            f"{figures['overhead_us_per_intent_fs_write']} us"
+        )
+        print(
+            f"starting a command bare / in the sandbox:  {figures['process_start_us']} / "
+            f"{figures['sandbox_start_us']} us"
         )
         if runs > 0:
             figures.update(_http_runs(runs, clients, data_dir))

@@ -52,6 +52,9 @@ def serve_command(
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    from ._logs import redact_logs
+
+    redact_logs(settings.secret_values)
     from thymos.governance import PolicyError
     from thymos.tools import ManifestError
 

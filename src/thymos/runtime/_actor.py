@@ -155,8 +155,8 @@ class RunActor:
         self.authority = authority
         self._on_change = on_change
         self._stop: StopRun | None = None
-        self._stopping = asyncio.Event()
-        """Set with `_stop`: what a running tool is raced against."""
+        self._tool_scope: asyncio.Timeout | None = None
+        """The deadline of the tool call in progress (a stop request moves it to now)."""
         self._votes: list[Vote] = []
         self._wake = asyncio.Event()
         self._waiting = False
@@ -182,7 +182,8 @@ class RunActor:
         """Ask the run to stop at its next safe point."""
         if self._stop is None:
             self._stop = StopRun(terminated_by, message)
-        self._stopping.set()
+        if self._tool_scope is not None:
+            self._tool_scope.reschedule(asyncio.get_running_loop().time())
         self._wake.set()
 
     def submit_vote(self, vote: Vote) -> None:
@@ -255,25 +256,22 @@ class RunActor:
     async def _run_tool(self, tool: Tool, args: Mapping[str, Any], context: ToolContext) -> Any:
         """The tool's outcome, unless the run is stopped or its wall-clock budget runs out
         first: then the tool is cancelled mid-flight (a child process's whole group is killed)
-        and `ToolStopped` says why."""
-        call = asyncio.ensure_future(tool.run(args, context))
-        stopping = asyncio.ensure_future(self._stopping.wait())
+        and `ToolStopped` says why. The deadline is a timeout scope around the call itself (no
+        extra task: a tool that finishes without waiting costs nothing more); a stop request
+        moves that deadline to now."""
+        scope = asyncio.timeout(self._wall_clock_left_s())
+        self._tool_scope = scope
         try:
-            done, _ = await asyncio.wait(
-                {call, stopping},
-                timeout=self._wall_clock_left_s(),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        except BaseException:
-            call.cancel()
-            raise
+            async with scope:
+                if self._stop is not None:
+                    scope.reschedule(asyncio.get_running_loop().time())
+                return await tool.run(args, context)
+        except TimeoutError:
+            if not scope.expired():
+                raise  # the tool's own timeout, not ours: its failure to record
+            raise ToolStopped(self._stop or self._out_of_time()) from None
         finally:
-            stopping.cancel()
-        if call in done:
-            return call.result()
-        call.cancel()
-        await asyncio.wait({call})  # its clean-up (killing a process group) runs now
-        raise ToolStopped(self._stop or self._out_of_time())
+            self._tool_scope = None
 
     async def _loop(self) -> str:
         """Steps until a final answer (returned) or a stop (raised as `StopRun`)."""
