@@ -5,8 +5,11 @@ a hung call hits the timeout, a crashed server is restarted, and /health and /re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.e2e._authority import entries
-from tests.e2e._harness import ServerProcess, create_run, wait_for, wait_terminal
+from tests.e2e._harness import ServerProcess, create_run, free_port, wait_for, wait_terminal
 from tests.e2e.conftest import ServerFactory
 
 pytestmark = pytest.mark.blackbox
@@ -118,3 +121,38 @@ def test_a_hung_call_times_out_and_a_crashed_server_is_restarted(
     )
     assert echoed["kind"] == "commit"
     assert echoed["payload"]["output"]["structured"] == {"result": "back"}
+
+
+def test_a_streamable_http_server_is_reached_by_its_url(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A server configured by `url` (streamable HTTP, here our flaky server on loopback) has its
+    tools discovered and called like a stdio server's."""
+    port = free_port()
+    remote = subprocess.Popen(
+        [sys.executable, str(FLAKY), "--http", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(
+            lambda: _listening(port) or None, timeout_s=30, what="the HTTP MCP server to listen"
+        )
+        config = tmp_path / "mcp.json"
+        url = f"http://127.0.0.1:{port}/mcp"
+        config.write_text(json.dumps({"mcpServers": {"remote": {"url": url, "effect": "read"}}}))
+        server = server_factory({"THYMOS_MCP_CONFIG": str(config)})
+        (echoed,) = _run(
+            server, ["mcp_remote_echo"], [{"tool": "mcp_remote_echo", "args": {"text": "hi"}}]
+        )
+        assert echoed["kind"] == "commit", echoed
+        assert echoed["payload"]["output"]["structured"] == {"result": "hi"}
+    finally:
+        remote.kill()
+        remote.wait(timeout=10)
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False

@@ -1,6 +1,7 @@
 """An MCP server that misbehaves on request: `hang` never answers, `crash` exits the process."""
 
 import os
+import sys
 import time
 
 from mcp.server import MCPServer
@@ -27,4 +28,7 @@ def crash() -> str:
     os._exit(1)
 
 
-app.run()
+if len(sys.argv) == 3 and sys.argv[1] == "--http":
+    app.run("streamable-http", port=int(sys.argv[2]))
+else:
+    app.run()
