@@ -112,7 +112,11 @@ async def run_process(
         await asyncio.wait({waited}, timeout=KILL_WAIT_S)
         await asyncio.wait(readers, timeout=KILL_WAIT_S)
     except BaseException:
+        # Cancelled (the run was stopped): the group dies now, and the child is reaped before
+        # the cancellation goes on, so nothing of it is left when the caller sees it.
         _kill_group(process.pid)
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.shield(waited), KILL_WAIT_S)
         raise
     finally:
         for task in (*readers, waited, capped):
