@@ -109,18 +109,21 @@ class Sandbox:
         from ._jail import landlock_abi
 
         abi = landlock_abi()
+        started = False
         try:
             done = await self._jailed(["/bin/true"], write=False, network=False, timeout_s=30)
+            started = done.exit_code == 0
             reason = (
                 None
-                if done.exit_code == 0
+                if started
                 else done.stderr.decode("utf-8", "replace").strip() or "the sandbox did not start"
             )
         except OSError as exc:
             reason = f"the sandbox did not start: {exc}"
-        if reason is None and not abi:
-            reason = "this kernel has no Landlock"
-        self.support = SandboxSupport(abi, reason is None or abi > 0, reason)
+        if not abi:
+            reason = reason or "this kernel has no Landlock"
+        # Namespaces are set up before Landlock: a jail that ran `true` had them.
+        self.support = SandboxSupport(abi, started and self.enforce, reason)
         return self.support
 
     async def run(
