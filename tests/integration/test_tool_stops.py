@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ from thymos.core import Budget, Effect, Risk, ToolSpec
 from thymos.runtime import Runtime, RuntimeConfig, StartRun
 from thymos.storage import SqliteLedgerStore
 from thymos.tools import ToolContext, ToolOutcome, ToolRegistry, builtin_tools
+from thymos.tools._pool import TOOL_THREADS
 from thymos.tools._process import run_process
 
 from ._runs import all_rows, finish
@@ -147,3 +149,82 @@ async def test_the_wall_clock_budget_stops_a_running_tool(
     assert [e["kind"] for e in entries[-2:]] == ["tool_failure", "run_ended"]
     assert entries[-2]["body"]["error"]["code"] == "stopped"
     await runtime.shutdown(5.0)
+
+
+class Blocker:
+    """Blocks one of the tools' threads until released."""
+
+    spec = ToolSpec(
+        name="blocker",
+        description="blocks",
+        input_schema={"type": "object", "additionalProperties": False},
+        effect=Effect.READ,
+        risk=Risk.LOW,
+        idempotent=True,
+        compensable=False,
+    )
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = 0
+        self.all_in = asyncio.Event()
+        self.expected = 0
+
+    def _block(self, loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+        loop.call_soon_threadsafe(self._arrived)
+        self.release.wait(60)
+        return {"released": True}
+
+    def _arrived(self) -> None:
+        self.entered += 1
+        if self.entered >= self.expected:
+            self.all_in.set()
+
+    async def run(self, args: Mapping[str, Any], ctx: ToolContext) -> ToolOutcome:
+        return ToolOutcome(await ctx.pool.run(self._block, asyncio.get_running_loop()))
+
+
+@pytest.mark.anyio
+async def test_tools_filling_their_threads_do_not_starve_replay_or_other_runs(
+    store: SqliteLedgerStore, workspace: Path
+) -> None:
+    """Every tool thread is held by a blocking tool call; meanwhile another run's replay and a
+    run of in-process tools complete: tools wait only for tools."""
+    blocker = Blocker()
+    blocker.expected = TOOL_THREADS
+    registry = builtin_tools()
+    registry.register(blocker)
+    runtime = Runtime(store=store, tools=registry, config=RuntimeConfig(workspace=workspace))
+    done, _ = await runtime.start_run(
+        StartRun(
+            task="kv",
+            tool_scopes=["kv_*"],
+            script=[{"tool": "kv_set", "args": {"key": "a", "value": 1}}],
+        ),
+        tenant="t",
+    )
+    await finish(runtime, done.run_id)
+    for _ in range(TOOL_THREADS):
+        await runtime.start_run(
+            StartRun(
+                task="block", tool_scopes=["blocker"], script=[{"tool": "blocker", "args": {}}]
+            ),
+            tenant="t",
+        )
+    await blocker.all_in.wait()
+    try:
+        report = await runtime.replay(done.run_id, None, require_compiler=None, require_policy=None)
+        assert report["verified"], report["failures"]
+        other, _ = await runtime.start_run(
+            StartRun(
+                task="kv",
+                tool_scopes=["kv_*"],
+                script=[{"tool": "kv_set", "args": {"key": "b", "value": 2}}],
+            ),
+            tenant="t",
+        )
+        view = await finish(runtime, other.run_id)
+        assert view["summary"]["commits"] == 1
+    finally:
+        blocker.release.set()
+    await runtime.shutdown(10.0)
