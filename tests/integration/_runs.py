@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from thymos.core import Entry, StoredRow, parse_envelope
+from thymos.core import Effect, Entry, Risk, StoredRow, ToolSpec, parse_envelope
 from thymos.runtime import Runtime
 from thymos.storage import LedgerStore
 
@@ -33,3 +33,16 @@ async def all_rows(store: LedgerStore, run_id: str, page: int = 100) -> list[Sto
 
 async def all_entries(store: LedgerStore, run_id: str) -> list[Entry]:
     return [parse_envelope(r.raw, run_id=run_id, seq=r.seq) for r in await all_rows(store, run_id)]
+
+
+def tool_spec(name: str, effect: Effect = Effect.READ) -> ToolSpec:
+    """The contract of a tool a test defines (no arguments, low risk)."""
+    return ToolSpec(
+        name=name,
+        description=name,
+        input_schema={"type": "object", "additionalProperties": False},
+        effect=effect,
+        risk=Risk.LOW,
+        idempotent=False,
+        compensable=False,
+    )

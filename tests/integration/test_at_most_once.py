@@ -10,27 +10,19 @@ from typing import Any
 import pytest
 
 from tests.forgery import Export, reseal
-from thymos.core import Effect, Risk, ToolSpec
+from thymos.core import Effect
 from thymos.runtime import Runtime, RuntimeConfig, StartRun
 from thymos.runtime._replay import read_bundle, replay_bundle
 from thymos.storage import SqliteLedgerStore
 from thymos.tools import ToolContext, ToolOutcome, builtin_tools
 
-from ._runs import all_rows, finish
+from ._runs import all_rows, finish, tool_spec
 
 
 class Notify:
     """An external tool that looks, as it runs, at what the ledger already holds."""
 
-    spec = ToolSpec(
-        name="notify",
-        description="sends a notification",
-        input_schema={"type": "object", "additionalProperties": False},
-        effect=Effect.EXTERNAL,
-        risk=Risk.LOW,
-        idempotent=False,
-        compensable=False,
-    )
+    spec = tool_spec("notify", Effect.EXTERNAL)
 
     def __init__(self, store: SqliteLedgerStore) -> None:
         self.store = store

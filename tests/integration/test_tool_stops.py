@@ -15,28 +15,20 @@ from typing import Any
 import orjson
 import pytest
 
-from thymos.core import Budget, Effect, Risk, ToolSpec
+from thymos.core import Budget
 from thymos.runtime import Runtime, RuntimeConfig, StartRun
 from thymos.storage import SqliteLedgerStore
 from thymos.tools import ToolContext, ToolOutcome, ToolRegistry, builtin_tools
 from thymos.tools._pool import TOOL_THREADS
 from thymos.tools._process import run_process
 
-from ._runs import all_rows, finish
+from ._runs import all_rows, finish, tool_spec
 
 
 class Sleeper:
     """Starts `sleep 300` in a process group of its own and waits for it."""
 
-    spec = ToolSpec(
-        name="sleeper",
-        description="sleeps",
-        input_schema={"type": "object", "additionalProperties": False},
-        effect=Effect.READ,
-        risk=Risk.LOW,
-        idempotent=True,
-        compensable=False,
-    )
+    spec = tool_spec("sleeper")
 
     def __init__(self) -> None:
         self.started = asyncio.Event()
@@ -154,15 +146,7 @@ async def test_the_wall_clock_budget_stops_a_running_tool(
 class Blocker:
     """Blocks one of the tools' threads until released."""
 
-    spec = ToolSpec(
-        name="blocker",
-        description="blocks",
-        input_schema={"type": "object", "additionalProperties": False},
-        effect=Effect.READ,
-        risk=Risk.LOW,
-        idempotent=True,
-        compensable=False,
-    )
+    spec = tool_spec("blocker")
 
     def __init__(self) -> None:
         self.release = threading.Event()
