@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from thymos.cognition import PROVIDER_INFOS, RUNNABLE_KINDS, ProviderEnv, provider_info
+
 MODES = ("reference", "production")
 DEFAULT_ADDR = "127.0.0.1:3001"
 SHUTDOWN_GRACE_S_DEFAULT = 10.0
@@ -174,7 +176,8 @@ class Settings:
     data_dir: Path = Path(".thymos")
     workspace: Path = field(default_factory=Path.cwd)
     mode: str = "reference"
-    default_provider: str = "mock"
+    default_provider: str | None = None
+    """`THYMOS_DEFAULT_PROVIDER`; None: the first provider whose key is set, else the mock."""
     postgres_url: str | None = field(default=None, repr=False)
     insecure: bool = False
     shutdown_grace_s: float = SHUTDOWN_GRACE_S_DEFAULT
@@ -199,6 +202,8 @@ class Settings:
     http_allow: frozenset[str] = frozenset()
     tool_manifest_dirs: tuple[Path, ...] = ()
     mcp_config: Path | None = None
+    providers: ProviderEnv = field(default_factory=ProviderEnv, repr=False)
+    """The cognition providers' keys and endpoints as found in the environment."""
     secret_values: tuple[str, ...] = field(default=(), repr=False)
     """Values of the environment that are secrets (provider keys, tokens, passwords, the root
     key, API key secrets): tools' outputs are redacted of them before anything is recorded."""
@@ -250,10 +255,18 @@ def is_loopback(host: str) -> bool:
 def _validated(settings: Settings) -> Settings:
     if settings.mode not in MODES:
         raise SettingsError(f"THYMOS_MODE must be one of {', '.join(MODES)}, not {settings.mode!r}")
-    if settings.default_provider != "mock":
-        raise SettingsError(
-            f"THYMOS_DEFAULT_PROVIDER {settings.default_provider!r} is not available in this build (only mock)"
-        )
+    if settings.default_provider is not None:
+        info = provider_info(settings.default_provider)
+        if info is None or info.kind not in RUNNABLE_KINDS:
+            runnable = [p.name for p in PROVIDER_INFOS if p.kind in RUNNABLE_KINDS]
+            raise SettingsError(
+                f"THYMOS_DEFAULT_PROVIDER {settings.default_provider!r} is not available in "
+                f"this build (available: {', '.join(runnable)})"
+            )
+        if not settings.providers.usable(info):
+            raise SettingsError(
+                f"THYMOS_DEFAULT_PROVIDER {info.name!r} needs {info.key_variable} to be set"
+            )
     if settings.sqlite_synchronous.upper() not in ("NORMAL", "FULL"):
         raise SettingsError("THYMOS_SQLITE_SYNCHRONOUS must be normal or full")
     if not settings.workspace.is_dir():
@@ -419,6 +432,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         )
     if "THYMOS_LOG_LEVEL" in source:
         values["log_level"] = source["THYMOS_LOG_LEVEL"].lower()
+    values["providers"] = ProviderEnv.of(source)
     values["secret_values"] = tuple(
         sorted(
             {

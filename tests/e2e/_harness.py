@@ -101,6 +101,11 @@ class ServerProcess:
             )
             env.pop("THYMOS_ADDR", None)
             env.pop("THYMOS_POSTGRES_URL", None)
+            env.pop("THYMOS_DEFAULT_PROVIDER", None)
+            # A model key in the developer's environment must not turn the mock runs of the
+            # tests into calls to a vendor: tests that want a provider name its variables.
+            for name in [n for n in env if n.endswith(("_API_KEY", "_BASE_URL"))]:
+                env.pop(name)
             env.update(self.env_extra)
             with self.log_path.open("wb") as log:
                 self.proc = subprocess.Popen(

@@ -48,7 +48,11 @@ class RecordingCognition:
 
 def inject(monkeypatch: pytest.MonkeyPatch, cognition: RecordingCognition) -> None:
     def create_provider(
-        provider: str, *, model: str | None, script: Sequence[Mapping[str, Any]] | None
+        provider: str,
+        *,
+        model: str | None,
+        script: Sequence[Mapping[str, Any]] | None,
+        **_: Any,
     ) -> RecordingCognition:
         return cognition
 

@@ -76,7 +76,8 @@ def create_app(settings: Settings) -> FastAPI:
             config=RuntimeConfig(
                 workspace=settings.workspace,
                 mode=settings.mode,
-                default_provider=settings.default_provider,
+                default_provider=settings.providers.default_provider(settings.default_provider),
+                providers=settings.providers,
                 protected=settings.protected_paths,
                 runs_active_max=settings.runs_active_max,
                 sandbox=settings.sandbox,

@@ -52,6 +52,7 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.INVALID_REQUEST: 422,
     ErrorCode.UNKNOWN_TOOL_SCOPE: 422,
     ErrorCode.UNKNOWN_PROVIDER: 422,
+    ErrorCode.PROVIDER_UNAVAILABLE: 422,
     ErrorCode.INVALID_SCRIPT: 422,
     ErrorCode.INVALID_EFFECT_CEILING: 422,
     ErrorCode.JSON_TOO_DEEP: 422,

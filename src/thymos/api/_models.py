@@ -31,8 +31,8 @@ says exactly the same."""
 
 
 class CognitionBody(_Strict):
-    provider: str = Field(
-        "mock", min_length=1, max_length=64, json_schema_extra={"enum": list(PROVIDERS)}
+    provider: str | None = Field(
+        None, min_length=1, max_length=64, json_schema_extra={"enum": list(PROVIDERS)}
     )
     model: str | None = Field(None, max_length=200)
     base_url: str | None = Field(None, max_length=2000)
@@ -71,6 +71,7 @@ class CreateRunBody(_Strict):
             tool_scopes=self.tool_scopes,
             provider=self.cognition.provider,
             model=self.cognition.model,
+            base_url=self.cognition.base_url,
             script=self.cognition.script,
             budget=Budget(
                 budget.tokens, budget.tool_calls, budget.usd_millicents, budget.wall_clock_ms

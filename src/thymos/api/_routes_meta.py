@@ -45,6 +45,19 @@ async def ready(request: Request) -> Response:
     return Response(b'{"status":"ready"}', media_type="application/json")
 
 
+@router.get(
+    "/providers",
+    summary="Every cognition provider: default model, endpoint, and whether it is usable (never a key)",
+    dependencies=[Depends(current_caller)],
+)
+async def providers(request: Request) -> dict[str, Any]:
+    config = runtime_of(request).config
+    return {
+        "default_provider": config.default_provider,
+        "providers": config.providers.listing(),
+    }
+
+
 @router.get("/tools", summary="Every registered capability", dependencies=[Depends(current_caller)])
 async def tools(request: Request) -> dict[str, Any]:
     specs = runtime_of(request).tools.specs()

@@ -92,6 +92,33 @@ def bench_command(
 app.add_typer(keys_app, name="keys")
 
 
+@app.command("providers")
+def providers_command() -> None:
+    """List the cognition providers, which is the default, and which are usable here."""
+    from thymos.cognition import ProviderEnv
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        typer.echo(f"thymos: {exc}", err=True)
+        raise typer.Exit(2) from None
+    env: ProviderEnv = settings.providers
+    default = env.default_provider(settings.default_provider)
+    for item in env.listing():
+        mark = "*" if item["name"] == default else " "
+        state = (
+            "usable"
+            if item["usable"]
+            else "not in this build"
+            if not item["available"]
+            else f"needs {item['key_variable']}"
+        )
+        typer.echo(
+            f"{mark} {item['name']:<11} {state:<28} {item['default_model'] or '-':<48} "
+            f"{item['base_url'] or '-'}"
+        )
+
+
 @app.command("version")
 def version_command() -> None:
     """Print the version."""

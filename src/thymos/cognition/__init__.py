@@ -15,6 +15,7 @@ from ._mock import (
     script_element_schema,
     validate_script,
 )
+from ._openai import OpenAICognition
 from ._protocol import (
     AssistantTurn,
     Cognition,
@@ -27,21 +28,48 @@ from ._protocol import (
     ToolView,
     Turn,
 )
-
-PROVIDERS = ("mock",)
-"""Providers this build can run. Real vendors (anthropic, openai, presets) slot in here."""
+from ._providers import (
+    PROVIDER_INFOS,
+    PROVIDERS,
+    RUNNABLE_KINDS,
+    ProviderEnv,
+    ProviderInfo,
+    provider_info,
+    provider_variables,
+)
 
 
 def create_provider(
-    provider: str, *, model: str | None, script: Sequence[Mapping[str, Any]] | None
+    provider: str,
+    *,
+    model: str | None,
+    script: Sequence[Mapping[str, Any]] | None,
+    base_url: str | None = None,
+    env: ProviderEnv | None = None,
 ) -> Cognition:
-    """The cognition for one run; the caller has checked `provider` is in `PROVIDERS`."""
-    assert provider in PROVIDERS, provider
-    return MockCognition(script)
+    """The cognition for one run; the caller has checked the provider is known and usable.
+    A `base_url` given with the run gets the server's key only when it is the provider's own
+    endpoint: a client cannot send the server's key elsewhere."""
+    info = provider_info(provider)
+    assert info is not None and info.kind in RUNNABLE_KINDS, provider
+    if info.kind == "mock":
+        return MockCognition(script)
+    env = env or ProviderEnv()
+    configured = env.base_url(info)
+    endpoint = base_url or configured
+    key = env.key(info) if endpoint == configured else None
+    return OpenAICognition(
+        provider=provider,
+        model=model or info.default_model or "default",
+        base_url=endpoint,
+        api_key=key,
+    )
 
 
 __all__ = [
     "PROVIDERS",
+    "PROVIDER_INFOS",
+    "RUNNABLE_KINDS",
     "SCRIPT_ELEMENTS_MAX",
     "SCRIPT_ELEMENT_SCHEMA",
     "TURN_TOKENS_MAX",
@@ -54,9 +82,14 @@ __all__ = [
     "HistoryItem",
     "MockCognition",
     "Observation",
+    "OpenAICognition",
+    "ProviderEnv",
+    "ProviderInfo",
     "ToolView",
     "Turn",
     "create_provider",
+    "provider_info",
+    "provider_variables",
     "script_element_schema",
     "validate_script",
 ]

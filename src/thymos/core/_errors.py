@@ -51,6 +51,7 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     UNKNOWN_TOOL_SCOPE = "unknown_tool_scope"
     UNKNOWN_PROVIDER = "unknown_provider"
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
     INVALID_SCRIPT = "invalid_script"
     INVALID_EFFECT_CEILING = "invalid_effect_ceiling"
     JSON_TOO_DEEP = "json_too_deep"

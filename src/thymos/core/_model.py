@@ -178,11 +178,14 @@ class RunSpec:
     budget: Budget
     tenant: str
     extra: Mapping[str, Any] = field(default_factory=dict)
+    base_url: str | None = None
 
     def as_body(self) -> dict[str, Any]:
         cognition: dict[str, Any] = {"provider": self.provider, "model": self.model}
         if self.script is not None:
             cognition["script"] = list(self.script)
+        if self.base_url is not None:
+            cognition["base_url"] = self.base_url
         return {
             "task": self.task,
             "max_steps": self.max_steps,
@@ -210,4 +213,5 @@ class RunSpec:
             budget=Budget.from_dict(body.get("budget") or {}),
             tenant=body["tenant"],
             extra={k: v for k, v in body.items() if k not in known},
+            base_url=cognition.get("base_url"),
         )

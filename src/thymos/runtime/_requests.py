@@ -22,8 +22,10 @@ class StartRun:
     task: str
     max_steps: int = MAX_STEPS_DEFAULT
     tool_scopes: Sequence[str] | None = None
-    provider: str = "mock"
+    provider: str | None = None
+    """None: the server's default provider."""
     model: str | None = None
+    base_url: str | None = None
     script: Sequence[Mapping[str, Any]] | None = None
     budget: Budget = field(default_factory=Budget)
     effect_ceiling: str | None = None

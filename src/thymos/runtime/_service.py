@@ -18,7 +18,16 @@ import biscuit_auth as biscuit
 import orjson
 
 from thymos import __version__
-from thymos.cognition import PROVIDERS, Cognition, CognitionEvent, create_provider, validate_script
+from thymos.cognition import (
+    PROVIDER_INFOS,
+    RUNNABLE_KINDS,
+    Cognition,
+    CognitionEvent,
+    ProviderEnv,
+    create_provider,
+    provider_info,
+    validate_script,
+)
 from thymos.core import (
     LEDGER_FORMAT,
     ChainVerifier,
@@ -109,6 +118,8 @@ class RuntimeConfig:
     workspace: Path
     mode: str = "reference"
     default_provider: str = "mock"
+    providers: ProviderEnv = field(default_factory=ProviderEnv, repr=False)
+    """The providers' keys and endpoints (from the environment, never shown)."""
     protected: tuple[Path, ...] = ()
     """Paths no tool may reach wherever they lie: the data directory, key files, policies."""
     runs_active_max: int = RUNS_ACTIVE_MAX
@@ -161,7 +172,7 @@ class Runtime:
         self.clock = clock or SystemClock()
         self._random = random
         # How a run gets its cognition; tests and the benchmark substitute their own.
-        self._provider_factory = provider_factory or _default_provider
+        self._provider_factory = provider_factory or _provider_factory(config.providers)
         self._active: dict[str, ActiveRun] = {}
         self._starting = 0
         """Runs being created: counted against the active-run limit before they are active."""
@@ -312,15 +323,30 @@ class Runtime:
         scopes, tools = self.resolve_scopes(
             None if request.tool_scopes is None else list(request.tool_scopes)
         )
-        if request.provider not in PROVIDERS:
+        provider = request.provider or self.config.default_provider
+        info = provider_info(provider)
+        if info is None or info.kind not in RUNNABLE_KINDS:
+            runnable = [p.name for p in PROVIDER_INFOS if p.kind in RUNNABLE_KINDS]
             raise ThymosError(
                 ErrorCode.UNKNOWN_PROVIDER,
-                f"cognition provider {request.provider!r} is not available in this build",
-                {"available": list(PROVIDERS)},
+                f"cognition provider {provider!r} is not available in this build",
+                {"available": runnable},
+            )
+        if not self.config.providers.usable(info) and not request.base_url:
+            raise ThymosError(
+                ErrorCode.PROVIDER_UNAVAILABLE,
+                f"cognition provider {provider!r} needs {info.key_variable} on the server",
+                {"provider": provider, "key_variable": info.key_variable},
+            )
+        if request.base_url is not None and info.kind != "openai":
+            raise ThymosError(
+                ErrorCode.INVALID_REQUEST,
+                "cognition.base_url is for OpenAI-compatible providers",
+                {"field": "cognition.base_url"},
             )
         script = None
         if request.script is not None:
-            if request.provider != "mock":
+            if provider != "mock":
                 raise ThymosError(
                     ErrorCode.INVALID_SCRIPT, "cognition.script is only for the mock provider"
                 )
@@ -350,8 +376,9 @@ class Runtime:
             max_steps=request.max_steps,
             tool_scopes=tuple(scopes),
             tools=tuple(tools),
-            provider=request.provider,
+            provider=provider,
             model=request.model,
+            base_url=request.base_url,
             script=script,
             budget=request.budget,
             tenant=tenant,
@@ -902,7 +929,9 @@ class Runtime:
             "status": "ok",
             "mode": self.config.mode,
             "default_provider": self.config.default_provider,
-            "cognition_live": False,
+            "cognition_live": bool(
+                (info := provider_info(self.config.default_provider)) and info.live
+            ),
             "ledger": self.store.backend,
             "sandbox": None if self.sandbox.support is None else self.sandbox.support.as_dict(),
             "mcp": {} if self.mcp is None else self.mcp.state(),
@@ -919,5 +948,14 @@ def _document(kind: DocumentKind, body: Any) -> Document:
     return Document(blake3_hex(raw), kind.value, raw)
 
 
-def _default_provider(spec: RunSpec) -> Cognition:
-    return create_provider(spec.provider, model=spec.model, script=spec.script)
+def _provider_factory(providers: ProviderEnv) -> Callable[[RunSpec], Cognition]:
+    def create(spec: RunSpec) -> Cognition:
+        return create_provider(
+            spec.provider,
+            model=spec.model,
+            script=spec.script,
+            base_url=spec.base_url,
+            env=providers,
+        )
+
+    return create

@@ -1,0 +1,223 @@
+"""OpenAI Chat Completions (and every OpenAI-compatible server), on the official `openai` SDK.
+
+The context becomes messages: a system message, the task, then the history as assistant turns
+(with their `tool_calls`) and `tool` messages (each observation, a rejection's reason
+included). The tools sent are exactly the run's scoped tools, with their schemas. A turn is
+streamed when asked (text as `token` events, tool calls as `tool_use_*` events); the usage the
+server reports is returned. Tool calls whose arguments are not JSON become intents whose
+arguments carry the raw text, so the compiler rejects them (`invalid_arguments`) and the model
+sees why next turn.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import openai
+
+from thymos.core import Intent, Usage
+
+from ._protocol import (
+    AssistantTurn,
+    CognitionContext,
+    CognitionEvent,
+    CognitionFailed,
+    Emit,
+    Observation,
+    Turn,
+)
+
+SYSTEM_PROMPT = (
+    "You act through the tools you are given; every call is checked by a runtime that may "
+    "reject it, and you will see each call's outcome. Call tools until the task is done, then "
+    "answer with your final answer as plain text and no tool call."
+)
+REQUEST_TIMEOUT_S = 120.0
+RETRIES = 3
+"""The SDK retries 429, 5xx and connection errors with backoff, honouring `Retry-After`."""
+INVALID_JSON = "_invalid_json"
+
+
+def tool_definitions(context: CognitionContext) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": tool.name,
+                "description": tool.description,
+                "parameters": dict(tool.input_schema),
+            },
+        }
+        for tool in context.tools
+    ]
+
+
+def chat_messages(context: CognitionContext) -> list[dict[str, Any]]:
+    """The conversation the model sees, rebuilt from the run's history (so a resumed run sends
+    what it would have sent). Tool results whose call fell out of the bounded history are left
+    out, since a tool message must answer a call in the conversation."""
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": context.task},
+    ]
+    open_calls: set[str] = set()
+    for item in context.history:
+        if isinstance(item, AssistantTurn):
+            message: dict[str, Any] = {"role": "assistant", "content": item.text or None}
+            if item.intents:
+                message["tool_calls"] = [
+                    {
+                        "id": intent.call_id,
+                        "type": "function",
+                        "function": {
+                            "name": intent.tool,
+                            "arguments": json.dumps(dict(intent.args), separators=(",", ":")),
+                        },
+                    }
+                    for intent in item.intents
+                ]
+                open_calls.update(intent.call_id for intent in item.intents)
+            if message["content"] is not None or item.intents:
+                messages.append(message)
+        elif isinstance(item, Observation) and item.call_id in open_calls:
+            open_calls.discard(item.call_id)
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": item.call_id,
+                    "content": json.dumps(
+                        {"outcome": item.outcome, "content": item.content}, default=str
+                    ),
+                }
+            )
+    return messages
+
+
+def _intent(call_id: str, name: str, arguments: str) -> Intent:
+    try:
+        args = json.loads(arguments) if arguments.strip() else {}
+    except ValueError:
+        args = {INVALID_JSON: arguments[:2000]}
+    if not isinstance(args, dict):
+        args = {INVALID_JSON: arguments[:2000]}
+    return Intent(name, args, call_id)
+
+
+class OpenAICognition:
+    live = True
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        model: str,
+        base_url: str | None,
+        api_key: str | None,
+        stream: bool = True,
+    ) -> None:
+        self.provider = provider
+        self.model = model
+        self.stream = stream
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key or "not-needed",
+            base_url=base_url,
+            max_retries=RETRIES,
+            timeout=REQUEST_TIMEOUT_S,
+        )
+
+    async def turn(self, context: CognitionContext, emit: Emit) -> Turn:
+        request: dict[str, Any] = {"model": self.model, "messages": chat_messages(context)}
+        tools = tool_definitions(context)
+        if tools:
+            request["tools"] = tools
+        try:
+            if self.stream:
+                return await self._streamed(request, emit)
+            return self._parsed(await self._client.chat.completions.create(**request))
+        except openai.APIStatusError as exc:
+            raise CognitionFailed(
+                f"{self.provider} answered {exc.status_code}: {_message(exc.body)}",
+                code="provider_error",
+            ) from None
+        except openai.APIConnectionError as exc:
+            raise CognitionFailed(
+                f"{self.provider} could not be reached ({type(exc).__name__}) after {RETRIES} retries",
+                code="provider_unreachable",
+            ) from None
+
+    def _parsed(self, response: Any) -> Turn:
+        choice = response.choices[0].message
+        intents = tuple(
+            _intent(call.id, call.function.name, call.function.arguments or "")
+            for call in choice.tool_calls or ()
+        )
+        text = choice.content or ""
+        usage = response.usage
+        return Turn(
+            text=text if intents else "",
+            intents=intents,
+            final=None if intents else text,
+            usage=Usage(
+                usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0
+            ),
+        )
+
+    async def _streamed(self, request: dict[str, Any], emit: Emit) -> Turn:
+        stream = await self._client.chat.completions.create(
+            **request, stream=True, stream_options={"include_usage": True}
+        )
+        text: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        usage = Usage()
+        async for chunk in stream:
+            if chunk.usage is not None:
+                usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+            for choice in chunk.choices:
+                delta = choice.delta
+                if delta.content:
+                    text.append(delta.content)
+                    emit(CognitionEvent("token", {"text": delta.content}))
+                for part in delta.tool_calls or ():
+                    call = calls.get(part.index)
+                    if call is None:
+                        call = calls[part.index] = {"id": "", "name": "", "arguments": ""}
+                    if part.id:
+                        call["id"] = part.id
+                    if part.function is not None and part.function.name:
+                        call["name"] = part.function.name
+                        emit(
+                            CognitionEvent(
+                                "tool_use_start", {"id": call["id"], "name": call["name"]}
+                            )
+                        )
+                    if part.function is not None and part.function.arguments:
+                        call["arguments"] += part.function.arguments
+                        emit(
+                            CognitionEvent(
+                                "tool_use_delta",
+                                {"id": call["id"], "arguments": part.function.arguments},
+                            )
+                        )
+        intents = []
+        for index in sorted(calls):
+            call = calls[index]
+            emit(CognitionEvent("tool_use_done", dict(call)))
+            intents.append(_intent(call["id"] or f"call_{index}", call["name"], call["arguments"]))
+        emit(CognitionEvent("turn_complete", {"usage": usage.as_dict()}))
+        joined = "".join(text)
+        return Turn(
+            text=joined if intents else "",
+            intents=tuple(intents),
+            final=None if intents else joined,
+            usage=usage,
+        )
+
+
+def _message(body: object) -> str:
+    if isinstance(body, Mapping):
+        error = body.get("error")
+        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+            return str(error["message"])[:500]
+    return "an error"

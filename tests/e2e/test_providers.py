@@ -1,0 +1,82 @@
+"""Real providers against local stand-ins that speak the vendors' wire formats: a tool-using
+run completes through OpenAI Chat Completions (streamed) and an OpenAI-compatible preset; the
+tools sent are exactly the run's; `/providers` lists every provider without a key; a provider
+without its key is 422."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.e2e._authority import entries
+from tests.e2e._harness import ServerProcess, assert_error, create_run, wait_terminal
+from tests.e2e.conftest import ServerFactory
+from tests.e2e.vendor_standins import OpenAIStandIn
+
+pytestmark = pytest.mark.blackbox
+
+KEY = "sk-test-standin-0123456789abcdefghij"
+TURNS: list[dict[str, Any]] = [
+    {"content": "Setting it.", "tool_calls": [("kv_set", json.dumps({"key": "a", "value": 1}))]},
+    {"content": "All done: a is 1."},
+]
+
+
+def _tool_run(server: ServerProcess, provider: str) -> tuple[str, dict[str, Any]]:
+    client = server.client()
+    run_id = create_run(
+        client,
+        {"task": "set a to 1", "tool_scopes": ["kv_*"], "cognition": {"provider": provider}},
+    )
+    return run_id, wait_terminal(client, run_id, timeout_s=60)
+
+
+@pytest.mark.parametrize(
+    ("provider", "key_variable", "url_variable"),
+    [
+        ("openai", "OPENAI_API_KEY", "OPENAI_BASE_URL"),
+        ("groq", "GROQ_API_KEY", "GROQ_BASE_URL"),
+    ],
+)
+def test_a_tool_using_run_completes_through_an_openai_compatible_provider(
+    server_factory: ServerFactory, provider: str, key_variable: str, url_variable: str
+) -> None:
+    with OpenAIStandIn(TURNS) as standin:
+        server = server_factory({key_variable: KEY, url_variable: standin.base_url})
+        run_id, record = _tool_run(server, provider)
+        assert record["status"] == "completed", record
+        assert record["summary"]["final_answer"] == "All done: a is 1."
+        assert record["summary"]["commits"] == 1
+        usage = record["usage"]
+        assert (usage["input_tokens"], usage["output_tokens"]) == (22, 14)
+        first, second = standin.requests
+        assert first["headers"]["authorization"] == f"Bearer {KEY}"
+        assert first["body"]["stream"] is True
+        assert [t["function"]["name"] for t in first["body"]["tools"]] == ["kv_get", "kv_set"]
+        assert first["body"]["messages"][1] == {"role": "user", "content": "set a to 1"}
+        assistant, tool = second["body"]["messages"][2:4]
+        assert assistant["tool_calls"][0]["function"]["name"] == "kv_set"
+        assert tool["role"] == "tool" and tool["tool_call_id"] == "call_0"
+        assert json.loads(tool["content"])["outcome"] == "committed"
+        kinds = [e["kind"] for e in entries(server.client(), run_id)]
+        assert kinds.count("commit") == 1
+
+
+def test_providers_are_listed_without_keys_and_a_missing_key_is_422(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory({"OPENAI_API_KEY": KEY})
+    client = server.client()
+    listing = client.get("/providers")
+    assert listing.status_code == 200
+    body = listing.json()
+    assert KEY not in listing.text
+    by_name = {p["name"]: p for p in body["providers"]}
+    assert by_name["openai"]["usable"] is True and by_name["openrouter"]["usable"] is False
+    assert by_name["mock"]["usable"] is True
+    assert body["default_provider"] == "openai"
+    assert client.get("/health").json()["cognition_live"] is True
+    refused = client.post("/runs", json={"task": "t", "cognition": {"provider": "openrouter"}})
+    assert_error(refused, 422, "provider_unavailable")
