@@ -13,7 +13,7 @@ import pytest
 from tests.e2e._authority import entries
 from tests.e2e._harness import ServerProcess, assert_error, create_run, wait_terminal
 from tests.e2e.conftest import ServerFactory
-from tests.e2e.vendor_standins import OpenAIStandIn
+from tests.e2e.vendor_standins import AnthropicStandIn, OpenAIStandIn
 
 pytestmark = pytest.mark.blackbox
 
@@ -80,3 +80,37 @@ def test_providers_are_listed_without_keys_and_a_missing_key_is_422(
     assert client.get("/health").json()["cognition_live"] is True
     refused = client.post("/runs", json={"task": "t", "cognition": {"provider": "openrouter"}})
     assert_error(refused, 422, "provider_unavailable")
+
+
+def test_a_tool_using_run_completes_through_anthropic_messages(
+    server_factory: ServerFactory,
+) -> None:
+    with AnthropicStandIn(TURNS) as standin:
+        server = server_factory({"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": standin.base_url})
+        run_id, record = _tool_run(server, "anthropic")
+        assert record["status"] == "completed", record
+        assert record["summary"]["final_answer"] == "All done: a is 1."
+        assert (record["usage"]["input_tokens"], record["usage"]["output_tokens"]) == (26, 10)
+        first, second = standin.requests
+        assert first["path"] == "/v1/messages"
+        # The official SDK sends the key (as `x-api-key`, or as a bearer token in its newer
+        # releases); either way the key reaches the vendor and nothing else.
+        headers = first["headers"]
+        assert KEY in (
+            headers.get("x-api-key"),
+            headers.get("authorization", "").removeprefix("Bearer "),
+        )
+        assert "anthropic-version" in first["headers"]
+        assert first["body"]["stream"] is True
+        assert [t["name"] for t in first["body"]["tools"]] == ["kv_get", "kv_set"]
+        assert first["body"]["messages"] == [{"role": "user", "content": "set a to 1"}]
+        assistant, results = second["body"]["messages"][1:3]
+        assert assistant["content"][1]["type"] == "tool_use"
+        result = results["content"][0]
+        assert (result["type"], result["tool_use_id"], result["is_error"]) == (
+            "tool_result",
+            "toolu_0",
+            False,
+        )
+        kinds = [e["kind"] for e in entries(server.client(), run_id)]
+        assert kinds.count("commit") == 1

@@ -157,3 +157,161 @@ class OpenAIStandIn:
     def __exit__(self, *_: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class AnthropicStandIn:
+    """`POST /v1/messages` as Anthropic documents it: a `message` object, or with `"stream":
+    true` the event stream `message_start`, `content_block_start` / `content_block_delta`
+    (`text_delta`, `input_json_delta`) / `content_block_stop`, `message_delta` (stop reason,
+    output tokens) and `message_stop`. Turns as for `OpenAIStandIn`."""
+
+    def __init__(self, turns: list[dict[str, Any]]) -> None:
+        self.turns = list(turns)
+        self.requests: list[dict[str, Any]] = []
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                return
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length))
+                stand_in.requests.append(
+                    {
+                        "path": self.path,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "body": body,
+                    }
+                )
+                turn = stand_in.turns.pop(0) if stand_in.turns else {"content": "done"}
+                blocks: list[dict[str, Any]] = []
+                if turn.get("content"):
+                    blocks.append({"type": "text", "text": turn["content"]})
+                for index, (name, arguments) in enumerate(turn.get("tool_calls", [])):
+                    blocks.append(
+                        {
+                            "type": "tool_use",
+                            "id": f"toolu_{index}",
+                            "name": name,
+                            "input": json.loads(arguments),
+                        }
+                    )
+                stop = "tool_use" if turn.get("tool_calls") else "end_turn"
+                if not body.get("stream"):
+                    payload = json.dumps(
+                        {
+                            "id": "msg_standin",
+                            "type": "message",
+                            "role": "assistant",
+                            "model": body["model"],
+                            "content": blocks,
+                            "stop_reason": stop,
+                            "stop_sequence": None,
+                            "usage": {"input_tokens": 13, "output_tokens": 5},
+                        }
+                    ).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+
+                def event(name: str, data: dict[str, Any]) -> None:
+                    self.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+                    self.wfile.flush()
+
+                event(
+                    "message_start",
+                    {
+                        "type": "message_start",
+                        "message": {
+                            "id": "msg_standin",
+                            "type": "message",
+                            "role": "assistant",
+                            "model": body["model"],
+                            "content": [],
+                            "stop_reason": None,
+                            "stop_sequence": None,
+                            "usage": {"input_tokens": 13, "output_tokens": 1},
+                        },
+                    },
+                )
+                for index, block in enumerate(blocks):
+                    if block["type"] == "text":
+                        event(
+                            "content_block_start",
+                            {
+                                "type": "content_block_start",
+                                "index": index,
+                                "content_block": {"type": "text", "text": ""},
+                            },
+                        )
+                        text = block["text"]
+                        for start in range(0, len(text), 4):
+                            event(
+                                "content_block_delta",
+                                {
+                                    "type": "content_block_delta",
+                                    "index": index,
+                                    "delta": {
+                                        "type": "text_delta",
+                                        "text": text[start : start + 4],
+                                    },
+                                },
+                            )
+                    else:
+                        event(
+                            "content_block_start",
+                            {
+                                "type": "content_block_start",
+                                "index": index,
+                                "content_block": {
+                                    "type": "tool_use",
+                                    "id": block["id"],
+                                    "name": block["name"],
+                                    "input": {},
+                                },
+                            },
+                        )
+                        raw = json.dumps(block["input"])
+                        half = len(raw) // 2
+                        for part in (raw[:half], raw[half:]):
+                            event(
+                                "content_block_delta",
+                                {
+                                    "type": "content_block_delta",
+                                    "index": index,
+                                    "delta": {"type": "input_json_delta", "partial_json": part},
+                                },
+                            )
+                    event("content_block_stop", {"type": "content_block_stop", "index": index})
+                event(
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": stop, "stop_sequence": None},
+                        "usage": {"output_tokens": 5},
+                    },
+                )
+                event("message_stop", {"type": "message_stop"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> AnthropicStandIn:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -7,6 +7,7 @@ usage. It cannot act: it has no handle on tools, the ledger or the world.
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ._anthropic import AnthropicCognition
 from ._mock import (
     SCRIPT_ELEMENT_SCHEMA,
     SCRIPT_ELEMENTS_MAX,
@@ -58,6 +59,10 @@ def create_provider(
     configured = env.base_url(info)
     endpoint = base_url or configured
     key = env.key(info) if endpoint == configured else None
+    if info.kind == "anthropic":
+        return AnthropicCognition(
+            model=model or info.default_model or "default", base_url=endpoint, api_key=key
+        )
     return OpenAICognition(
         provider=provider,
         model=model or info.default_model or "default",
@@ -73,6 +78,7 @@ __all__ = [
     "SCRIPT_ELEMENTS_MAX",
     "SCRIPT_ELEMENT_SCHEMA",
     "TURN_TOKENS_MAX",
+    "AnthropicCognition",
     "AssistantTurn",
     "Cognition",
     "CognitionContext",

@@ -82,8 +82,8 @@ PROVIDER_INFOS: tuple[ProviderInfo, ...] = (
     ),
 )
 PROVIDERS = tuple(p.name for p in PROVIDER_INFOS)
-RUNNABLE_KINDS = frozenset({"mock", "openai"})
-"""Wire formats this build speaks (the Anthropic adapter is still to come)."""
+RUNNABLE_KINDS = frozenset({"mock", "openai", "anthropic"})
+"""Wire formats this build speaks."""
 _BY_NAME = {p.name: p for p in PROVIDER_INFOS}
 
 
