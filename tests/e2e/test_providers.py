@@ -114,3 +114,44 @@ def test_a_tool_using_run_completes_through_anthropic_messages(
         )
         kinds = [e["kind"] for e in entries(server.client(), run_id)]
         assert kinds.count("commit") == 1
+
+
+def test_rate_limits_errors_dropped_streams_and_malformed_calls_are_survived(
+    server_factory: ServerFactory,
+) -> None:
+    """The stand-in answers 429 with `Retry-After`, then 500, then a stream cut short: each turn
+    is tried again. Then a tool call whose arguments are not JSON: a recorded rejection the model
+    is shown next turn. The run completes."""
+    turns: list[dict[str, Any]] = [
+        {"status": 429, "retry_after": "0"},
+        {"status": 500},
+        {"truncate": True},
+        {"content": "Trying.", "tool_calls": [("kv_set", '{"key": "a", "value": ')]},
+        {"content": "Again.", "tool_calls": [("kv_set", json.dumps({"key": "a", "value": 1}))]},
+        {"content": "Done."},
+    ]
+    with OpenAIStandIn(turns) as standin:
+        server = server_factory({"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": standin.base_url})
+        run_id, record = _tool_run(server, "openai")
+        assert record["status"] == "completed", record
+        assert record["summary"]["final_answer"] == "Done."
+        assert len(standin.requests) == 6
+        items = entries(server.client(), run_id)
+        rejection = next(e for e in items if e["kind"] == "rejection")
+        assert rejection["payload"]["reason"] == "invalid_arguments"
+        shown = standin.requests[4]["body"]["messages"][-1]
+        assert shown["role"] == "tool" and "invalid_arguments" in shown["content"]
+        assert [e["kind"] for e in items].count("commit") == 1
+
+
+def test_a_provider_that_keeps_failing_ends_the_run_with_a_message(
+    server_factory: ServerFactory,
+) -> None:
+    with OpenAIStandIn([{"status": 503, "retry_after": "0"}] * 4) as standin:
+        server = server_factory({"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": standin.base_url})
+        _, record = _tool_run(server, "openai")
+        assert record["status"] == "failed"
+        assert record["summary"]["terminated_by"] == "error"
+        assert len(standin.requests) == 4
+        message = record["summary"]["error"]
+        assert "openai failed 4 times" in message and "503" in message, message

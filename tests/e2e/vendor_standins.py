@@ -5,7 +5,8 @@
 objects ending with `data: [DONE]` (tool calls streamed as indexed `tool_calls` deltas, usage in
 a last chunk when `stream_options.include_usage`). It records every request (headers and body)
 and answers from a script: each turn is `{"tool_calls": [(name, arguments_json), ...]}` or
-`{"content": "..."}`, or an HTTP error `{"status": 429, "retry_after": "0"}`.
+`{"content": "..."}`, an HTTP error `{"status": 429, "retry_after": "0"}`, or a stream cut off
+after its first words `{"truncate": true}`.
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ class OpenAIStandIn:
                     self.wfile.flush()
 
                 chunk({"role": "assistant", "content": ""})
+                if turn.get("truncate"):
+                    chunk({"content": "I will"})
+                    return  # the connection closes: no finish, no [DONE]
                 content = turn.get("content") or ""
                 for start in range(0, len(content), 4):
                     chunk({"content": content[start : start + 4]})

@@ -16,7 +16,7 @@ import anthropic
 
 from thymos.core import Intent, Usage
 
-from ._openai import INVALID_JSON, REQUEST_TIMEOUT_S, RETRIES, SYSTEM_PROMPT
+from ._openai import INVALID_JSON, REQUEST_TIMEOUT_S, SYSTEM_PROMPT
 from ._protocol import (
     AssistantTurn,
     CognitionContext,
@@ -26,6 +26,7 @@ from ._protocol import (
     Observation,
     Turn,
 )
+from ._retry import Retryable, retry_after, with_retries
 
 MAX_TOKENS = 4096
 
@@ -78,7 +79,7 @@ class AnthropicCognition:
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key or "not-set",
             base_url=base_url,
-            max_retries=RETRIES,
+            max_retries=0,  # `with_retries` retries whole turns, dropped streams included
             timeout=REQUEST_TIMEOUT_S,
         )
 
@@ -94,20 +95,7 @@ class AnthropicCognition:
                 {"name": t.name, "description": t.description, "input_schema": dict(t.input_schema)}
                 for t in context.tools
             ]
-        try:
-            async with self._client.messages.stream(**request) as stream:
-                async for event in stream:
-                    self._relay(event, emit)
-                message = await stream.get_final_message()
-        except anthropic.APIStatusError as exc:
-            raise CognitionFailed(
-                f"anthropic answered {exc.status_code}: {exc.message}"[:600], code="provider_error"
-            ) from None
-        except anthropic.APIConnectionError as exc:
-            raise CognitionFailed(
-                f"anthropic could not be reached ({type(exc).__name__}) after {RETRIES} retries",
-                code="provider_unreachable",
-            ) from None
+        message = await with_retries(lambda: self._attempt(request, emit), what="anthropic")
         text = "".join(block.text for block in message.content if block.type == "text")
         intents = []
         for block in message.content:
@@ -127,6 +115,20 @@ class AnthropicCognition:
             final=None if intents else text,
             usage=usage,
         )
+
+    async def _attempt(self, request: dict[str, Any], emit: Emit) -> Any:
+        try:
+            async with self._client.messages.stream(**request) as stream:
+                async for event in stream:
+                    self._relay(event, emit)
+                return await stream.get_final_message()
+        except anthropic.APIStatusError as exc:
+            message = f"anthropic answered {exc.status_code}: {exc.message}"[:600]
+            if exc.status_code == 429 or exc.status_code >= 500:
+                raise Retryable(message, retry_after(exc.response.headers)) from None
+            raise CognitionFailed(message, code="provider_error") from None
+        except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
+            raise Retryable(f"anthropic could not be reached ({type(exc).__name__})") from None
 
     @staticmethod
     def _relay(event: Any, emit: Emit) -> None:

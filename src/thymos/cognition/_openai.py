@@ -28,6 +28,7 @@ from ._protocol import (
     Observation,
     Turn,
 )
+from ._retry import Retryable, retry_after, with_retries
 
 SYSTEM_PROMPT = (
     "You act through the tools you are given; every call is checked by a runtime that may "
@@ -35,8 +36,6 @@ SYSTEM_PROMPT = (
     "answer with your final answer as plain text and no tool call."
 )
 REQUEST_TIMEOUT_S = 120.0
-RETRIES = 3
-"""The SDK retries 429, 5xx and connection errors with backoff, honouring `Retry-After`."""
 INVALID_JSON = "_invalid_json"
 
 
@@ -123,7 +122,7 @@ class OpenAICognition:
         self._client = openai.AsyncOpenAI(
             api_key=api_key or "not-needed",
             base_url=base_url,
-            max_retries=RETRIES,
+            max_retries=0,  # `with_retries` retries whole turns, dropped streams included
             timeout=REQUEST_TIMEOUT_S,
         )
 
@@ -132,19 +131,21 @@ class OpenAICognition:
         tools = tool_definitions(context)
         if tools:
             request["tools"] = tools
+        return await with_retries(lambda: self._attempt(request, emit), what=self.provider)
+
+    async def _attempt(self, request: dict[str, Any], emit: Emit) -> Turn:
         try:
             if self.stream:
                 return await self._streamed(request, emit)
             return self._parsed(await self._client.chat.completions.create(**request))
         except openai.APIStatusError as exc:
-            raise CognitionFailed(
-                f"{self.provider} answered {exc.status_code}: {_message(exc.body)}",
-                code="provider_error",
-            ) from None
-        except openai.APIConnectionError as exc:
-            raise CognitionFailed(
-                f"{self.provider} could not be reached ({type(exc).__name__}) after {RETRIES} retries",
-                code="provider_unreachable",
+            message = f"{self.provider} answered {exc.status_code}: {_message(exc.body)}"
+            if exc.status_code == 429 or exc.status_code >= 500:
+                raise Retryable(message, retry_after(exc.response.headers)) from None
+            raise CognitionFailed(message, code="provider_error") from None
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            raise Retryable(
+                f"{self.provider} could not be reached ({type(exc).__name__})"
             ) from None
 
     def _parsed(self, response: Any) -> Turn:
@@ -171,10 +172,12 @@ class OpenAICognition:
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         usage = Usage()
+        finished = False
         async for chunk in stream:
             if chunk.usage is not None:
                 usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
             for choice in chunk.choices:
+                finished = finished or choice.finish_reason is not None
                 delta = choice.delta
                 if delta.content:
                     text.append(delta.content)
@@ -200,6 +203,9 @@ class OpenAICognition:
                                 {"id": call["id"], "arguments": part.function.arguments},
                             )
                         )
+        if not finished:
+            emit(CognitionEvent("error", {"message": "the stream ended early; retrying"}))
+            raise Retryable(f"{self.provider}'s stream ended before the turn did")
         intents = []
         for index in sorted(calls):
             call = calls[index]
