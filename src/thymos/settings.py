@@ -7,6 +7,7 @@ message (the CLI exits 2).
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
 import re
@@ -18,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from thymos.cognition import PROVIDER_INFOS, RUNNABLE_KINDS, ProviderEnv, provider_info
+from thymos.cognition import PROVIDER_INFOS, RUNNABLE_KINDS, Prices, ProviderEnv, provider_info
 
 MODES = ("reference", "production")
 DEFAULT_ADDR = "127.0.0.1:3001"
@@ -203,6 +204,8 @@ class Settings:
     tool_manifest_dirs: tuple[Path, ...] = ()
     mcp_config: Path | None = None
     providers: ProviderEnv = field(default_factory=ProviderEnv, repr=False)
+    prices: Prices = field(default_factory=Prices)
+    """Model prices (USD per million tokens), `THYMOS_PRICES` over the shipped table."""
     """The cognition providers' keys and endpoints as found in the environment."""
     secret_values: tuple[str, ...] = field(default=(), repr=False)
     """Values of the environment that are secrets (provider keys, tokens, passwords, the root
@@ -433,6 +436,11 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     if "THYMOS_LOG_LEVEL" in source:
         values["log_level"] = source["THYMOS_LOG_LEVEL"].lower()
     values["providers"] = ProviderEnv.of(source)
+    if source.get("THYMOS_PRICES", "").strip():
+        try:
+            values["prices"] = Prices.with_overrides(json.loads(source["THYMOS_PRICES"]))
+        except ValueError as exc:
+            raise SettingsError(f"THYMOS_PRICES: {exc}") from None
     values["secret_values"] = tuple(
         sorted(
             {

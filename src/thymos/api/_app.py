@@ -78,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
                 mode=settings.mode,
                 default_provider=settings.providers.default_provider(settings.default_provider),
                 providers=settings.providers,
+                prices=settings.prices,
                 protected=settings.protected_paths,
                 runs_active_max=settings.runs_active_max,
                 sandbox=settings.sandbox,

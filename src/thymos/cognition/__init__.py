@@ -17,6 +17,7 @@ from ._mock import (
     validate_script,
 )
 from ._openai import OpenAICognition
+from ._prices import DEFAULT_PRICES, Prices, PricesError
 from ._protocol import (
     AssistantTurn,
     Cognition,
@@ -72,6 +73,7 @@ def create_provider(
 
 
 __all__ = [
+    "DEFAULT_PRICES",
     "PROVIDERS",
     "PROVIDER_INFOS",
     "RUNNABLE_KINDS",
@@ -89,6 +91,8 @@ __all__ = [
     "MockCognition",
     "Observation",
     "OpenAICognition",
+    "Prices",
+    "PricesError",
     "ProviderEnv",
     "ProviderInfo",
     "ToolView",

@@ -57,7 +57,12 @@ class RunSummary:
             self.steps_executed += 1
             usage = body.get("usage") or {}
             self.usage = self.usage.plus(
-                Usage(int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)))
+                Usage(
+                    int(usage.get("input_tokens", 0)),
+                    int(usage.get("output_tokens", 0)),
+                    0,
+                    int(usage.get("usd_millicents", 0)),
+                )
             )
             text = _clip(str(body.get("text") or f"step {body.get('step')}"))
         elif kind == EntryKind.INTENT:

@@ -25,6 +25,7 @@ from thymos.cognition import (
     CognitionContext,
     CognitionEvent,
     CognitionFailed,
+    Prices,
     ToolView,
 )
 from thymos.core import (
@@ -38,6 +39,7 @@ from thymos.core import (
     TerminatedBy,
     ThymosError,
     ToolFailureCode,
+    Usage,
     canonical_bytes,
     us_from_rfc3339,
 )
@@ -124,6 +126,7 @@ class ActorDeps:
     pool: ToolPool
     sandbox: Sandbox
     redactor: Redactor
+    prices: Prices = field(default_factory=Prices)
     view: LiveView = field(default_factory=LiveView)
 
 
@@ -314,10 +317,7 @@ class RunActor:
                 "step": step,
                 "text": turn.text,
                 # A provider's report is bounded, so a run's totals stay exact and encodable.
-                "usage": {
-                    "input_tokens": min(max(turn.usage.input_tokens, 0), TURN_TOKENS_MAX),
-                    "output_tokens": min(max(turn.usage.output_tokens, 0), TURN_TOKENS_MAX),
-                },
+                "usage": self._turn_usage(turn.usage),
                 "intents": len(turn.intents),
             }
             if turn.final is not None:
@@ -353,11 +353,30 @@ class RunActor:
             body["args_error"] = "the proposed arguments have no canonical JSON form"
         return body
 
+    def _turn_usage(self, reported: Usage) -> dict[str, int]:
+        """A turn's tokens (a provider's report is bounded, so totals stay exact and encodable)
+        and its spend from the price table."""
+        bounded = Usage(
+            min(max(reported.input_tokens, 0), TURN_TOKENS_MAX),
+            min(max(reported.output_tokens, 0), TURN_TOKENS_MAX),
+        )
+        spec = self.trajectory.state.spec
+        return {
+            "input_tokens": bounded.input_tokens,
+            "output_tokens": bounded.output_tokens,
+            "usd_millicents": self.deps.prices.millicents(spec.provider, spec.model, bounded),
+        }
+
     def _check_token_budget(self) -> None:
         budget, usage = self.trajectory.state.spec.budget, self.trajectory.state.summary.usage
         if budget.tokens is not None and usage.input_tokens + usage.output_tokens >= budget.tokens:
             raise StopRun(
                 TerminatedBy.BUDGET_EXHAUSTED, f"the token budget of {budget.tokens} is spent"
+            )
+        if budget.usd_millicents is not None and usage.usd_millicents >= budget.usd_millicents:
+            raise StopRun(
+                TerminatedBy.BUDGET_EXHAUSTED,
+                f"the spend budget of {budget.usd_millicents} millicents is spent",
             )
 
     def _compile(self, intent: Intent) -> Decision:

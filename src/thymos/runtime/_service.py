@@ -23,6 +23,7 @@ from thymos.cognition import (
     RUNNABLE_KINDS,
     Cognition,
     CognitionEvent,
+    Prices,
     ProviderEnv,
     create_provider,
     provider_info,
@@ -119,6 +120,7 @@ class RuntimeConfig:
     mode: str = "reference"
     default_provider: str = "mock"
     providers: ProviderEnv = field(default_factory=ProviderEnv, repr=False)
+    prices: Prices = field(default_factory=Prices)
     """The providers' keys and endpoints (from the environment, never shown)."""
     protected: tuple[Path, ...] = ()
     """Paths no tool may reach wherever they lie: the data directory, key files, policies."""
@@ -519,6 +521,7 @@ class Runtime:
             self.tool_pool,
             self.sandbox,
             self.redactor,
+            self.config.prices,
         )
         authority = self._authority(record.run_id, state.spec)
         actor = RunActor(trajectory, provider, deps, authority, snapshot.touch)
