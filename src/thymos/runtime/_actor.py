@@ -113,6 +113,8 @@ class LiveView:
     phase: str = "starting"
     active_tool: str | None = None
     current_step: int = 0
+    partial_answer: str | None = None
+    """The text of the turn being streamed, as it arrives (None between turns)."""
 
 
 @dataclass(slots=True)
@@ -234,6 +236,11 @@ class RunActor:
 
     def _emit(self, event: CognitionEvent) -> None:
         self.deps.cognition_events.publish(event)
+        if event.type == "token":
+            self.view.partial_answer = (self.view.partial_answer or "") + str(
+                event.data.get("text", "")
+            )
+            self._on_change()
 
     def _safe_point(self) -> None:
         if self._stop is not None:
@@ -309,10 +316,12 @@ class RunActor:
             try:
                 turn = await self.cognition.turn(context, self._emit)
             except CognitionFailed as failure:
+                self.view.partial_answer = None
                 self.deps.cognition_events.publish(
                     CognitionEvent("error", {"code": failure.code, "message": failure.message})
                 )
                 raise StopRun(TerminatedBy.ERROR, failure.message) from None
+            self.view.partial_answer = None
             turn_body: dict[str, Any] = {
                 "step": step,
                 "text": turn.text,

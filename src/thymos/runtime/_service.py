@@ -727,6 +727,7 @@ class Runtime:
             phase=phase,
             active_tool=view.active_tool,
             step=view.current_step,
+            partial_answer=None if summary.status.terminal else view.partial_answer,
         )
 
     def active(self, run_id: str) -> ActiveRun | None:

@@ -46,7 +46,13 @@ def run_view(record: RunRecord) -> dict[str, Any]:
 
 
 def execution_view(
-    record: RunRecord, summary: RunSummary, *, phase: str, active_tool: str | None, step: int | None
+    record: RunRecord,
+    summary: RunSummary,
+    *,
+    phase: str,
+    active_tool: str | None,
+    step: int | None,
+    partial_answer: str | None = None,
 ) -> dict[str, Any]:
     """The execution session: the operator-facing truth about a run, live or finished."""
     status = summary.status
@@ -66,6 +72,7 @@ def execution_view(
         "max_steps": record.spec["max_steps"],
         "active_tool": active_tool,
         "final_answer": summary.final_answer,
+        "partial_answer": partial_answer,
         "terminated_by": summary.terminated_by,
         "error": summary.error,
         "counters": summary.counters(),
