@@ -84,7 +84,10 @@ def test_the_document_lists_every_answer_and_types_parameters_as_read(
     element = script["anyOf"][0]["items"]
     assert len(element["oneOf"]) == 6
     assert all(form["required"] for form in element["oneOf"]), "{} is no element"
-    assert schemas["CognitionBody"]["properties"]["provider"]["enum"] == ["mock"]
+    assert schemas["CognitionBody"]["properties"]["provider"]["enum"][0] == "mock"
+    assert {"anthropic", "openai", "ollama"} <= set(
+        schemas["CognitionBody"]["properties"]["provider"]["enum"]
+    )
 
 
 def test_security_follows_the_gateway_and_the_server_enforces_it(

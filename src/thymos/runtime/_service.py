@@ -325,7 +325,10 @@ class Runtime:
         scopes, tools = self.resolve_scopes(
             None if request.tool_scopes is None else list(request.tool_scopes)
         )
-        provider = request.provider or self.config.default_provider
+        # A mock script names its provider: a run with a script and no provider is the mock's.
+        provider = request.provider or (
+            "mock" if request.script is not None else self.config.default_provider
+        )
         info = provider_info(provider)
         if info is None or info.kind not in RUNNABLE_KINDS:
             runnable = [p.name for p in PROVIDER_INFOS if p.kind in RUNNABLE_KINDS]

@@ -121,6 +121,11 @@ async def run_process(
     finally:
         for task in (*readers, waited, capped):
             task.cancel()
+        # The pipes a reader stopped reading (at the cap, or cancelled) are closed now, not when
+        # the garbage collector finds them.
+        transport = getattr(process, "_transport", None)
+        if transport is not None:
+            transport.close()
     killed = timed_out or over.is_set() or process.returncode is None
     return ProcessResult(
         None if killed else process.returncode,
