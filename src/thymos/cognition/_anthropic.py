@@ -21,12 +21,11 @@ from ._protocol import (
     AssistantTurn,
     CognitionContext,
     CognitionEvent,
-    CognitionFailed,
     Emit,
     Observation,
     Turn,
 )
-from ._retry import Retryable, retry_after, with_retries
+from ._retry import Retryable, status_failure, with_retries
 
 MAX_TOKENS = 4096
 
@@ -124,9 +123,7 @@ class AnthropicCognition:
                 return await stream.get_final_message()
         except anthropic.APIStatusError as exc:
             message = f"anthropic answered {exc.status_code}: {exc.message}"[:600]
-            if exc.status_code == 429 or exc.status_code >= 500:
-                raise Retryable(message, retry_after(exc.response.headers)) from None
-            raise CognitionFailed(message, code="provider_error") from None
+            raise status_failure(exc.status_code, message, exc.response.headers) from None
         except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
             raise Retryable(f"anthropic could not be reached ({type(exc).__name__})") from None
 

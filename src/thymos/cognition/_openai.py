@@ -23,12 +23,11 @@ from ._protocol import (
     AssistantTurn,
     CognitionContext,
     CognitionEvent,
-    CognitionFailed,
     Emit,
     Observation,
     Turn,
 )
-from ._retry import Retryable, retry_after, with_retries
+from ._retry import Retryable, status_failure, with_retries
 
 SYSTEM_PROMPT = (
     "You act through the tools you are given; every call is checked by a runtime that may "
@@ -140,9 +139,7 @@ class OpenAICognition:
             return self._parsed(await self._client.chat.completions.create(**request))
         except openai.APIStatusError as exc:
             message = f"{self.provider} answered {exc.status_code}: {_message(exc.body)}"
-            if exc.status_code == 429 or exc.status_code >= 500:
-                raise Retryable(message, retry_after(exc.response.headers)) from None
-            raise CognitionFailed(message, code="provider_error") from None
+            raise status_failure(exc.status_code, message, exc.response.headers) from None
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
             raise Retryable(
                 f"{self.provider} could not be reached ({type(exc).__name__})"

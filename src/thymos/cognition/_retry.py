@@ -41,6 +41,14 @@ def retry_after(headers: object) -> float | None:
         return None
 
 
+def status_failure(status: int, message: str, headers: object) -> Exception:
+    """What a vendor's HTTP error means for the turn: 429 and 5xx pass (`Retryable`, with the
+    vendor's `Retry-After`), anything else is final."""
+    if status == 429 or status >= 500:
+        return Retryable(message, retry_after(headers))
+    return CognitionFailed(message, code="provider_error")
+
+
 async def with_retries(attempt: Callable[[], Awaitable[T]], *, what: str) -> T:
     """`attempt()` until it succeeds or fails for good; `Retryable` means try again."""
     last = ""
