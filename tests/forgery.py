@@ -108,26 +108,28 @@ def _index(envelopes: list[Envelope], predicate: Callable[[Envelope], bool]) -> 
     return next(i for i, e in enumerate(envelopes) if predicate(e))
 
 
-def _approved_commit(envelopes: list[Envelope]) -> int:
-    return _index(envelopes, lambda e: e["kind"] == "commit" and e["body"].get("approved_by"))
+def _approved(envelopes: list[Envelope]) -> tuple[int, str, list[int]]:
+    """The first quorum-approved commit: its index, its proposal's id, its votes' indexes."""
+    commit = _index(envelopes, lambda e: e["kind"] == "commit" and e["body"].get("approved_by"))
+    proposal = envelopes[commit]["body"]["intent"]
+    votes = [
+        i
+        for i, e in enumerate(envelopes)
+        if e["kind"] == "approval" and e["body"]["proposal_id"] == proposal
+    ]
+    return commit, proposal, votes
 
 
 def approval_removed(envelopes: list[Envelope]) -> tuple[list[Envelope], int, str]:
     """One approval of a quorum-approved commit is deleted: the commit lacks its quorum."""
-    commit = _approved_commit(envelopes)
-    proposal = envelopes[commit]["body"]["intent"]
-    vote = _index(
-        envelopes,
-        lambda e: e["kind"] == "approval" and e["body"]["proposal_id"] == proposal,
-    )
-    edited = [e for i, e in enumerate(envelopes) if i != vote]
+    commit, _, votes = _approved(envelopes)
+    edited = [e for i, e in enumerate(envelopes) if i != votes[0]]
     return edited, commit - 1, "approval_missing"
 
 
 def approvals_stripped(envelopes: list[Envelope]) -> tuple[list[Envelope], int, str]:
     """The suspension and every vote of an approved commit are deleted (the auditor's case)."""
-    commit = _approved_commit(envelopes)
-    proposal = envelopes[commit]["body"]["intent"]
+    commit, proposal, _ = _approved(envelopes)
     gone = {
         i
         for i, e in enumerate(envelopes)
@@ -140,12 +142,8 @@ def approvals_stripped(envelopes: list[Envelope]) -> tuple[list[Envelope], int, 
 
 def vote_moved(envelopes: list[Envelope]) -> tuple[list[Envelope], int, str]:
     """An approval is rebound to another proposal: it is bound to nothing waiting."""
-    commit = _approved_commit(envelopes)
-    proposal = envelopes[commit]["body"]["intent"]
-    vote = _index(
-        envelopes,
-        lambda e: e["kind"] == "approval" and e["body"]["proposal_id"] == proposal,
-    )
+    _, proposal, votes = _approved(envelopes)
+    vote = votes[0]
     other = _index(envelopes, lambda e: e["kind"] == "intent" and e["_id"] != proposal)
     edited = copy.deepcopy(envelopes)
     edited[vote]["body"]["proposal_id"] = envelopes[other]["_id"]
@@ -154,13 +152,8 @@ def vote_moved(envelopes: list[Envelope]) -> tuple[list[Envelope], int, str]:
 
 def commit_before_approval(envelopes: list[Envelope]) -> tuple[list[Envelope], int, str]:
     """An approved commit is moved before its last approval."""
-    commit = _approved_commit(envelopes)
-    proposal = envelopes[commit]["body"]["intent"]
-    last_vote = max(
-        i
-        for i, e in enumerate(envelopes)
-        if e["kind"] == "approval" and e["body"]["proposal_id"] == proposal
-    )
+    commit, _, votes = _approved(envelopes)
+    last_vote = votes[-1]
     edited = list(envelopes)
     moved = edited.pop(commit)
     edited.insert(last_vote, moved)
@@ -177,13 +170,7 @@ def vote_after_expiry(envelopes: list[Envelope]) -> tuple[list[Envelope], int, s
 
 def vote_duplicated(envelopes: list[Envelope]) -> tuple[list[Envelope], int, str]:
     """The second approval of a quorum is rewritten as a second vote by the first approver."""
-    commit = _approved_commit(envelopes)
-    proposal = envelopes[commit]["body"]["intent"]
-    first, second = (
-        i
-        for i, e in enumerate(envelopes)
-        if e["kind"] == "approval" and e["body"]["proposal_id"] == proposal
-    )
+    _, _, (first, second) = _approved(envelopes)
     edited = copy.deepcopy(envelopes)
     edited[second]["body"]["approver"] = edited[first]["body"]["approver"]
     edited[second]["body"]["key_id"] = edited[first]["body"]["key_id"]
