@@ -6,7 +6,8 @@ objects ending with `data: [DONE]` (tool calls streamed as indexed `tool_calls` 
 a last chunk when `stream_options.include_usage`). It records every request (headers and body)
 and answers from a script: each turn is `{"tool_calls": [(name, arguments_json), ...]}` or
 `{"content": "..."}`, an HTTP error `{"status": 429, "retry_after": "0"}`, or a stream cut off
-after its first words `{"truncate": true}`.
+after its first words `{"truncate": true}`. `AnthropicStandIn` serves `POST /v1/messages` the
+same way (a `message` object, or the documented event stream), from the same script.
 """
 
 from __future__ import annotations
@@ -49,10 +50,25 @@ class _StandIn:
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    @property
+    def base_url(self) -> str:
+        """What the vendor's `*_BASE_URL` variable is set to."""
+        raise NotImplementedError
+
     def answer(
         self, handler: BaseHTTPRequestHandler, body: dict[str, Any], turn: dict[str, Any]
     ) -> None:
         raise NotImplementedError
+
+    @staticmethod
+    def error(handler: BaseHTTPRequestHandler, turn: dict[str, Any], body: Any) -> bool:
+        """Answers a scripted HTTP error (`{"status": 429, "retry_after": "0"}`) with the
+        vendor's error body; False when the turn is not one."""
+        if "status" not in turn:
+            return False
+        after = {"Retry-After": turn["retry_after"]} if "retry_after" in turn else {}
+        _json(handler, int(turn["status"]), body, after)
+        return True
 
     def __enter__(self: _S) -> _S:
         self.thread.start()
@@ -93,14 +109,7 @@ class OpenAIStandIn(_StandIn):
     def answer(
         self, handler: BaseHTTPRequestHandler, body: dict[str, Any], turn: dict[str, Any]
     ) -> None:
-        if "status" in turn:
-            after = {"Retry-After": turn["retry_after"]} if "retry_after" in turn else {}
-            _json(
-                handler,
-                int(turn["status"]),
-                {"error": {"message": "slow down", "type": "rate"}},
-                after,
-            )
+        if self.error(handler, turn, {"error": {"message": "slow down", "type": "rate"}}):
             return
         calls: list[dict[str, Any]] = [
             {
@@ -186,16 +195,19 @@ class AnthropicStandIn(_StandIn):
     def answer(
         self, handler: BaseHTTPRequestHandler, body: dict[str, Any], turn: dict[str, Any]
     ) -> None:
+        error = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+        if self.error(handler, turn, error):
+            return
         blocks: list[dict[str, Any]] = []
-        if turn.get("content"):
-            blocks.append({"type": "text", "text": turn["content"]})
+        if turn.get("content") or turn.get("truncate"):
+            blocks.append({"type": "text", "text": turn.get("content") or "I will"})
         for index, (name, arguments) in enumerate(turn.get("tool_calls", [])):
             blocks.append(
                 {
                     "type": "tool_use",
                     "id": f"toolu_{index}",
                     "name": name,
-                    "input": json.loads(arguments),
+                    "input": _object_or_raw(arguments),
                 }
             )
         stop = "tool_use" if turn.get("tool_calls") else "end_turn"
@@ -234,7 +246,8 @@ class AnthropicStandIn(_StandIn):
                 ]
             else:
                 opened = {**block, "input": {}}
-                raw = json.dumps(block["input"])
+                given = block["input"]
+                raw = given if isinstance(given, str) else json.dumps(given)
                 half = len(raw) // 2
                 deltas = [
                     {"type": "input_json_delta", "partial_json": p}
@@ -249,6 +262,8 @@ class AnthropicStandIn(_StandIn):
                     "content_block_delta",
                     {"type": "content_block_delta", "index": index, "delta": delta},
                 )
+            if turn.get("truncate"):
+                return  # the connection closes: no block stop, no message_stop
             event("content_block_stop", {"type": "content_block_stop", "index": index})
         event(
             "message_delta",
@@ -259,3 +274,12 @@ class AnthropicStandIn(_StandIn):
             },
         )
         event("message_stop", {"type": "message_stop"})
+
+
+def _object_or_raw(arguments: str) -> Any:
+    """A tool call's input as the stand-in streams it: the object, or (for a malformed call,
+    which only a stream can carry) the raw text."""
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments

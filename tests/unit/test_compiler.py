@@ -169,6 +169,24 @@ def test_arguments_that_break_the_schema_are_rejected_as_invalid_arguments(
     assert all(set(e) == {"path", "message"} for e in errors)
 
 
+def test_arguments_that_could_not_be_read_are_rejected_even_where_empty_ones_pass() -> None:
+    """A call whose arguments were not a JSON object is recorded with `args` empty and
+    `args_error`; it is rejected with that reason even for a tool whose schema accepts `{}`
+    (here `repo_map`, all of whose arguments are optional)."""
+    assert not isinstance(decide("repo_map", {}), Rejected)
+    decision = compile_intent(
+        Intent("repo_map", {}, "call", "the arguments are not valid JSON: {"),
+        catalog=CATALOG,
+        authority=authority(),
+        usage=Usage(),
+        now=NOW,
+        revocations=frozenset(),
+    )
+    assert reason_of(decision) is RejectionReason.INVALID_ARGUMENTS
+    assert isinstance(decision, Rejected)
+    assert decision.details == {"errors": [{"message": "the arguments are not valid JSON: {"}]}
+
+
 def test_schema_errors_are_capped_and_carry_their_paths() -> None:
     """Many schema errors are reported as a bounded list, each with its JSON pointer path."""
     decision = decide(

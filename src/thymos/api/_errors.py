@@ -44,6 +44,7 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.SEQ_CONFLICT: 409,
     ErrorCode.LEDGER_CORRUPT: 409,
     ErrorCode.RUN_NOT_ACTIVE: 409,
+    ErrorCode.RUN_NOT_RESUMABLE: 409,
     ErrorCode.DUPLICATE_APPROVAL: 409,
     ErrorCode.PROPOSAL_AMBIGUOUS: 409,
     ErrorCode.PROPOSAL_DECIDED: 409,

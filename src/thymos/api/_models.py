@@ -6,7 +6,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from thymos.cognition import PROVIDERS, SCRIPT_ELEMENTS_MAX, script_element_schema
+from thymos.cognition import (
+    PROVIDERS,
+    SCRIPT_ELEMENTS_MAX,
+    WINDOW_TOKENS_MAX,
+    WINDOW_TOKENS_MIN,
+    script_element_schema,
+)
 from thymos.core import Budget, RunStatus
 from thymos.runtime import MAX_STEPS_DEFAULT, MAX_STEPS_MAX, TASK_CHARS_MAX, StartRun
 
@@ -36,6 +42,13 @@ class CognitionBody(_Strict):
     )
     model: str | None = Field(None, max_length=200)
     base_url: str | None = Field(None, max_length=2000)
+    stream: bool = Field(True, description="Stream the model's turns (false: whole answers).")
+    context_tokens: int | None = Field(
+        None,
+        ge=WINDOW_TOKENS_MIN,
+        le=WINDOW_TOKENS_MAX,
+        description="The model's context window in tokens; history is fitted to it.",
+    )
     script: list[ScriptElement] | None = Field(None, max_length=SCRIPT_ELEMENTS_MAX)
 
 
@@ -72,6 +85,8 @@ class CreateRunBody(_Strict):
             provider=self.cognition.provider,
             model=self.cognition.model,
             base_url=self.cognition.base_url,
+            stream=self.cognition.stream,
+            context_tokens=self.cognition.context_tokens,
             script=self.cognition.script,
             budget=Budget(
                 budget.tokens, budget.tool_calls, budget.usd_millicents, budget.wall_clock_ms
@@ -84,6 +99,15 @@ class ApprovalBody(_Strict):
     approve: bool
     proposal_id: str | None = Field(None, pattern="^[0-9a-f]{64}$")
     reason: str | None = Field(None, max_length=2000)
+
+
+class ResumeBody(_Strict):
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_STEPS_MAX,
+        description="The run's step limit from now on (above the steps it has taken)",
+    )
 
 
 class RevokeBody(_Strict):

@@ -13,10 +13,10 @@ from starlette.responses import Response, StreamingResponse
 from thymos.core import ErrorCode, RunStatus, ThymosError, is_run_id
 from thymos.runtime import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX
 
-from ._body import parse_body, request_body_schema
+from ._body import parse_body, read_body, request_body_schema
 from ._caller import Caller, Role, current_caller
 from ._deps import runtime_of
-from ._models import ERROR_RESPONSES, CreateRunBody, RunCreated
+from ._models import ERROR_RESPONSES, CreateRunBody, ResumeBody, RunCreated
 
 router = APIRouter(tags=["runs"], responses=ERROR_RESPONSES)
 
@@ -85,6 +85,27 @@ async def list_runs(
 @router.get("/runs/{run_id}", summary="The persisted run record and summary")
 async def get_run(run_id: str, request: Request, caller: CallerDep) -> dict[str, Any]:
     return await runtime_of(request).get_run(run_id, caller.tenant)
+
+
+@router.post(
+    "/runs/{run_id}/resume",
+    status_code=202,
+    response_model=RunCreated,
+    summary="Resume a failed or cancelled run on its own ledger (operator)",
+    openapi_extra={
+        **request_body_schema(ResumeBody),
+        "requestBody": {**request_body_schema(ResumeBody)["requestBody"], "required": False},
+    },
+)
+async def resume_run(run_id: str, request: Request, caller: CallerDep) -> Any:
+    caller.require(Role.OPERATOR)
+    max_steps = None
+    if (await read_body(request)).strip():
+        max_steps = (await parse_body(request, ResumeBody)).max_steps
+    record = await runtime_of(request).resume(
+        run_id, caller.tenant, max_steps=max_steps, requested_by=caller.name, key_id=caller.key_id
+    )
+    return {"run_id": record.run_id, "task": record.spec["task"], "status": record.status}
 
 
 @router.get("/runs/{run_id}/execution", summary="The live execution session")

@@ -7,7 +7,9 @@
    before and after it: they should be within 20% of each other.
 2. Replay rate (verify every hash and link, fold every commit) over that run's ledger of at
    least 100,000 entries, read from SQLite.
-3. End-to-end mock runs per second over real HTTP against a real `thymos serve` process, with
+3. The runtime's own cost per model turn through a real adapter against an instant stand-in
+   (`_model_turns.py`).
+4. End-to-end mock runs per second over real HTTP against a real `thymos serve` process, with
    concurrent clients.
 """
 
@@ -63,6 +65,8 @@ from thymos.tools import Sandbox, Workspace, builtin_tools
 from thymos.tools._process import run_process
 
 from ._http import BenchConnection
+from ._model_turns import TURNS as MODEL_TURNS
+from ._model_turns import model_turn_costs
 
 KEY_SPACE = 1000
 """kv_set keys of the fill cycle over this many keys, so the world stays a realistic size."""
@@ -446,6 +450,7 @@ def main(*, entries: int, runs: int, clients: int) -> None:
         figures.update(asyncio.run(_governance_and_replay(entries, data_dir)))
         figures.update(asyncio.run(_tool_overheads(data_dir)))
         figures.update(asyncio.run(_sandbox_start(data_dir)))
+        figures.update(asyncio.run(model_turn_costs(data_dir)))
         print(f"ledger entries in the benchmark run:      {figures['ledger_entries']}")
         print(
             f"governance overhead per intent, seq ~100: {figures['overhead_us_per_intent_seq_100']} us"
@@ -473,6 +478,16 @@ def main(*, entries: int, runs: int, clients: int) -> None:
         print(
             f"starting a command bare / in the sandbox:  {figures['process_start_us']} / "
             f"{figures['sandbox_start_us']} us"
+        )
+        print(
+            f"a model turn, handed over / through the OpenAI adapter streamed / whole "
+            f"({MODEL_TURNS}-turn runs): {figures['model_turn_us_direct']} / "
+            f"{figures['model_turn_us_streamed']} / {figures['model_turn_us_whole']} us"
+        )
+        print(
+            f"runtime overhead per model turn, streamed / whole: "
+            f"{figures['model_turn_overhead_us_streamed']} / "
+            f"{figures['model_turn_overhead_us_whole']} us"
         )
         if runs > 0:
             figures.update(_http_runs(runs, clients, data_dir))

@@ -7,7 +7,16 @@ usage. It cannot act: it has no handle on tools, the ledger or the world.
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import httpx2
+
 from ._anthropic import AnthropicCognition
+from ._context import (
+    CHARS_PER_TOKEN,
+    OUTPUT_RESERVE_TOKENS,
+    WINDOW_TOKENS_MAX,
+    WINDOW_TOKENS_MIN,
+    fit_history,
+)
 from ._mock import (
     SCRIPT_ELEMENT_SCHEMA,
     SCRIPT_ELEMENTS_MAX,
@@ -16,7 +25,7 @@ from ._mock import (
     script_element_schema,
     validate_script,
 )
-from ._openai import OpenAICognition
+from ._openai import OpenAICognition, model_http_client
 from ._prices import DEFAULT_PRICES, Prices, PricesError
 from ._protocol import (
     AssistantTurn,
@@ -36,6 +45,7 @@ from ._providers import (
     RUNNABLE_KINDS,
     ProviderEnv,
     ProviderInfo,
+    base_url_problem,
     provider_info,
     provider_variables,
 )
@@ -48,6 +58,9 @@ def create_provider(
     script: Sequence[Mapping[str, Any]] | None,
     base_url: str | None = None,
     env: ProviderEnv | None = None,
+    stream: bool = True,
+    context_tokens: int | None = None,
+    http_client: httpx2.AsyncClient | None = None,
 ) -> Cognition:
     """The cognition for one run; the caller has checked the provider is known and usable.
     A `base_url` given with the run gets the server's key only when it is the provider's own
@@ -60,26 +73,38 @@ def create_provider(
     configured = env.base_url(info)
     endpoint = base_url or configured
     key = env.key(info) if endpoint == configured else None
+    window = context_tokens or info.context_window
     if info.kind == "anthropic":
         return AnthropicCognition(
-            model=model or info.default_model or "default", base_url=endpoint, api_key=key
+            model=model or info.default_model or "default",
+            base_url=endpoint,
+            api_key=key,
+            window_tokens=window,
+            stream=stream,
+            http_client=http_client,
         )
     return OpenAICognition(
         provider=provider,
         model=model or info.default_model or "default",
         base_url=endpoint,
         api_key=key,
+        window_tokens=window,
+        stream=stream,
     )
 
 
 __all__ = [
+    "CHARS_PER_TOKEN",
     "DEFAULT_PRICES",
+    "OUTPUT_RESERVE_TOKENS",
     "PROVIDERS",
     "PROVIDER_INFOS",
     "RUNNABLE_KINDS",
     "SCRIPT_ELEMENTS_MAX",
     "SCRIPT_ELEMENT_SCHEMA",
     "TURN_TOKENS_MAX",
+    "WINDOW_TOKENS_MAX",
+    "WINDOW_TOKENS_MIN",
     "AnthropicCognition",
     "AssistantTurn",
     "Cognition",
@@ -97,7 +122,10 @@ __all__ = [
     "ProviderInfo",
     "ToolView",
     "Turn",
+    "base_url_problem",
     "create_provider",
+    "fit_history",
+    "model_http_client",
     "provider_info",
     "provider_variables",
     "script_element_schema",

@@ -1,4 +1,4 @@
-"""Anthropic Messages, on the official `anthropic` SDK, streamed.
+"""Anthropic Messages, on the official `anthropic` SDK, streamed unless a run asks otherwise.
 
 The context becomes a system prompt, the task as the first user message, then the history:
 each assistant turn as `text` and `tool_use` blocks, and the observations that answer it as one
@@ -9,14 +9,18 @@ are exactly the run's scoped tools. Text streams as `token` events and tool inpu
 
 from __future__ import annotations
 
-import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
+import httpx2
+from anthropic.types import Message, RawMessageStreamEvent
 
 from thymos.core import Intent, Usage
 
-from ._openai import INVALID_JSON, REQUEST_TIMEOUT_S, SYSTEM_PROMPT
+from ._context import fit_history, observation_text, omitted_note, sorted_keys
+from ._openai import REQUEST_TIMEOUT_S, SYSTEM_PROMPT, read_arguments
 from ._protocol import (
     AssistantTurn,
     CognitionContext,
@@ -28,12 +32,22 @@ from ._protocol import (
 from ._retry import Retryable, status_failure, with_retries
 
 MAX_TOKENS = 4096
+MESSAGES_PATH = "/v1/messages"
+"""Posted through the SDK's client (its auth, version header, errors and event parsing) with the
+body as built here, as for OpenAI: the SDK's per-field transformation is skipped, and the stream
+is folded here."""
 
 
 def anthropic_messages(context: CognitionContext) -> list[dict[str, Any]]:
     """The conversation rebuilt from the history; results whose call fell out of the bounded
     history are left out (a tool result must answer a call of the previous message)."""
-    messages: list[dict[str, Any]] = [{"role": "user", "content": context.task}]
+    task: str | list[dict[str, Any]] = context.task
+    if context.omitted:
+        task = [
+            {"type": "text", "text": context.task},
+            {"type": "text", "text": omitted_note(context.omitted)},
+        ]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": task}]
     open_calls: set[str] = set()
     for item in context.history:
         if isinstance(item, AssistantTurn):
@@ -46,7 +60,7 @@ def anthropic_messages(context: CognitionContext) -> list[dict[str, Any]]:
                         "type": "tool_use",
                         "id": intent.call_id,
                         "name": intent.tool,
-                        "input": dict(intent.args),
+                        "input": sorted_keys(dict(intent.args)),
                     }
                 )
             open_calls = {intent.call_id for intent in item.intents}
@@ -57,9 +71,7 @@ def anthropic_messages(context: CognitionContext) -> list[dict[str, Any]]:
             result = {
                 "type": "tool_result",
                 "tool_use_id": item.call_id,
-                "content": json.dumps(
-                    {"outcome": item.outcome, "content": item.content}, default=str
-                ),
+                "content": observation_text(item),
                 "is_error": item.outcome != "committed",
             }
             last = messages[-1]
@@ -73,69 +85,144 @@ def anthropic_messages(context: CognitionContext) -> list[dict[str, Any]]:
 class AnthropicCognition:
     live = True
 
-    def __init__(self, *, model: str, base_url: str | None, api_key: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str | None,
+        api_key: str | None,
+        window_tokens: int,
+        stream: bool = True,
+        http_client: httpx2.AsyncClient | None = None,
+    ) -> None:
         self.model = model
+        self.stream = stream
+        self.window_tokens = window_tokens
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key or "not-set",
             base_url=base_url,
             max_retries=0,  # `with_retries` retries whole turns, dropped streams included
             timeout=REQUEST_TIMEOUT_S,
+            http_client=http_client,
         )
 
     async def turn(self, context: CognitionContext, emit: Emit) -> Turn:
+        tools = [
+            {"name": t.name, "description": t.description, "input_schema": dict(t.input_schema)}
+            for t in context.tools
+        ]
+        fitted = fit_history(context, self.window_tokens, [SYSTEM_PROMPT, context.task, tools])
         request: dict[str, Any] = {
             "model": self.model,
             "max_tokens": MAX_TOKENS,
             "system": SYSTEM_PROMPT,
-            "messages": anthropic_messages(context),
+            "messages": anthropic_messages(fitted),
         }
-        if context.tools:
-            request["tools"] = [
-                {"name": t.name, "description": t.description, "input_schema": dict(t.input_schema)}
-                for t in context.tools
-            ]
-        message = await with_retries(lambda: self._attempt(request, emit), what="anthropic")
-        text = "".join(block.text for block in message.content if block.type == "text")
+        if tools:
+            request["tools"] = tools
+        reply = await with_retries(lambda: self._attempt(request, emit), what="anthropic")
         intents = []
-        for block in message.content:
-            if block.type == "tool_use":
-                args = (
-                    block.input
-                    if isinstance(block.input, dict)
-                    else {INVALID_JSON: str(block.input)}
-                )
-                intents.append(Intent(block.name, args, block.id))
-                emit(CognitionEvent("tool_use_done", {"id": block.id, "name": block.name}))
-        usage = Usage(message.usage.input_tokens, message.usage.output_tokens)
-        emit(CognitionEvent("turn_complete", {"usage": usage.as_dict()}))
+        for intent in reply.calls:
+            intents.append(intent)
+            emit(CognitionEvent("tool_use_done", {"id": intent.call_id, "name": intent.tool}))
+        emit(CognitionEvent("turn_complete", {"usage": reply.usage.as_dict()}))
         return Turn(
-            text=text if intents else "",
+            text=reply.text if intents else "",
             intents=tuple(intents),
-            final=None if intents else text,
-            usage=usage,
+            final=None if intents else reply.text,
+            usage=reply.usage,
         )
 
-    async def _attempt(self, request: dict[str, Any], emit: Emit) -> Any:
+    async def _attempt(self, request: dict[str, Any], emit: Emit) -> _Reply:
         try:
-            async with self._client.messages.stream(**request) as stream:
-                async for event in stream:
-                    self._relay(event, emit)
-                return await stream.get_final_message()
+            if not self.stream:
+                whole = await self._client.post(MESSAGES_PATH, body=request, cast_to=Message)
+                return _Reply.of(whole)
+            events = await self._client.post(
+                MESSAGES_PATH,
+                body={**request, "stream": True},
+                cast_to=Message,
+                stream=True,
+                stream_cls=anthropic.AsyncStream[RawMessageStreamEvent],
+            )
+            return await _Reply.streamed(events, emit)
         except anthropic.APIStatusError as exc:
             message = f"anthropic answered {exc.status_code}: {exc.message}"[:600]
             raise status_failure(exc.status_code, message, exc.response.headers) from None
         except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
             raise Retryable(f"anthropic could not be reached ({type(exc).__name__})") from None
 
+
+@dataclass(slots=True)
+class _Reply:
+    """One message from the API: its text, its tool calls (id, name, arguments) and usage."""
+
+    text: str = ""
+    calls: list[Intent] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+
     @staticmethod
-    def _relay(event: Any, emit: Emit) -> None:
-        kind = getattr(event, "type", "")
-        if kind == "content_block_start" and event.content_block.type == "tool_use":
-            block = event.content_block
-            emit(CognitionEvent("tool_use_start", {"id": block.id, "name": block.name}))
-        elif kind == "content_block_delta":
-            delta = event.delta
-            if delta.type == "text_delta":
-                emit(CognitionEvent("token", {"text": delta.text}))
-            elif delta.type == "input_json_delta":
-                emit(CognitionEvent("tool_use_delta", {"arguments": delta.partial_json}))
+    def of(message: Message) -> _Reply:
+        reply = _Reply(usage=Usage(message.usage.input_tokens, message.usage.output_tokens))
+        texts = []
+        for block in message.content:
+            if block.type == "text":
+                texts.append(block.text)
+            elif block.type == "tool_use":
+                given: object = block.input  # typed a dict, but built from the response unchecked
+                if isinstance(given, dict):
+                    reply.calls.append(Intent(block.name, given, block.id))
+                else:
+                    error = f"the arguments must be a JSON object: {str(given)[:200]}"
+                    reply.calls.append(Intent(block.name, {}, block.id, error))
+        reply.text = "".join(texts)
+        return reply
+
+    @staticmethod
+    async def streamed(events: AsyncIterator[RawMessageStreamEvent], emit: Emit) -> _Reply:
+        """Folds the documented event stream (`message_start`, `content_block_*`,
+        `message_delta`, `message_stop`), relaying text and tool input as it comes; a stream
+        that ends before `message_stop` is a dropped stream, tried again."""
+        reply = _Reply()
+        texts: list[str] = []
+        blocks: dict[int, dict[str, str]] = {}
+        input_tokens = output_tokens = 0
+        stopped = False
+        async for event in events:
+            if event.type == "message_start":
+                input_tokens = event.message.usage.input_tokens
+                output_tokens = event.message.usage.output_tokens
+            elif event.type == "content_block_start":
+                block = event.content_block
+                if block.type == "tool_use":
+                    blocks[event.index] = {"id": block.id, "name": block.name, "json": ""}
+                    emit(CognitionEvent("tool_use_start", {"id": block.id, "name": block.name}))
+                elif block.type == "text" and block.text:
+                    texts.append(block.text)
+            elif event.type == "content_block_delta":
+                delta = event.delta
+                if delta.type == "text_delta":
+                    texts.append(delta.text)
+                    emit(CognitionEvent("token", {"text": delta.text}))
+                elif delta.type == "input_json_delta" and event.index in blocks:
+                    blocks[event.index]["json"] += delta.partial_json
+                    emit(
+                        CognitionEvent(
+                            "tool_use_delta",
+                            {"id": blocks[event.index]["id"], "arguments": delta.partial_json},
+                        )
+                    )
+            elif event.type == "message_delta":
+                output_tokens = event.usage.output_tokens
+            elif event.type == "message_stop":
+                stopped = True
+        if not stopped:
+            emit(CognitionEvent("error", {"message": "the stream ended early; retrying"}))
+            raise Retryable("anthropic's stream ended before the message did")
+        for index in sorted(blocks):
+            call = blocks[index]
+            args, error = read_arguments(call["json"])
+            reply.calls.append(Intent(call["name"], args, call["id"], error))
+        reply.text = "".join(texts)
+        reply.usage = Usage(input_tokens, output_tokens)
+        return reply

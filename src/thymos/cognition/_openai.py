@@ -2,11 +2,11 @@
 
 The context becomes messages: a system message, the task, then the history as assistant turns
 (with their `tool_calls`) and `tool` messages (each observation, a rejection's reason
-included). The tools sent are exactly the run's scoped tools, with their schemas. A turn is
-streamed when asked (text as `token` events, tool calls as `tool_use_*` events); the usage the
-server reports is returned. Tool calls whose arguments are not JSON become intents whose
-arguments carry the raw text, so the compiler rejects them (`invalid_arguments`) and the model
-sees why next turn.
+included), fitted to the model's window (`_context.fit_history`). The tools sent are exactly
+the run's scoped tools, with their schemas. A turn is streamed unless the run asks otherwise
+(text as `token` events, tool calls as `tool_use_*` events); the usage the server reports is
+returned. Tool calls whose arguments are not a JSON object become intents carrying why
+(`args_error`), which the compiler rejects (`invalid_arguments`); the model sees why next turn.
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import httpx2
 import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from thymos.core import Intent, Usage
 
+from ._context import compact_json, fit_history, observation_text, omitted_note
 from ._protocol import (
     AssistantTurn,
     CognitionContext,
@@ -35,7 +38,19 @@ SYSTEM_PROMPT = (
     "answer with your final answer as plain text and no tool call."
 )
 REQUEST_TIMEOUT_S = 120.0
-INVALID_JSON = "_invalid_json"
+COMPLETIONS_PATH = "/chat/completions"
+"""Posted through the SDK's client (its auth, errors and stream parsing) with the body as built
+here: the request is plain JSON already, and the SDK's per-field transformation of typed
+parameters cost about 50 ms a turn on a long history (measured by `thymos bench`)."""
+
+
+def model_http_client() -> httpx2.AsyncClient:
+    """The HTTP client every model call of a server shares (its connections are pooled; the
+    runtime closes it at shutdown). Each call still has the SDK's own timeout."""
+    return httpx2.AsyncClient(
+        timeout=httpx2.Timeout(REQUEST_TIMEOUT_S, connect=10.0),
+        limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100),
+    )
 
 
 def tool_definitions(context: CognitionContext) -> list[dict[str, Any]]:
@@ -53,13 +68,15 @@ def tool_definitions(context: CognitionContext) -> list[dict[str, Any]]:
 
 
 def chat_messages(context: CognitionContext) -> list[dict[str, Any]]:
-    """The conversation the model sees, rebuilt from the run's history (so a resumed run sends
-    what it would have sent). Tool results whose call fell out of the bounded history are left
+    """The conversation the model sees, rebuilt from the run's (fitted) history, so a resumed
+    run sends what it would have sent. Tool results whose call is not in the history are left
     out, since a tool message must answer a call in the conversation."""
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": context.task},
     ]
+    if context.omitted:
+        messages.append({"role": "user", "content": omitted_note(context.omitted)})
     open_calls: set[str] = set()
     for item in context.history:
         if isinstance(item, AssistantTurn):
@@ -71,7 +88,7 @@ def chat_messages(context: CognitionContext) -> list[dict[str, Any]]:
                         "type": "function",
                         "function": {
                             "name": intent.tool,
-                            "arguments": json.dumps(dict(intent.args), separators=(",", ":")),
+                            "arguments": compact_json(dict(intent.args)),
                         },
                     }
                     for intent in item.intents
@@ -82,25 +99,29 @@ def chat_messages(context: CognitionContext) -> list[dict[str, Any]]:
         elif isinstance(item, Observation) and item.call_id in open_calls:
             open_calls.discard(item.call_id)
             messages.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": item.call_id,
-                    "content": json.dumps(
-                        {"outcome": item.outcome, "content": item.content}, default=str
-                    ),
-                }
+                {"role": "tool", "tool_call_id": item.call_id, "content": observation_text(item)}
             )
     return messages
 
 
 def _intent(call_id: str, name: str, arguments: str) -> Intent:
+    args, error = read_arguments(arguments)
+    return Intent(name, args, call_id, error)
+
+
+def read_arguments(raw: str) -> tuple[dict[str, Any], str | None]:
+    """A tool call's arguments as the model wrote them: an object, or why they are not one
+    (the call is then rejected `invalid_arguments`, and the model sees why)."""
     try:
-        args = json.loads(arguments) if arguments.strip() else {}
-    except ValueError:
-        args = {INVALID_JSON: arguments[:2000]}
-    if not isinstance(args, dict):
-        args = {INVALID_JSON: arguments[:2000]}
-    return Intent(name, args, call_id)
+        value = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as exc:
+        return (
+            {},
+            f"the arguments are not valid JSON ({exc.msg} at character {exc.pos}): {raw[:200]}",
+        )
+    if not isinstance(value, dict):
+        return {}, f"the arguments must be a JSON object, not {type(value).__name__}: {raw[:200]}"
+    return value, None
 
 
 class OpenAICognition:
@@ -113,21 +134,26 @@ class OpenAICognition:
         model: str,
         base_url: str | None,
         api_key: str | None,
+        window_tokens: int,
         stream: bool = True,
+        http_client: httpx2.AsyncClient | None = None,
     ) -> None:
         self.provider = provider
         self.model = model
         self.stream = stream
+        self.window_tokens = window_tokens
         self._client = openai.AsyncOpenAI(
             api_key=api_key or "not-needed",
             base_url=base_url,
             max_retries=0,  # `with_retries` retries whole turns, dropped streams included
             timeout=REQUEST_TIMEOUT_S,
+            http_client=http_client,
         )
 
     async def turn(self, context: CognitionContext, emit: Emit) -> Turn:
-        request: dict[str, Any] = {"model": self.model, "messages": chat_messages(context)}
         tools = tool_definitions(context)
+        fitted = fit_history(context, self.window_tokens, [SYSTEM_PROMPT, context.task, tools])
+        request: dict[str, Any] = {"model": self.model, "messages": chat_messages(fitted)}
         if tools:
             request["tools"] = tools
         return await with_retries(lambda: self._attempt(request, emit), what=self.provider)
@@ -136,7 +162,8 @@ class OpenAICognition:
         try:
             if self.stream:
                 return await self._streamed(request, emit)
-            return self._parsed(await self._client.chat.completions.create(**request))
+            whole = await self._client.post(COMPLETIONS_PATH, body=request, cast_to=ChatCompletion)
+            return self._parsed(whole, emit)
         except openai.APIStatusError as exc:
             message = f"{self.provider} answered {exc.status_code}: {_message(exc.body)}"
             raise status_failure(exc.status_code, message, exc.response.headers) from None
@@ -145,26 +172,41 @@ class OpenAICognition:
                 f"{self.provider} could not be reached ({type(exc).__name__})"
             ) from None
 
-    def _parsed(self, response: Any) -> Turn:
+    def _parsed(self, response: Any, emit: Emit) -> Turn:
+        """A whole (not streamed) completion: its calls and usage are still reported as
+        `tool_use_done` and `turn_complete` events."""
+        if not response.choices:
+            raise Retryable(f"{self.provider} answered with no choices")
         choice = response.choices[0].message
-        intents = tuple(
-            _intent(call.id, call.function.name, call.function.arguments or "")
-            for call in choice.tool_calls or ()
-        )
+        calls = [
+            {"id": c.id, "name": c.function.name, "arguments": c.function.arguments or ""}
+            for c in choice.tool_calls or ()
+        ]
+        intents = []
+        for call in calls:
+            emit(CognitionEvent("tool_use_done", call))
+            intents.append(_intent(call["id"], call["name"], call["arguments"]))
         text = choice.content or ""
-        usage = response.usage
+        reported = response.usage
+        usage = Usage(
+            reported.prompt_tokens if reported else 0,
+            reported.completion_tokens if reported else 0,
+        )
+        emit(CognitionEvent("turn_complete", {"usage": usage.as_dict()}))
         return Turn(
             text=text if intents else "",
-            intents=intents,
+            intents=tuple(intents),
             final=None if intents else text,
-            usage=Usage(
-                usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0
-            ),
+            usage=usage,
         )
 
     async def _streamed(self, request: dict[str, Any], emit: Emit) -> Turn:
-        stream = await self._client.chat.completions.create(
-            **request, stream=True, stream_options={"include_usage": True}
+        stream = await self._client.post(
+            COMPLETIONS_PATH,
+            body={**request, "stream": True, "stream_options": {"include_usage": True}},
+            cast_to=ChatCompletion,
+            stream=True,
+            stream_cls=openai.AsyncStream[ChatCompletionChunk],
         )
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}

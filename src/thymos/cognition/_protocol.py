@@ -39,6 +39,8 @@ class Observation:
     tool: str
     outcome: Literal["committed", "rejected", "failed"]
     content: Any
+    approved_by: tuple[str, ...] = ()
+    """For a call policy suspended: the approvers whose quorum let it run."""
 
 
 HistoryItem = AssistantTurn | Observation
@@ -53,6 +55,8 @@ class CognitionContext:
     turns_taken: int
     tools: tuple[ToolView, ...]
     history: tuple[HistoryItem, ...]
+    omitted: int = 0
+    """History items of the run left out of `history` (the oldest), to bound its size."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,13 +25,21 @@ class ProviderInfo:
     key_variable: str | None
     base_url_variable: str | None
     key_required: bool = True
+    context_window: int = 128_000
+    """Tokens the default model reads; a run may say otherwise (`cognition.context_tokens`)."""
 
     @property
     def live(self) -> bool:
         return self.kind != "mock"
 
 
-def _preset(name: str, base_url: str, model: str, *, local: bool = False) -> ProviderInfo:
+LOCAL_CONTEXT_WINDOW = 8192
+"""Local servers often load models with small windows; a run that knows better says so."""
+
+
+def _preset(
+    name: str, base_url: str, model: str, *, local: bool = False, window: int = 128_000
+) -> ProviderInfo:
     upper = name.upper()
     return ProviderInfo(
         name,
@@ -40,6 +49,7 @@ def _preset(name: str, base_url: str, model: str, *, local: bool = False) -> Pro
         f"{upper}_API_KEY",
         f"{upper}_BASE_URL",
         key_required=not local,
+        context_window=LOCAL_CONTEXT_WINDOW if local else window,
     )
 
 
@@ -52,6 +62,7 @@ PROVIDER_INFOS: tuple[ProviderInfo, ...] = (
         "https://api.anthropic.com",
         "ANTHROPIC_API_KEY",
         "ANTHROPIC_BASE_URL",
+        context_window=200_000,
     ),
     ProviderInfo(
         "openai",
@@ -69,7 +80,7 @@ PROVIDER_INFOS: tuple[ProviderInfo, ...] = (
     _preset("openrouter", "https://openrouter.ai/api/v1", "openai/gpt-4o-mini"),
     _preset("groq", "https://api.groq.com/openai/v1", "llama-3.3-70b-versatile"),
     _preset("together", "https://api.together.xyz/v1", "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
-    _preset("deepseek", "https://api.deepseek.com/v1", "deepseek-chat"),
+    _preset("deepseek", "https://api.deepseek.com/v1", "deepseek-chat", window=64_000),
     _preset("mistral", "https://api.mistral.ai/v1", "mistral-large-latest"),
     _preset(
         "fireworks",
@@ -78,7 +89,10 @@ PROVIDER_INFOS: tuple[ProviderInfo, ...] = (
     ),
     _preset("xai", "https://api.x.ai/v1", "grok-2-latest"),
     _preset(
-        "gemini", "https://generativelanguage.googleapis.com/v1beta/openai", "gemini-2.0-flash"
+        "gemini",
+        "https://generativelanguage.googleapis.com/v1beta/openai",
+        "gemini-2.0-flash",
+        window=1_000_000,
     ),
 )
 PROVIDERS = tuple(p.name for p in PROVIDER_INFOS)
@@ -89,6 +103,23 @@ _BY_NAME = {p.name: p for p in PROVIDER_INFOS}
 
 def provider_info(name: str) -> ProviderInfo | None:
     return _BY_NAME.get(name)
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a model endpoint (None when it can): an absolute http(s) URL with a
+    host, no credentials, query, fragment, spaces or control characters."""
+    if any(ord(c) < 33 or ord(c) == 127 for c in url) or not url.isprintable():
+        return "cognition.base_url must not hold spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError as exc:
+        return f"cognition.base_url is not a URL: {exc}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "cognition.base_url must be an http or https URL with a host"
+    if parts.username or parts.password or parts.query or parts.fragment:
+        return "cognition.base_url must not carry credentials, a query or a fragment"
+    return None
 
 
 def provider_variables() -> frozenset[str]:
@@ -142,6 +173,7 @@ class ProviderEnv:
                 "kind": info.kind,
                 "live": info.live,
                 "default_model": info.default_model,
+                "context_window": info.context_window,
                 "base_url": self.base_url(info),
                 "key_variable": info.key_variable,
                 "key_required": info.key_required,

@@ -41,6 +41,7 @@ class ErrorCode(StrEnum):
     SEQ_CONFLICT = "seq_conflict"
     LEDGER_CORRUPT = "ledger_corrupt"
     RUN_NOT_ACTIVE = "run_not_active"
+    RUN_NOT_RESUMABLE = "run_not_resumable"
     DUPLICATE_APPROVAL = "duplicate_approval"
     PROPOSAL_AMBIGUOUS = "proposal_ambiguous"
     PROPOSAL_DECIDED = "proposal_decided"

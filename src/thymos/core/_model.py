@@ -21,6 +21,12 @@ class RunStatus(StrEnum):
     def terminal(self) -> bool:
         return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
 
+    @property
+    def resumable(self) -> bool:
+        """A run that failed (an error, `max_steps`, a budget, an interruption) or was
+        cancelled may be resumed; a completed run is final."""
+        return self in (RunStatus.FAILED, RunStatus.CANCELLED)
+
 
 class TerminatedBy(StrEnum):
     """Why a run stopped."""
@@ -104,6 +110,20 @@ class Intent:
     tool: str
     args: Mapping[str, Any]
     call_id: str
+    args_error: str | None = None
+    """Why the proposed arguments could not be taken (not a JSON object, no canonical form):
+    then `args` is empty and the call is rejected `invalid_arguments`."""
+
+    @staticmethod
+    def from_body(body: Mapping[str, Any], call_id: str) -> Intent:
+        """The intent an `intent` entry recorded (`call_id` when the body has none)."""
+        error = body.get("args_error")
+        return Intent(
+            str(body.get("tool")),
+            body.get("args", {}),
+            str(body.get("call_id", call_id)),
+            str(error) if error is not None else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +199,10 @@ class RunSpec:
     tenant: str
     extra: Mapping[str, Any] = field(default_factory=dict)
     base_url: str | None = None
+    stream: bool = True
+    """Whether the model's turns are streamed (`cognition.stream`)."""
+    context_tokens: int | None = None
+    """The model's context window, when the run names it (`cognition.context_tokens`)."""
 
     def as_body(self) -> dict[str, Any]:
         cognition: dict[str, Any] = {"provider": self.provider, "model": self.model}
@@ -186,6 +210,10 @@ class RunSpec:
             cognition["script"] = list(self.script)
         if self.base_url is not None:
             cognition["base_url"] = self.base_url
+        if not self.stream:
+            cognition["stream"] = False
+        if self.context_tokens is not None:
+            cognition["context_tokens"] = self.context_tokens
         return {
             "task": self.task,
             "max_steps": self.max_steps,
@@ -214,4 +242,6 @@ class RunSpec:
             tenant=body["tenant"],
             extra={k: v for k, v in body.items() if k not in known},
             base_url=cognition.get("base_url"),
+            stream=cognition.get("stream", True) is not False,
+            context_tokens=cognition.get("context_tokens"),
         )

@@ -43,6 +43,8 @@ class RunSummary:
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LOG_LINES_MAX))
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Proposals waiting for approval, by proposal id (the intent entry's id)."""
+    max_steps: int | None = None
+    """The run's step limit: as started, or as its latest resumption raised it."""
 
     def fold(self, entry: Entry) -> None:
         """Account for one entry, in seq order."""
@@ -52,6 +54,7 @@ class RunSummary:
         kind = entry.kind
         text = ""
         if kind == EntryKind.RUN_STARTED:
+            self.max_steps = body.get("max_steps")
             text = _clip(str(body.get("task", "")))
         elif kind == EntryKind.TURN:
             self.steps_executed += 1
@@ -115,8 +118,10 @@ class RunSummary:
         elif kind == EntryKind.RESUMPTION:
             self.status = RunStatus.RUNNING
             self.terminated_by = None
+            self.final_answer = None
             self.error = None
-            text = "run resumed"
+            self.max_steps = body.get("max_steps", self.max_steps)
+            text = f"run resumed by {body.get('requested_by')} (max_steps {self.max_steps})"
         decided = kind in _DECISIONS and self.pending.pop(body.get("intent", ""), None) is not None
         if decided and not self.pending and self.status is RunStatus.WAITING_APPROVAL:
             self.status = RunStatus.RUNNING
@@ -150,6 +155,7 @@ class RunSummary:
             "head_id": self.head_id,
             "log": list(self.log),
             "pending": self.pending,
+            "max_steps": self.max_steps,
         }
 
     @staticmethod
@@ -168,6 +174,7 @@ class RunSummary:
             usage=Usage(**usage),
             head_seq=data["head_seq"],
             head_id=data.get("head_id"),
+            max_steps=data.get("max_steps"),
         )
         summary.log.extend(data.get("log") or [])
         summary.pending.update(data.get("pending") or {})

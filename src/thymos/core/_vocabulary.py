@@ -53,7 +53,9 @@ BODY_FIELDS: Mapping[EntryKind, frozenset[str]] = {
     EntryKind.EXECUTION_STARTED: frozenset({"intent", "tool", "effect", "idempotency_key"}),
     # Reserved: named in the vocabulary, not yet written by this release (run control).
     EntryKind.CANCELLATION: frozenset(),
-    EntryKind.RESUMPTION: frozenset(),
+    EntryKind.RESUMPTION: frozenset(
+        {"max_steps", "requested_by", "key_id", "previous_status", "previous_terminated_by"}
+    ),
     EntryKind.DELEGATION: frozenset(),
 }
 """The top-level fields each kind's body may hold. Replay refuses any other (`unknown_field`)."""
@@ -100,6 +102,8 @@ class ReplayFailure(StrEnum):
     RUN_MISMATCH = "run_mismatch"
     MISSING_ENTRIES = "missing_entries"
     HEAD_MISMATCH = "head_mismatch"
+    ENTRY_AFTER_END = "entry_after_end"
+    RESUMPTION_INVALID = "resumption_invalid"
     # The vocabulary.
     UNKNOWN_KIND = "unknown_kind"
     UNKNOWN_FIELD = "unknown_field"

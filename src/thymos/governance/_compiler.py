@@ -267,6 +267,13 @@ def compile_intent(
         return Rejected(
             RejectionReason(refusal.stage.value), refusal.message, {"tool": spec.name}, basis
         )
+    if intent.args_error is not None:
+        return Rejected(
+            RejectionReason.INVALID_ARGUMENTS,
+            f"arguments for {intent.tool!r} could not be read: {intent.args_error}",
+            {"errors": [{"message": intent.args_error}]},
+            basis,
+        )
     shown = catalog.argument_errors(intent.tool, intent.args)
     if shown:
         return Rejected(

@@ -79,6 +79,8 @@ INTENTS_PER_YIELD = 16
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 ARGUMENTS_PREVIEW_CHARS_MAX = 300
+ARGS_ERROR_CHARS_MAX = 600
+"""A call whose arguments could not be read is recorded with why, this long at most."""
 """Approvers see this much of a proposal's arguments in the execution session; the ledger has
 all of them."""
 
@@ -165,7 +167,9 @@ class RunActor:
         self._votes: list[Vote] = []
         self._wake = asyncio.Event()
         self._waiting = False
-        self._started_ms = deps.clock.monotonic_ms()
+        # The wall-clock budget counts what the run spent before it was resumed.
+        spent_ms = trajectory.state.wall_spent_us // 1000
+        self._started_ms = deps.clock.monotonic_ms() - spent_ms
         spec = trajectory.state.spec
         expires = (spec.extra.get("writ") or {}).get("expires")
         self._expires_us = us_from_rfc3339(expires) if isinstance(expires, str) else None
@@ -304,6 +308,7 @@ class RunActor:
             step = summary.steps_executed + 1
             self.view.current_step = step
             self._set_view("thinking")
+            history = state.context_history()
             context = CognitionContext(
                 run_id=self.trajectory.run_id,
                 task=spec.task,
@@ -311,7 +316,8 @@ class RunActor:
                 max_steps=spec.max_steps,
                 turns_taken=summary.steps_executed,
                 tools=self._tool_views,
-                history=state.context_history(),
+                history=history,
+                omitted=state.history_items - len(history),
             )
             try:
                 turn = await self.cognition.turn(context, self._emit)
@@ -348,13 +354,17 @@ class RunActor:
                 await asyncio.sleep(0)  # other runs get the loop during a long turn
 
     def _intent_body(self, step: int, index: int, intent: Intent) -> dict[str, Any]:
-        body = {
+        body: dict[str, Any] = {
             "step": step,
             "index": index,
             "call_id": intent.call_id,
             "tool": intent.tool,
             "args": intent.args,
         }
+        if intent.args_error is not None:
+            body["args"] = {}
+            body["args_error"] = intent.args_error[:ARGS_ERROR_CHARS_MAX]
+            return body
         try:
             canonical_bytes(body)
         except NotCanonicalizable:

@@ -274,6 +274,7 @@ class Replayer:
     def fold_page(self, entries: Iterable[Entry]) -> None:
         for entry in entries:
             self.kinds[entry.kind] += 1
+            self._check_lifecycle(entry)
             if self._vocabulary_ok(entry):
                 handler = _HANDLERS.get(entry.kind)
                 if handler is not None:
@@ -282,6 +283,27 @@ class Replayer:
             # chain is unbroken.
             if entry.seq == self.summary.head_seq + 1:
                 self.summary.fold(entry)
+
+    def _check_lifecycle(self, entry: Entry) -> None:
+        """Nothing follows a run's end but a resumption, and a resumption follows only the end of
+        a run that failed or was cancelled (a completed run is final)."""
+        if entry.seq != self.summary.head_seq + 1:
+            return
+        status = self.summary.status
+        if entry.kind == EntryKind.RESUMPTION:
+            if not status.resumable:
+                self._fail(
+                    entry.seq,
+                    ReplayFailure.RESUMPTION_INVALID,
+                    f"entry {entry.seq} resumes a run that is {status.value}",
+                )
+            return
+        if status.terminal:
+            self._fail(
+                entry.seq,
+                ReplayFailure.ENTRY_AFTER_END,
+                f"entry {entry.seq} ({entry.kind}) follows the run's end",
+            )
 
     def _vocabulary_ok(self, entry: Entry) -> bool:
         try:
@@ -334,9 +356,7 @@ class Replayer:
 
     def _intent(self, entry: Entry) -> None:
         body = entry.body
-        self._undecided[entry.id] = Intent(
-            str(body.get("tool")), body.get("args", {}), str(body.get("call_id", ""))
-        )
+        self._undecided[entry.id] = Intent.from_body(body, "")
 
     def _proposal(self, entry: Entry) -> Intent | None:
         """The undecided intent a decision entry decides (else the failure is recorded)."""

@@ -26,6 +26,8 @@ class StartRun:
     """None: the server's default provider."""
     model: str | None = None
     base_url: str | None = None
+    stream: bool = True
+    context_tokens: int | None = None
     script: Sequence[Mapping[str, Any]] | None = None
     budget: Budget = field(default_factory=Budget)
     effect_ceiling: str | None = None

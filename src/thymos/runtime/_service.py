@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import biscuit_auth as biscuit
+import httpx2
 import orjson
 
 from thymos import __version__
@@ -25,7 +26,9 @@ from thymos.cognition import (
     CognitionEvent,
     Prices,
     ProviderEnv,
+    base_url_problem,
     create_provider,
+    model_http_client,
     provider_info,
     validate_script,
 )
@@ -162,6 +165,8 @@ class Runtime:
         self._documents_kept = False
         self._revocations: frozenset[str] = frozenset()
         self._unloadable: set[str] = set()
+        self._resuming: set[str] = set()
+        """Runs whose resumption is being recorded (a second request for one is refused)."""
         self.tools = tools
         self.catalog = ToolCatalog(tools.specs())
         self.config = config
@@ -174,7 +179,10 @@ class Runtime:
         self.clock = clock or SystemClock()
         self._random = random
         # How a run gets its cognition; tests and the benchmark substitute their own.
-        self._provider_factory = provider_factory or _provider_factory(config.providers)
+        self._model_http = model_http_client()
+        self._provider_factory = provider_factory or _provider_factory(
+            config.providers, self._model_http
+        )
         self._active: dict[str, ActiveRun] = {}
         self._starting = 0
         """Runs being created: counted against the active-run limit before they are active."""
@@ -265,6 +273,7 @@ class Runtime:
         for active in list(self._active.values()):
             self._close_feeds(active)
         self.tool_pool.close()
+        await self._model_http.aclose()
 
     # -- starting runs -----------------------------------------------------------------------
 
@@ -343,6 +352,9 @@ class Runtime:
                 f"cognition provider {provider!r} needs {info.key_variable} on the server",
                 {"provider": provider, "key_variable": info.key_variable},
             )
+        problem = base_url_problem(request.base_url) if request.base_url is not None else None
+        if problem is not None:
+            raise ThymosError(ErrorCode.INVALID_REQUEST, problem, {"field": "cognition.base_url"})
         if request.base_url is not None and info.kind != "openai":
             raise ThymosError(
                 ErrorCode.INVALID_REQUEST,
@@ -382,8 +394,12 @@ class Runtime:
             tool_scopes=tuple(scopes),
             tools=tuple(tools),
             provider=provider,
-            model=request.model,
+            # The model is recorded as used (the provider's default unless asked), so the
+            # ledger says what thought and the price table can price it.
+            model=request.model or info.default_model,
             base_url=request.base_url,
+            stream=request.stream,
+            context_tokens=request.context_tokens,
             script=script,
             budget=request.budget,
             tenant=tenant,
@@ -450,6 +466,98 @@ class Runtime:
         await self.store.create_run(record, first, idempotency)
         self._launch(record, state, first)
         return record
+
+    # -- run control -------------------------------------------------------------------------
+
+    async def resume(
+        self,
+        run_id: str,
+        tenant: str | None,
+        *,
+        max_steps: int | None,
+        requested_by: str,
+        key_id: str | None,
+    ) -> RunRecord:
+        """Continue a failed or cancelled run on its own ledger: its writ, the usage it spent,
+        its world and its model's context are all rebuilt from the ledger; a `resumption`
+        entry records who asked and the step limit from now on."""
+        if not self.accepting:
+            raise ThymosError(
+                ErrorCode.SHUTTING_DOWN, "the server is shutting down and resumes no runs"
+            )
+        record = await self.visible_record(run_id, tenant)
+        status = RunStatus(record.status)
+        if run_id in self._active or run_id in self._resuming or not status.resumable:
+            shown = "active" if run_id in self._active or not status.terminal else status.value
+            raise ThymosError(
+                ErrorCode.RUN_NOT_RESUMABLE,
+                f"the run is {shown}: only a failed or cancelled run can be resumed",
+                {"status": record.status},
+            )
+        if run_id in self._unloadable:
+            raise ThymosError(
+                ErrorCode.RUN_NOT_RESUMABLE,
+                "the run could not be loaded at start-up; the server log says why",
+            )
+        limit = self.config.runs_active_max
+        if len(self._active) + self._starting >= limit:
+            raise ThymosError(
+                ErrorCode.CAPACITY_EXHAUSTED,
+                f"this server already runs {limit} runs; retry shortly",
+                {"retry_after_s": 1, "runs_active_max": limit},
+            )
+        # Claimed before the first await: a second resume of the same run is refused above.
+        self._resuming.add(run_id)
+        self._starting += 1
+        try:
+            return await self._resume_claimed(record, max_steps, requested_by, key_id)
+        finally:
+            self._starting -= 1
+            self._resuming.discard(run_id)
+
+    async def _resume_claimed(
+        self, record: RunRecord, max_steps: int | None, requested_by: str, key_id: str | None
+    ) -> RunRecord:
+        state = await self._load_state(record)
+        steps = state.summary.steps_executed
+        limit = max_steps if max_steps is not None else state.spec.max_steps
+        if limit <= steps:
+            raise ThymosError(
+                ErrorCode.INVALID_REQUEST,
+                f"the run has taken {steps} steps of its max_steps {state.spec.max_steps}; "
+                f"resume it with a max_steps above {steps}",
+                {"field": "max_steps", "steps_executed": steps},
+            )
+        unknown = sorted(state.started)
+        if unknown:
+            raise ThymosError(
+                ErrorCode.RUN_NOT_RESUMABLE,
+                "an external call of this run started and its outcome is unknown; it needs an "
+                "operator's decision before the run can go on",
+                {"intents": unknown},
+            )
+        summary = state.summary
+        body = {
+            "max_steps": limit,
+            "requested_by": requested_by,
+            "key_id": key_id,
+            "previous_status": summary.status.value,
+            "previous_terminated_by": summary.terminated_by,
+        }
+        trajectory = Trajectory(
+            run_id=record.run_id,
+            store=self.store,
+            state=state,
+            clock=self.clock,
+            entries=Feed(),
+            on_change=lambda: None,
+            signer=self._signer,
+        )
+        await trajectory.append([(EntryKind.RESUMPTION, body)])
+        resumed = await self.store.get_run(record.run_id)
+        assert resumed is not None, "a run being resumed is stored"
+        self._launch(resumed, state)
+        return resumed
 
     def _mint(self, spec: RunSpec, now_us: int) -> dict[str, Any]:
         """The run's writ: its scopes, effect ceiling, budgets, validity window and tenant."""
@@ -955,7 +1063,9 @@ def _document(kind: DocumentKind, body: Any) -> Document:
     return Document(blake3_hex(raw), kind.value, raw)
 
 
-def _provider_factory(providers: ProviderEnv) -> Callable[[RunSpec], Cognition]:
+def _provider_factory(
+    providers: ProviderEnv, http_client: httpx2.AsyncClient
+) -> Callable[[RunSpec], Cognition]:
     def create(spec: RunSpec) -> Cognition:
         return create_provider(
             spec.provider,
@@ -963,6 +1073,9 @@ def _provider_factory(providers: ProviderEnv) -> Callable[[RunSpec], Cognition]:
             script=spec.script,
             base_url=spec.base_url,
             env=providers,
+            stream=spec.stream,
+            context_tokens=spec.context_tokens,
+            http_client=http_client,
         )
 
     return create

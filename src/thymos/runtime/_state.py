@@ -8,11 +8,20 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from thymos.cognition import AssistantTurn, HistoryItem, Observation
-from thymos.core import Entry, EntryKind, Intent, RunSpec, RunSummary, World, deltas_of
+from thymos.core import (
+    Entry,
+    EntryKind,
+    Intent,
+    RunSpec,
+    RunSummary,
+    World,
+    deltas_of,
+    us_from_rfc3339,
+)
 
 CONTEXT_HISTORY_MAX = 256
 """Items of history handed to cognition each turn. Providers trim further to their context
@@ -35,6 +44,14 @@ class RunState:
     open_intents: list[Intent] = field(default_factory=list)
     """Intents of the latest turn not yet attached to its history item (attached in one go,
     so a turn with k intents costs O(k), not O(k^2))."""
+    history_items: int = 0
+    """Items ever appended to `history` (the deque keeps the latest)."""
+    started: set[str] = field(default_factory=set)
+    """Undecided intents whose `execution_started` is recorded: their outcome is unknown."""
+    segment_started_us: int | None = None
+    """When the run last started or resumed (while it is not ended)."""
+    wall_spent_us: int = 0
+    """Wall-clock time of the run's ended segments (from start or resumption to each end)."""
     turn_final: str | None = None
     """The final answer of the latest turn, if it gave one (the run ends once its intents are
     decided)."""
@@ -48,21 +65,44 @@ class RunState:
         if kind == EntryKind.TURN:
             final = body.get("final")
             self.turn_final = final if isinstance(final, str) else None
-            self.history.append(
-                AssistantTurn(int(body.get("step", 0)), str(body.get("text", "")), ())
-            )
+            self._remember(AssistantTurn(int(body.get("step", 0)), str(body.get("text", "")), ()))
         elif kind == EntryKind.INTENT:
-            intent = Intent(body["tool"], body.get("args", {}), body.get("call_id", entry.id[:12]))
+            intent = Intent.from_body(body, entry.id[:12])
             self.undecided[entry.id] = (entry.seq, intent)
             self.open_intents.append(intent)
+        elif kind == EntryKind.EXECUTION_STARTED:
+            self.started.add(str(body.get("intent")))
+        elif kind in (EntryKind.RUN_STARTED, EntryKind.RESUMPTION):
+            self.segment_started_us = us_from_rfc3339(entry.time)
+            if kind == EntryKind.RESUMPTION:
+                self.spec = replace(self.spec, max_steps=int(body["max_steps"]))
+                self.turn_final = None
+        elif kind == EntryKind.RUN_ENDED and self.segment_started_us is not None:
+            self.wall_spent_us += max(us_from_rfc3339(entry.time) - self.segment_started_us, 0)
+            self.segment_started_us = None
         elif kind in (EntryKind.REJECTION, EntryKind.COMMIT, EntryKind.TOOL_FAILURE):
             ref = body.get("intent")
+            if isinstance(ref, str):
+                self.started.discard(ref)
             decided = self.undecided.pop(ref, None) if isinstance(ref, str) else None
             call_id = decided[1].call_id if decided else str(ref)
             outcome, content = _observation(kind, body)
-            self.history.append(Observation(call_id, str(body.get("tool")), outcome, content))
+            approved_by = body.get("approved_by") if kind != EntryKind.REJECTION else None
+            self._remember(
+                Observation(
+                    call_id,
+                    str(body.get("tool")),
+                    outcome,
+                    content,
+                    tuple(str(a) for a in approved_by) if isinstance(approved_by, list) else (),
+                )
+            )
             if kind == EntryKind.COMMIT:
                 self.world.apply_all(deltas_of(body))
+
+    def _remember(self, item: HistoryItem) -> None:
+        self.history.append(item)
+        self.history_items += 1
 
     def _attach_intents(self) -> None:
         last = self.history[-1] if self.history else None
@@ -94,5 +134,8 @@ def _observation(kind: str, body: dict[str, Any] | Any) -> tuple[Any, Any]:
     if kind == EntryKind.COMMIT:
         return "committed", body.get("output")
     if kind == EntryKind.REJECTION:
-        return "rejected", {"reason": body.get("reason"), "message": body.get("message")}
+        seen: dict[str, Any] = {"reason": body.get("reason"), "message": body.get("message")}
+        if body.get("reason") == "approval_denied":
+            seen["details"] = body.get("details")  # who denied it and why
+        return "rejected", seen
     return "failed", body.get("error")

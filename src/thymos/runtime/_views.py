@@ -19,7 +19,7 @@ def run_view(record: RunRecord) -> dict[str, Any]:
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "tenant": record.tenant,
-        "max_steps": spec["max_steps"],
+        "max_steps": summary.get("max_steps") or spec["max_steps"],
         "tool_scopes": spec["tool_scopes"],
         "tools": spec["tools"],
         "cognition": {"provider": cognition.get("provider"), "model": cognition.get("model")},
