@@ -181,12 +181,12 @@ def test_approving_a_proposal_of_a_revoked_writ_rejects_it_revoked(
     assert of_kind(entries(client, run_id), "commit") == []
 
 
-def test_wall_clock_budget_ends_the_run_before_an_expired_writ_is_compiled(
+def test_wall_clock_budget_ends_the_run_during_a_turn_that_outlasts_it(
     governed: ServerProcess,
 ) -> None:
-    """A turn that outlasts budget.wall_clock_ms ends the run at the safe point before its
-    intent is compiled: failed, terminated_by budget_exhausted, the intent left undecided
-    (no `expired` rejection is needed, because no call is made)."""
+    """A model turn that outlasts budget.wall_clock_ms is cut short when the budget runs out:
+    the run ends failed, terminated_by budget_exhausted, and the intent the turn would have
+    proposed is never recorded (no `expired` rejection is needed, because no call is made)."""
     client = governed.client()
     slow = {"tool": "fs_read", "args": {"path": "README.md"}, "sleep_ms": 2500}
     run_id = _run(client, [slow, FINAL], budget={"wall_clock_ms": 1500})
@@ -194,7 +194,7 @@ def test_wall_clock_budget_ends_the_run_before_an_expired_writ_is_compiled(
     assert record["status"] == "failed", record
     assert record["summary"]["terminated_by"] == "budget_exhausted"
     items = entries(client, run_id)
-    assert len(of_kind(items, "intent")) == 1
+    assert of_kind(items, "turn") == of_kind(items, "intent") == []
     assert of_kind(items, "rejection") == of_kind(items, "commit") == []
     assert of_kind(items, "run_ended")[0]["payload"]["terminated_by"] == "budget_exhausted"
 

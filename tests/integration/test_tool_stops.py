@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from thymos.cognition import CognitionContext, Emit, Turn
 from thymos.core import Budget
 from thymos.runtime import Runtime, RuntimeConfig, StartRun
 from thymos.storage import SqliteLedgerStore
@@ -212,3 +213,70 @@ async def test_tools_filling_their_threads_do_not_starve_replay_or_other_runs(
     finally:
         blocker.release.set()
     await runtime.shutdown(10.0)
+
+
+class Pondering:
+    """A model that never answers: its turn waits until it is cancelled (and says so)."""
+
+    live = False
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = False
+
+    async def turn(self, context: CognitionContext, emit: Emit) -> Turn:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.anyio
+async def test_a_stop_ends_a_model_turn_in_flight(
+    store: SqliteLedgerStore, workspace: Path
+) -> None:
+    """A shutdown during a model call cancels the call at once and records why (had it waited
+    for the turn, the grace period would have run out and the end would say the server stopped
+    during a step)."""
+    model = Pondering()
+    runtime = Runtime(
+        store=store,
+        tools=builtin_tools(),
+        config=RuntimeConfig(workspace=workspace),
+        provider_factory=lambda spec: model,
+    )
+    record, _ = await runtime.start_run(StartRun(task="think"), tenant="t")
+    await model.started.wait()
+    await runtime.shutdown(600.0)
+    assert model.cancelled
+    ended = (await _kinds(store, record.run_id))[-1]["body"]
+    assert (ended["terminated_by"], ended["error"]) == (
+        "interrupted",
+        "the server is shutting down",
+    )
+
+
+@pytest.mark.anyio
+async def test_the_wall_clock_budget_ends_a_model_turn_in_flight(
+    store: SqliteLedgerStore, workspace: Path
+) -> None:
+    clock = StepClock()
+    model = Pondering()
+    runtime = Runtime(
+        store=store,
+        tools=builtin_tools(),
+        config=RuntimeConfig(workspace=workspace),
+        clock=clock,
+        provider_factory=lambda spec: model,
+    )
+    record, _ = await runtime.start_run(
+        StartRun(task="think", budget=Budget(wall_clock_ms=60_000)), tenant="t"
+    )
+    clock.ms = 59_950  # before the turn starts: 50 ms of budget are left for it
+    view = await finish(runtime, record.run_id)
+    assert model.cancelled
+    assert view["summary"]["terminated_by"] == "budget_exhausted"
+    await runtime.shutdown(5.0)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from thymos.cognition import (
     TURN_TOKENS_MAX,
@@ -27,6 +27,7 @@ from thymos.cognition import (
     CognitionFailed,
     Prices,
     ToolView,
+    Turn,
 )
 from thymos.core import (
     DeltaConflict,
@@ -72,6 +73,7 @@ from ._feeds import Feed
 from ._trajectory import EntryTooLarge, Trajectory
 
 log = logging.getLogger("thymos.runtime")
+T = TypeVar("T")
 
 INTENTS_PER_YIELD = 16
 """Decisions made between yields to the event loop when a turn brings many in-process intents."""
@@ -162,8 +164,9 @@ class RunActor:
         self.authority = authority
         self._on_change = on_change
         self._stop: StopRun | None = None
-        self._tool_scope: asyncio.Timeout | None = None
-        """The deadline of the tool call in progress (a stop request moves it to now)."""
+        self._scope: asyncio.Timeout | None = None
+        """The deadline of the tool or model call in progress (a stop request moves it to
+        now)."""
         self._votes: list[Vote] = []
         self._wake = asyncio.Event()
         self._waiting = False
@@ -191,8 +194,8 @@ class RunActor:
         """Ask the run to stop at its next safe point."""
         if self._stop is None:
             self._stop = StopRun(terminated_by, message)
-        if self._tool_scope is not None:
-            self._tool_scope.reschedule(asyncio.get_running_loop().time())
+        if self._scope is not None:
+            self._scope.reschedule(asyncio.get_running_loop().time())
         self._wake.set()
 
     def submit_vote(self, vote: Vote) -> None:
@@ -270,22 +273,35 @@ class RunActor:
     async def _run_tool(self, tool: Tool, args: Mapping[str, Any], context: ToolContext) -> Any:
         """The tool's outcome, unless the run is stopped or its wall-clock budget runs out
         first: then the tool is cancelled mid-flight (a child process's whole group is killed)
-        and `ToolStopped` says why. The deadline is a timeout scope around the call itself (no
-        extra task: a tool that finishes without waiting costs nothing more); a stop request
+        and `ToolStopped` says why."""
+        return await self._stoppable(tool.run(args, context))
+
+    async def _think(self, context: CognitionContext) -> Turn:
+        """The model's turn, raced against a stop request and the wall-clock budget: a stop
+        during a model call ends it at once (the call is cancelled) and is raised as `StopRun`."""
+        try:
+            return await self._stoppable(self.cognition.turn(context, self._emit))
+        except ToolStopped as stopped:
+            raise stopped.stop from None
+
+    async def _stoppable(self, call: Awaitable[T]) -> T:
+        """`call`, cancelled if the run is stopped or out of wall-clock time first (then
+        `ToolStopped` says why). The deadline is a timeout scope around the call itself (no
+        extra task: a call that finishes without waiting costs nothing more); a stop request
         moves that deadline to now."""
         scope = asyncio.timeout(self._wall_clock_left_s())
-        self._tool_scope = scope
+        self._scope = scope
         try:
             async with scope:
                 if self._stop is not None:
                     scope.reschedule(asyncio.get_running_loop().time())
-                return await tool.run(args, context)
+                return await call
         except TimeoutError:
             if not scope.expired():
-                raise  # the tool's own timeout, not ours: its failure to record
+                raise  # the call's own timeout, not ours: its failure to record
             raise ToolStopped(self._stop or self._out_of_time()) from None
         finally:
-            self._tool_scope = None
+            self._scope = None
 
     async def _loop(self) -> str:
         """Steps until a final answer (returned) or a stop (raised as `StopRun`)."""
@@ -320,7 +336,7 @@ class RunActor:
                 omitted=state.history_items - len(history),
             )
             try:
-                turn = await self.cognition.turn(context, self._emit)
+                turn = await self._think(context)
             except CognitionFailed as failure:
                 self.view.partial_answer = None
                 self.deps.cognition_events.publish(
