@@ -110,6 +110,15 @@ class ResumeBody(_Strict):
     )
 
 
+class CancelBody(_Strict):
+    reason: str | None = Field(None, max_length=2000, description="Recorded with the cancellation")
+
+
+class RunCancelling(BaseModel):
+    run_id: str
+    status: str = Field(description="The run's status when the cancel was asked for")
+
+
 class RevokeBody(_Strict):
     reason: str | None = Field(None, max_length=2000)
 

@@ -16,7 +16,14 @@ from thymos.runtime import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX
 from ._body import parse_body, read_body, request_body_schema
 from ._caller import Caller, Role, current_caller
 from ._deps import runtime_of
-from ._models import ERROR_RESPONSES, CreateRunBody, ResumeBody, RunCreated
+from ._models import (
+    ERROR_RESPONSES,
+    CancelBody,
+    CreateRunBody,
+    ResumeBody,
+    RunCancelling,
+    RunCreated,
+)
 
 router = APIRouter(tags=["runs"], responses=ERROR_RESPONSES)
 
@@ -106,6 +113,26 @@ async def resume_run(run_id: str, request: Request, caller: CallerDep) -> Any:
         run_id, caller.tenant, max_steps=max_steps, requested_by=caller.name, key_id=caller.key_id
     )
     return {"run_id": record.run_id, "task": record.spec["task"], "status": record.status}
+
+
+@router.post(
+    "/runs/{run_id}/cancel",
+    status_code=202,
+    response_model=RunCancelling,
+    summary="Cancel an active run now (operator)",
+    openapi_extra={
+        **request_body_schema(CancelBody),
+        "requestBody": {**request_body_schema(CancelBody)["requestBody"], "required": False},
+    },
+)
+async def cancel_run(run_id: str, request: Request, caller: CallerDep) -> Any:
+    caller.require(Role.OPERATOR)
+    reason = None
+    if (await read_body(request)).strip():
+        reason = (await parse_body(request, CancelBody)).reason
+    return await runtime_of(request).cancel(
+        run_id, caller.tenant, requested_by=caller.name, key_id=caller.key_id, reason=reason
+    )
 
 
 @router.get("/runs/{run_id}/execution", summary="The live execution session")

@@ -51,8 +51,8 @@ BODY_FIELDS: Mapping[EntryKind, frozenset[str]] = {
     EntryKind.TOOL_FAILURE: _DECISION_BASIS | {"effect", "approved_by", "error"},
     EntryKind.RUN_ENDED: frozenset({"status", "terminated_by", "final_answer", "error"}),
     EntryKind.EXECUTION_STARTED: frozenset({"intent", "tool", "effect", "idempotency_key"}),
+    EntryKind.CANCELLATION: frozenset({"requested_by", "key_id", "reason"}),
     # Reserved: named in the vocabulary, not yet written by this release (run control).
-    EntryKind.CANCELLATION: frozenset(),
     EntryKind.RESUMPTION: frozenset(
         {"max_steps", "requested_by", "key_id", "previous_status", "previous_terminated_by"}
     ),

@@ -168,6 +168,8 @@ class RunActor:
         """The deadline of the tool or model call in progress (a stop request moves it to
         now)."""
         self._votes: list[Vote] = []
+        self._cancellation: dict[str, Any] | None = None
+        """Who cancelled the run (recorded with its end)."""
         self._wake = asyncio.Event()
         self._waiting = False
         # The wall-clock budget counts what the run spent before it was resumed.
@@ -189,6 +191,13 @@ class RunActor:
     @property
     def waiting(self) -> bool:
         return self._waiting
+
+    def request_cancel(self, requested_by: str, key_id: str | None, reason: str | None) -> None:
+        """Cancel the run: it stops at once wherever it is (a model call or a tool in flight is
+        cancelled, a wait for approval ends and its proposal is void) and records who asked."""
+        if self._stop is None:
+            self._cancellation = {"requested_by": requested_by, "key_id": key_id, "reason": reason}
+        self.request_stop(TerminatedBy.CANCELLED, f"cancelled by {requested_by}")
 
     def request_stop(self, terminated_by: TerminatedBy, message: str | None = None) -> None:
         """Ask the run to stop at its next safe point."""
@@ -755,5 +764,8 @@ class RunActor:
             "final_answer": final_answer,
             "error": error,
         }
+        items: list[tuple[EntryKind, Mapping[str, Any]]] = [(EntryKind.RUN_ENDED, body)]
+        if terminated_by is TerminatedBy.CANCELLED and self._cancellation is not None:
+            items.insert(0, (EntryKind.CANCELLATION, self._cancellation))
         # Shielded: the end of a run is recorded even when shutdown cancels the actor here.
-        await asyncio.shield(self.trajectory.append([(EntryKind.RUN_ENDED, body)]))
+        await asyncio.shield(self.trajectory.append(items))

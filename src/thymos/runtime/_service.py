@@ -515,6 +515,39 @@ class Runtime:
             self._starting -= 1
             self._resuming.discard(run_id)
 
+    async def cancel(
+        self,
+        run_id: str,
+        tenant: str | None,
+        *,
+        requested_by: str,
+        key_id: str | None,
+        reason: str | None,
+    ) -> dict[str, Any]:
+        """Ask an active run to stop now; its end (a `cancellation` entry with who asked, then
+        `run_ended` cancelled) is recorded by its actor. Commits already made stay."""
+        record = await self.visible_record(run_id, tenant)
+        active = self._active.get(run_id)
+        if active is None and run_id in self._unloadable:
+            raise ThymosError(
+                ErrorCode.RUN_NOT_ACTIVE,
+                "the run could not be loaded at start-up; the server log says why",
+            )
+        if active is None:
+            if not RunStatus(record.status).terminal:
+                raise ThymosError(
+                    ErrorCode.NOT_READY,
+                    "the run is not loaded yet; retry shortly",
+                    {"retry_after_s": 1},
+                )
+            raise ThymosError(
+                ErrorCode.RUN_NOT_ACTIVE,
+                f"the run is {record.status}: only an active run can be cancelled",
+                {"status": record.status},
+            )
+        active.actor.request_cancel(requested_by, key_id, reason)
+        return {"run_id": run_id, "status": active.actor.trajectory.state.summary.status.value}
+
     async def _resume_claimed(
         self, record: RunRecord, max_steps: int | None, requested_by: str, key_id: str | None
     ) -> RunRecord:
