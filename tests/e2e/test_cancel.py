@@ -4,14 +4,20 @@ void); recorded with who asked; commits already made stay; the ledger still veri
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e._authority import KEYS_ENV, as_key, entries, of_kind, policy_dir, wait_pending
-from tests.e2e._harness import ServerProcess, assert_error, create_run, wait_for, wait_terminal
+from tests.e2e._harness import (
+    ServerProcess,
+    alive_with,
+    assert_error,
+    create_run,
+    wait_for,
+    wait_terminal,
+)
 from tests.e2e.conftest import ServerFactory
 
 pytestmark = pytest.mark.blackbox
@@ -30,20 +36,6 @@ def governed(
 ) -> ServerProcess:
     folder = policy_dir(tmp_path_factory.mktemp("policy"), rules=POLICY)
     return module_server_factory({"THYMOS_POLICY_DIR": str(folder)})
-
-
-def _alive_with(marker: str) -> list[int]:
-    """Processes on this machine whose command line holds `marker`."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in cmdline:
-                found.append(int(name))
-    return found
 
 
 def _cancelled(client: Any, run_id: str, reason: str | None = None) -> list[dict[str, Any]]:
@@ -114,11 +106,11 @@ def test_cancel_during_a_thirty_second_command_kills_it(
             },
         },
     )
-    wait_for(lambda: _alive_with(f"sleep\0{marker}") or None, timeout_s=15, what="the command")
+    wait_for(lambda: alive_with(f"sleep\0{marker}") or None, timeout_s=15, what="the command")
     items = _cancelled(client, run_id)
     failure = of_kind(items, "tool_failure")[0]["payload"]
     assert failure["tool"] == "shell" and failure["error"]["code"] == "stopped"
-    wait_for(lambda: not _alive_with(f"sleep\0{marker}") or None, timeout_s=10, what="its end")
+    wait_for(lambda: not alive_with(f"sleep\0{marker}") or None, timeout_s=10, what="its end")
 
 
 def test_cancel_while_waiting_for_approval_voids_the_proposal(governed: ServerProcess) -> None:

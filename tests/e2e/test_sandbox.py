@@ -9,17 +9,15 @@ seen.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e._authority import entries, policy_dir
-from tests.e2e._harness import ServerProcess, create_run, wait_for, wait_terminal
+from tests.e2e._harness import ServerProcess, alive_with, create_run, wait_for, wait_terminal
 from tests.e2e.conftest import ServerFactory
 
 pytestmark = pytest.mark.blackbox
@@ -70,20 +68,6 @@ def _shell(command: str, seconds: int = 20) -> dict[str, Any]:
 
 def _test_run(script: str) -> dict[str, Any]:
     return {"tool": "test_run", "args": {"args": [script]}}
-
-
-def _alive_with(marker: str) -> list[int]:
-    """Processes on this machine whose command line holds `marker`."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in cmdline:
-                found.append(int(name))
-    return found
 
 
 def test_a_command_cannot_read_or_write_outside_its_workspace(
@@ -197,14 +181,14 @@ def test_output_is_truncated_and_a_slow_command_is_stopped_while_the_server_answ
             },
         },
     )
-    wait_for(lambda: _alive_with(marker) or None, timeout_s=30, what="the sleeper to start")
+    wait_for(lambda: alive_with(marker) or None, timeout_s=30, what="the sleeper to start")
     assert client.get("/health").status_code == 200
     assert wait_terminal(client, run_id, timeout_s=60)["status"] == "completed"
     loud, slow = (e["payload"]["output"] for e in entries(client, run_id) if e["kind"] == "commit")
     assert loud["truncated"] is True and loud["exit_code"] is None
     assert 0 < len(loud["stdout"]) <= 256 * 1024
     assert (slow["timed_out"], slow["exit_code"]) == (True, None)
-    wait_for(lambda: not _alive_with(marker) or None, timeout_s=15, what="the sleepers to die")
+    wait_for(lambda: not alive_with(marker) or None, timeout_s=15, what="the sleepers to die")
 
 
 def test_health_reports_the_sandbox(sandboxed: ServerProcess) -> None:

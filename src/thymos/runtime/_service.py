@@ -238,15 +238,7 @@ class Runtime:
                         "run %s waits for approval but cannot be loaded: %s", record.run_id, exc
                     )
                 continue
-            trajectory = Trajectory(
-                run_id=record.run_id,
-                store=self.store,
-                state=state,
-                clock=self.clock,
-                entries=Feed(),
-                on_change=lambda: None,
-                signer=self._signer,
-            )
+            trajectory = self._unobserved(record.run_id, state)
             body = {
                 "status": RunStatus.FAILED.value,
                 "terminated_by": TerminatedBy.INTERRUPTED.value,
@@ -417,16 +409,10 @@ class Runtime:
     async def _create(
         self, spec: RunSpec, idempotency: tuple[str, str] | None, created_by: str | None
     ) -> RunRecord:
-        limit = self.config.runs_active_max
         # A slot is taken before the first await and held until the run is registered as
         # active (or its creation failed): the check and the registration must not be split by
         # an await, or every concurrent request passes the check at once.
-        if len(self._active) + self._starting >= limit:
-            raise ThymosError(
-                ErrorCode.CAPACITY_EXHAUSTED,
-                f"this server already runs {limit} runs; retry shortly",
-                {"retry_after_s": 1, "runs_active_max": limit},
-            )
+        self._check_capacity()
         self._starting += 1
         try:
             return await self._create_in_slot(spec, idempotency, created_by)
@@ -499,13 +485,7 @@ class Runtime:
                 ErrorCode.RUN_NOT_RESUMABLE,
                 "the run could not be loaded at start-up; the server log says why",
             )
-        limit = self.config.runs_active_max
-        if len(self._active) + self._starting >= limit:
-            raise ThymosError(
-                ErrorCode.CAPACITY_EXHAUSTED,
-                f"this server already runs {limit} runs; retry shortly",
-                {"retry_after_s": 1, "runs_active_max": limit},
-            )
+        self._check_capacity()
         # Claimed before the first await: a second resume of the same run is refused above.
         self._resuming.add(run_id)
         self._starting += 1
@@ -577,8 +557,29 @@ class Runtime:
             "previous_status": summary.status.value,
             "previous_terminated_by": summary.terminated_by,
         }
-        trajectory = Trajectory(
-            run_id=record.run_id,
+        trajectory = self._unobserved(record.run_id, state)
+        await trajectory.append([(EntryKind.RESUMPTION, body)])
+        resumed = await self.store.get_run(record.run_id)
+        assert resumed is not None, "a run being resumed is stored"
+        self._launch(resumed, state)
+        return resumed
+
+    def _check_capacity(self) -> None:
+        """429 when one more active run would pass the limit (callers take their slot before
+        their first await, so the check and the claim are not split)."""
+        limit = self.config.runs_active_max
+        if len(self._active) + self._starting >= limit:
+            raise ThymosError(
+                ErrorCode.CAPACITY_EXHAUSTED,
+                f"this server already runs {limit} runs; retry shortly",
+                {"retry_after_s": 1, "runs_active_max": limit},
+            )
+
+    def _unobserved(self, run_id: str, state: RunState) -> Trajectory:
+        """A trajectory for appending to a run that has no actor (its end at recovery, its
+        resumption before its actor starts): nobody observes it yet."""
+        return Trajectory(
+            run_id=run_id,
             store=self.store,
             state=state,
             clock=self.clock,
@@ -586,11 +587,6 @@ class Runtime:
             on_change=lambda: None,
             signer=self._signer,
         )
-        await trajectory.append([(EntryKind.RESUMPTION, body)])
-        resumed = await self.store.get_run(record.run_id)
-        assert resumed is not None, "a run being resumed is stored"
-        self._launch(resumed, state)
-        return resumed
 
     def _mint(self, spec: RunSpec, now_us: int) -> dict[str, Any]:
         """The run's writ: its scopes, effect ceiling, budgets, validity window and tenant."""
