@@ -19,7 +19,14 @@ from typing import Any
 
 import orjson
 
-from thymos.cognition import PROVIDER_INFOS, RUNNABLE_KINDS, Prices, ProviderEnv, provider_info
+from thymos.cognition import (
+    PROVIDER_INFOS,
+    RUNNABLE_KINDS,
+    Prices,
+    ProviderEnv,
+    base_url_problem,
+    provider_info,
+)
 
 MODES = ("reference", "production")
 DEFAULT_ADDR = "127.0.0.1:3001"
@@ -436,6 +443,11 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     if "THYMOS_LOG_LEVEL" in source:
         values["log_level"] = source["THYMOS_LOG_LEVEL"].lower()
     values["providers"] = ProviderEnv.of(source)
+    for info in PROVIDER_INFOS:
+        url = values["providers"].values.get(info.base_url_variable or "")
+        problem = base_url_problem(url) if url is not None else None
+        if problem is not None:
+            raise SettingsError(f"{info.base_url_variable}: {problem.split(' ', 1)[1]}")
     if source.get("THYMOS_PRICES", "").strip():
         try:
             values["prices"] = Prices.with_overrides(json.loads(source["THYMOS_PRICES"]))

@@ -134,3 +134,13 @@ def test_keys_allow_a_non_loopback_bind_that_an_open_server_refuses(tmp_path: Pa
     )
     check_exposure(guarded)
     assert guarded.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://host/v1", "http://", "http://h /v1", "http://u:p@host/v1", "http://h:x/v1"]
+)
+def test_a_provider_endpoint_that_is_not_a_plain_url_stops_start_up(url: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"OPENAI_BASE_URL": url})
+    assert "OPENAI_BASE_URL" in str(caught.value)
+    assert load_settings({"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}).providers.values
