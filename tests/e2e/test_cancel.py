@@ -113,7 +113,9 @@ def test_cancel_during_a_thirty_second_command_kills_it(
     wait_for(lambda: not alive_with(f"sleep\0{marker}") or None, timeout_s=10, what="its end")
 
 
-def test_cancel_while_waiting_for_approval_voids_the_proposal(governed: ServerProcess) -> None:
+def test_cancel_while_waiting_for_approval_voids_the_proposal_and_resume_asks_again(
+    governed: ServerProcess,
+) -> None:
     client = governed.client()
     run_id = create_run(
         client,
@@ -135,6 +137,19 @@ def test_cancel_while_waiting_for_approval_voids_the_proposal(governed: ServerPr
     assert session["pending_approvals"] == []
     late = client.post(f"/runs/{run_id}/approvals/ops", json={"approve": True})
     assert late.status_code in (404, 409), late.text
+
+    # Resumed, the undecided call is decided again: it waits on a fresh suspension, and a vote
+    # now counts for it alone; the run completes and its whole ledger replays.
+    assert client.post(f"/runs/{run_id}/resume").status_code == 202
+    wait_pending(client, run_id)
+    voted = client.post(f"/runs/{run_id}/approvals/ops", json={"approve": True})
+    assert voted.status_code == 200, voted.text
+    record = wait_terminal(client, run_id)
+    assert record["status"] == "completed", record
+    items = entries(client, run_id)
+    assert len(of_kind(items, "suspension")) == 2 and len(of_kind(items, "commit")) == 1
+    report = client.get(f"/runs/{run_id}/replay").json()
+    assert report["verified"] is True, report["failures"]
 
 
 def test_cancel_needs_an_operator_of_the_runs_tenant(server_factory: ServerFactory) -> None:

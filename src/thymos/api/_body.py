@@ -42,6 +42,13 @@ async def read_body(request: Request) -> bytes:
         ) from None
 
 
+async def parse_optional_body(request: Request, model: type[M]) -> M:
+    """`parse_body`, except that no body (or only white space) means the model's defaults."""
+    if not (await read_body(request)).strip():
+        return model()
+    return await parse_body(request, model)
+
+
 async def parse_body(request: Request, model: type[M]) -> M:
     raw = await read_body(request)
     if not raw.strip():
@@ -176,11 +183,12 @@ def _number(value: float) -> float | int:
     return value
 
 
-def request_body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """`openapi_extra` describing a JSON body of `model` (its definitions are added by the app)."""
+def request_body_schema(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
+    """`openapi_extra` describing a JSON body of `model` (its definitions are added by the app);
+    an optional body may be left out (see `parse_optional_body`)."""
     return {
         "requestBody": {
-            "required": True,
+            "required": required,
             "content": {
                 "application/json": {"schema": {"$ref": SCHEMA_REF.format(model=model.__name__)}}
             },

@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from thymos.governance import SCHEMA
 
-from ._body import parse_body, read_body, request_body_schema
+from ._body import parse_body, parse_optional_body, request_body_schema
 from ._caller import Caller, Role, current_caller
 from ._deps import runtime_of
 from ._models import ERROR_RESPONSES, ApprovalBody, RevokeBody
@@ -44,16 +44,11 @@ async def approve(
 @router.post(
     "/writs/{writ_id}/revoke",
     summary="Revoke a writ and every writ derived from it (admin)",
-    openapi_extra={
-        **request_body_schema(RevokeBody),
-        "requestBody": {**request_body_schema(RevokeBody)["requestBody"], "required": False},
-    },
+    openapi_extra=request_body_schema(RevokeBody, required=False),
 )
 async def revoke(writ_id: str, request: Request, caller: CallerDep) -> dict[str, Any]:
     caller.require(Role.ADMIN)
-    reason = None
-    if (await read_body(request)).strip():
-        reason = (await parse_body(request, RevokeBody)).reason
+    reason = (await parse_optional_body(request, RevokeBody)).reason
     return await runtime_of(request).revoke(writ_id, caller.tenant, by=caller.name, reason=reason)
 
 

@@ -13,7 +13,7 @@ from starlette.responses import Response, StreamingResponse
 from thymos.core import ErrorCode, RunStatus, ThymosError, is_run_id
 from thymos.runtime import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX
 
-from ._body import parse_body, read_body, request_body_schema
+from ._body import parse_body, parse_optional_body, request_body_schema
 from ._caller import Caller, Role, current_caller
 from ._deps import runtime_of
 from ._models import (
@@ -99,16 +99,11 @@ async def get_run(run_id: str, request: Request, caller: CallerDep) -> dict[str,
     status_code=202,
     response_model=RunCreated,
     summary="Resume a failed or cancelled run on its own ledger (operator)",
-    openapi_extra={
-        **request_body_schema(ResumeBody),
-        "requestBody": {**request_body_schema(ResumeBody)["requestBody"], "required": False},
-    },
+    openapi_extra=request_body_schema(ResumeBody, required=False),
 )
 async def resume_run(run_id: str, request: Request, caller: CallerDep) -> Any:
     caller.require(Role.OPERATOR)
-    max_steps = None
-    if (await read_body(request)).strip():
-        max_steps = (await parse_body(request, ResumeBody)).max_steps
+    max_steps = (await parse_optional_body(request, ResumeBody)).max_steps
     record = await runtime_of(request).resume(
         run_id, caller.tenant, max_steps=max_steps, requested_by=caller.name, key_id=caller.key_id
     )
@@ -120,16 +115,11 @@ async def resume_run(run_id: str, request: Request, caller: CallerDep) -> Any:
     status_code=202,
     response_model=RunCancelling,
     summary="Cancel an active run now (operator)",
-    openapi_extra={
-        **request_body_schema(CancelBody),
-        "requestBody": {**request_body_schema(CancelBody)["requestBody"], "required": False},
-    },
+    openapi_extra=request_body_schema(CancelBody, required=False),
 )
 async def cancel_run(run_id: str, request: Request, caller: CallerDep) -> Any:
     caller.require(Role.OPERATOR)
-    reason = None
-    if (await read_body(request)).strip():
-        reason = (await parse_body(request, CancelBody)).reason
+    reason = (await parse_optional_body(request, CancelBody)).reason
     return await runtime_of(request).cancel(
         run_id, caller.tenant, requested_by=caller.name, key_id=caller.key_id, reason=reason
     )

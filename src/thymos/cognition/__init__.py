@@ -17,6 +17,7 @@ from ._context import (
     WINDOW_TOKENS_MIN,
     fit_history,
 )
+from ._http import model_http_client
 from ._mock import (
     SCRIPT_ELEMENT_SCHEMA,
     SCRIPT_ELEMENTS_MAX,
@@ -25,7 +26,7 @@ from ._mock import (
     script_element_schema,
     validate_script,
 )
-from ._openai import OpenAICognition, model_http_client
+from ._openai import OpenAICognition
 from ._prices import DEFAULT_PRICES, Prices, PricesError
 from ._protocol import (
     AssistantTurn,

@@ -19,8 +19,15 @@ from anthropic.types import Message, RawMessageStreamEvent
 
 from thymos.core import Intent, Usage
 
-from ._context import fit_history, observation_text, omitted_note, sorted_keys
-from ._openai import REQUEST_TIMEOUT_S, SYSTEM_PROMPT, read_arguments
+from ._context import (
+    SYSTEM_PROMPT,
+    fit_history,
+    observation_text,
+    omitted_note,
+    read_arguments,
+    sorted_keys,
+)
+from ._http import REQUEST_TIMEOUT_S
 from ._protocol import (
     AssistantTurn,
     CognitionContext,

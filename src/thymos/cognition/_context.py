@@ -26,6 +26,13 @@ import orjson
 
 from ._protocol import AssistantTurn, CognitionContext, HistoryItem, Observation
 
+SYSTEM_PROMPT = (
+    "You act through the tools you are given; every call is checked by a runtime that may "
+    "reject it, and you will see each call's outcome. Call tools until the task is done, then "
+    "answer with your final answer as plain text and no tool call."
+)
+"""The same for every run and every provider (docs/COGNITION.md)."""
+
 CHARS_PER_TOKEN = 3
 """Conservative for English text and JSON (vendors' tokenisers average nearer 4)."""
 OUTPUT_RESERVE_TOKENS = 4096
@@ -124,3 +131,18 @@ def observation_text(item: Observation) -> str:
         seen["approved_by"] = list(item.approved_by)
     seen["content"] = item.content
     return compact_json(seen)
+
+
+def read_arguments(raw: str) -> tuple[dict[str, Any], str | None]:
+    """A tool call's arguments as the model wrote them: an object, or why they are not one
+    (the call is then rejected `invalid_arguments`, and the model sees why)."""
+    try:
+        value = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as exc:
+        return (
+            {},
+            f"the arguments are not valid JSON ({exc.msg} at character {exc.pos}): {raw[:200]}",
+        )
+    if not isinstance(value, dict):
+        return {}, f"the arguments must be a JSON object, not {type(value).__name__}: {raw[:200]}"
+    return value, None

@@ -11,7 +11,6 @@ returned. Tool calls whose arguments are not a JSON object become intents carryi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +20,15 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from thymos.core import Intent, Usage
 
-from ._context import compact_json, fit_history, observation_text, omitted_note
+from ._context import (
+    SYSTEM_PROMPT,
+    compact_json,
+    fit_history,
+    observation_text,
+    omitted_note,
+    read_arguments,
+)
+from ._http import REQUEST_TIMEOUT_S
 from ._protocol import (
     AssistantTurn,
     CognitionContext,
@@ -32,25 +39,10 @@ from ._protocol import (
 )
 from ._retry import Retryable, status_failure, with_retries
 
-SYSTEM_PROMPT = (
-    "You act through the tools you are given; every call is checked by a runtime that may "
-    "reject it, and you will see each call's outcome. Call tools until the task is done, then "
-    "answer with your final answer as plain text and no tool call."
-)
-REQUEST_TIMEOUT_S = 120.0
 COMPLETIONS_PATH = "/chat/completions"
 """Posted through the SDK's client (its auth, errors and stream parsing) with the body as built
 here: the request is plain JSON already, and the SDK's per-field transformation of typed
-parameters cost about 50 ms a turn on a long history (measured by `thymos bench`)."""
-
-
-def model_http_client() -> httpx2.AsyncClient:
-    """The HTTP client every model call of a server shares (its connections are pooled; the
-    runtime closes it at shutdown). Each call still has the SDK's own timeout."""
-    return httpx2.AsyncClient(
-        timeout=httpx2.Timeout(REQUEST_TIMEOUT_S, connect=10.0),
-        limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100),
-    )
+parameters cost about 40 ms a turn on a long history (measured by `thymos bench`)."""
 
 
 def tool_definitions(context: CognitionContext) -> list[dict[str, Any]]:
@@ -107,21 +99,6 @@ def chat_messages(context: CognitionContext) -> list[dict[str, Any]]:
 def _intent(call_id: str, name: str, arguments: str) -> Intent:
     args, error = read_arguments(arguments)
     return Intent(name, args, call_id, error)
-
-
-def read_arguments(raw: str) -> tuple[dict[str, Any], str | None]:
-    """A tool call's arguments as the model wrote them: an object, or why they are not one
-    (the call is then rejected `invalid_arguments`, and the model sees why)."""
-    try:
-        value = json.loads(raw) if raw.strip() else {}
-    except json.JSONDecodeError as exc:
-        return (
-            {},
-            f"the arguments are not valid JSON ({exc.msg} at character {exc.pos}): {raw[:200]}",
-        )
-    if not isinstance(value, dict):
-        return {}, f"the arguments must be a JSON object, not {type(value).__name__}: {raw[:200]}"
-    return value, None
 
 
 class OpenAICognition:

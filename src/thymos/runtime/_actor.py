@@ -98,8 +98,8 @@ class StopRun(BaseException):
         self.message = message
 
 
-class ToolStopped(Exception):
-    """A tool was cancelled because the run must stop (`stop` says how)."""
+class CallStopped(Exception):
+    """A tool or model call was cancelled because the run must stop (`stop` says how)."""
 
     def __init__(self, stop: StopRun) -> None:
         super().__init__(stop.terminated_by.value)
@@ -282,7 +282,7 @@ class RunActor:
     async def _run_tool(self, tool: Tool, args: Mapping[str, Any], context: ToolContext) -> Any:
         """The tool's outcome, unless the run is stopped or its wall-clock budget runs out
         first: then the tool is cancelled mid-flight (a child process's whole group is killed)
-        and `ToolStopped` says why."""
+        and `CallStopped` says why."""
         return await self._stoppable(tool.run(args, context))
 
     async def _think(self, context: CognitionContext) -> Turn:
@@ -290,12 +290,12 @@ class RunActor:
         during a model call ends it at once (the call is cancelled) and is raised as `StopRun`."""
         try:
             return await self._stoppable(self.cognition.turn(context, self._emit))
-        except ToolStopped as stopped:
+        except CallStopped as stopped:
             raise stopped.stop from None
 
     async def _stoppable(self, call: Awaitable[T]) -> T:
         """`call`, cancelled if the run is stopped or out of wall-clock time first (then
-        `ToolStopped` says why). The deadline is a timeout scope around the call itself (no
+        `CallStopped` says why). The deadline is a timeout scope around the call itself (no
         extra task: a call that finishes without waiting costs nothing more); a stop request
         moves that deadline to now."""
         scope = asyncio.timeout(self._wall_clock_left_s())
@@ -308,7 +308,7 @@ class RunActor:
         except TimeoutError:
             if not scope.expired():
                 raise  # the call's own timeout, not ours: its failure to record
-            raise ToolStopped(self._stop or self._out_of_time()) from None
+            raise CallStopped(self._stop or self._out_of_time()) from None
         finally:
             self._scope = None
 
@@ -694,7 +694,7 @@ class RunActor:
         try:
             outcome = await self._run_tool(tool, intent.args, context)
             state.world.check_all(outcome.deltas)
-        except ToolStopped as stopped:
+        except CallStopped as stopped:
             self._record_failure(
                 decided,
                 ToolFailureCode.STOPPED,
