@@ -25,19 +25,13 @@ from tests.e2e._authority import KEYS_ENV, as_key, policy_dir
 from tests.e2e._harness import ServerProcess, create_run, ledger_lines, wait_for, wait_terminal
 from tests.e2e.conftest import ServerFactory
 from tests.forgery import FORGERIES, Export, entry_id, first_signed_at_or_after, reseal
-from tests.policies import GOVERNED_POLICY, PERMISSIVE_POLICY
+from tests.policies import GOVERNED_INTENTS, GOVERNED_POLICY, PERMISSIVE_POLICY
 
 pytestmark = pytest.mark.blackbox
 
 VERIFIER = Path(__file__).resolve().parents[2] / "scripts" / "verify_ledger.py"
 SCRIPT: list[dict[str, Any]] = [
-    {"tool": "kv_set", "args": {"key": "colour", "value": "blue"}},
-    {"tool": "kv_set", "args": {"key": "prod-db", "value": {"replicas": 3}}},
-    {"tool": "kv_set", "args": {"key": "prod-cache", "value": "flush"}},
-    {"tool": "kv_set", "args": {"key": "my-secret", "value": "hunter2"}},
-    {"tool": "kv_set", "args": {"key": "colour"}},
-    {"tool": "fs_read", "args": {"path": "missing.txt"}},
-    {"tool": "grep", "args": {"pattern": "x"}},
+    *GOVERNED_INTENTS,
     {"final": "done"},
 ]
 VOTES = [[("a1", True), ("a2", True)], [("a1", True), ("a2", False)]]

@@ -25,6 +25,7 @@ import biscuit_auth as biscuit
 import orjson
 
 from tests.governed import drive, governed_policy
+from tests.policies import GOVERNED_INTENTS
 from thymos.core import EntryKind, World, deltas_of, parse_envelope
 from thymos.governance import key_pair, private_key_from_hex, public_key_hex
 from thymos.runtime import Runtime, RuntimeConfig, StartRun
@@ -106,13 +107,7 @@ GOVERNED_SCRIPT: list[dict[str, Any]] = [
         "text": "Settings first, then production.",
         "usage": {"input_tokens": 40, "output_tokens": 12},
     },
-    {"tool": "kv_set", "args": {"key": "colour", "value": "blue"}},
-    {"tool": "kv_set", "args": {"key": "prod-db", "value": {"replicas": 3}}},
-    {"tool": "kv_set", "args": {"key": "prod-cache", "value": "flush"}},
-    {"tool": "kv_set", "args": {"key": "my-secret", "value": "hunter2"}},
-    {"tool": "kv_set", "args": {"key": "colour"}},
-    {"tool": "fs_read", "args": {"path": "missing.txt"}},
-    {"tool": "grep", "args": {"pattern": "x"}},
+    *GOVERNED_INTENTS,
     {"final": "Production database configured; the cache flush was vetoed."},
 ]
 GOVERNED_VOTES = [[("alice", True), ("bob", True)], [("alice", True), ("carol", False)]]
