@@ -27,6 +27,7 @@ from thymos.cognition import (
     base_url_problem,
     provider_info,
 )
+from thymos.governance import MAX_DELEGATION_DEPTH_DEFAULT, MAX_DELEGATION_DEPTH_LIMIT
 
 MODES = ("reference", "production")
 DEFAULT_ADDR = "127.0.0.1:3001"
@@ -199,6 +200,8 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     runs_active_max: int = RUNS_ACTIVE_MAX_DEFAULT
+    max_delegation_depth: int = MAX_DELEGATION_DEPTH_DEFAULT
+    """`THYMOS_MAX_DELEGATION_DEPTH`: how deep child runs may nest (0: no delegation)."""
     header_timeout_s: float = HEADER_TIMEOUT_S_DEFAULT
     body_timeout_s: float = BODY_TIMEOUT_S_DEFAULT
     send_timeout_s: float = SEND_TIMEOUT_S_DEFAULT
@@ -206,6 +209,8 @@ class Settings:
     connections_max: int = CONNECTIONS_MAX_DEFAULT
     connections_per_client_max: int = CONNECTIONS_PER_CLIENT_MAX_DEFAULT
     sandbox: bool = True
+    auto_resume: bool = True
+    """`THYMOS_AUTO_RESUME`: resume at start-up the runs a previous process stopped under."""
     test_command: tuple[str, ...] | None = None
     http_allow: frozenset[str] = frozenset()
     tool_manifest_dirs: tuple[Path, ...] = ()
@@ -319,6 +324,11 @@ def _validated(settings: Settings) -> Settings:
     ):
         if not 1 <= count <= top:
             raise SettingsError(f"{label} must be a whole number from 1 to {top}")
+    if not 0 <= settings.max_delegation_depth <= MAX_DELEGATION_DEPTH_LIMIT:
+        raise SettingsError(
+            f"THYMOS_MAX_DELEGATION_DEPTH must be a whole number from 0 to "
+            f"{MAX_DELEGATION_DEPTH_LIMIT}"
+        )
     return settings
 
 
@@ -400,6 +410,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         ("runs_active_max", "THYMOS_RUNS_ACTIVE_MAX"),
         ("connections_max", "THYMOS_CONNECTIONS_MAX"),
         ("connections_per_client_max", "THYMOS_CONNECTIONS_PER_CLIENT_MAX"),
+        ("max_delegation_depth", "THYMOS_MAX_DELEGATION_DEPTH"),
     ):
         if key in source:
             text = source[key].strip()
@@ -423,6 +434,11 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         if choice not in ("on", "off"):
             raise SettingsError("THYMOS_SANDBOX must be on or off")
         values["sandbox"] = choice == "on"
+    if "THYMOS_AUTO_RESUME" in source:
+        choice = source["THYMOS_AUTO_RESUME"].strip().lower()
+        if choice not in ("true", "false"):
+            raise SettingsError("THYMOS_AUTO_RESUME must be true or false")
+        values["auto_resume"] = choice == "true"
     if source.get("THYMOS_TEST_COMMAND", "").strip():
         try:
             values["test_command"] = tuple(shlex.split(source["THYMOS_TEST_COMMAND"]))

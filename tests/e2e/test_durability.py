@@ -102,7 +102,7 @@ def test_sigterm_with_active_run_drains_refuses_new_runs_and_records_interrupted
     the server drains, the server exits 0 within a few seconds, the open /events stream ends
     (with the run's run_ended entry), and after a restart the run is failed / interrupted, its
     commit kept, and its replay verifies."""
-    server = server_factory({"THYMOS_SHUTDOWN_GRACE_S": "1"})
+    server = server_factory({"THYMOS_SHUTDOWN_GRACE_S": "1", "THYMOS_AUTO_RESUME": "false"})
     client = server.client()
     run_id = create_run(client, _script(KV_SET, LONG_SLEEP, {"final": "never"}))
     # run_started, turn, intent, commit, then the long model turn.
@@ -171,11 +171,12 @@ def test_sigterm_with_active_run_drains_refuses_new_runs_and_records_interrupted
 
 
 def test_sigkill_mid_run_is_recorded_interrupted_on_restart_and_replays(
-    server: ServerProcess,
+    server_factory: ServerFactory,
 ) -> None:
     """A server killed with SIGKILL during a run leaves it `running` on disk; the next server
-    on the same data dir records it failed / interrupted (one run_ended entry), keeps its
-    commit, serves a stream that ends, and its replay verifies."""
+    on the same data dir (auto-resume off) records it failed / interrupted (one run_ended
+    entry), keeps its commit, serves a stream that ends, and its replay verifies."""
+    server = server_factory({"THYMOS_AUTO_RESUME": "false"})
     client = server.client()
     run_id = create_run(client, _script(KV_SET, LONG_SLEEP, {"final": "never"}))
     # Streams carry only durable entries: once seq 3 (the commit) is streamed, it is on disk.

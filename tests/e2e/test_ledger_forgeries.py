@@ -149,7 +149,14 @@ def forged(
     module_server_factory: ServerFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> Forged:
     folder = policy_dir(tmp_path_factory.mktemp("policy"), governed=GOVERNED_POLICY)
-    server = module_server_factory({"THYMOS_API_KEYS": KEYS_ENV, "THYMOS_POLICY_DIR": str(folder)})
+    # Auto-resume off: the run the restart interrupts stays interrupted, to be verified as such.
+    server = module_server_factory(
+        {
+            "THYMOS_API_KEYS": KEYS_ENV,
+            "THYMOS_POLICY_DIR": str(folder),
+            "THYMOS_AUTO_RESUME": "false",
+        }
+    )
     runs = {name: _governed_run(server) for name in CASES}
     control = _governed_run(server)
     kinds = _other_kinds(server)

@@ -45,8 +45,6 @@ CONTRACT_ROUTES: tuple[tuple[str, str], ...] = (
 NOT_BUILT_YET = {
     # Roadmap items (STATUS.md): run control, audit, marketplace, metrics.
     ("get", "/metrics"),
-    ("post", "/runs/{run_id}/branch"),
-    ("get", "/runs/{run_id}/delegations"),
     ("get", "/audit/entries"),
     ("get", "/audit/entries/count"),
     ("get", "/marketplace/packages"),

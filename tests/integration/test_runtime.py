@@ -220,7 +220,8 @@ async def test_recover_records_runs_left_running_as_interrupted(
 ) -> None:
     """Runs a previous process left `running` (with an undecided intent) are ended by recover():
     a run_ended entry continues their verified chain with terminated_by interrupted; finished
-    runs are left alone."""
+    runs are left alone (with auto-resume off, as `THYMOS_AUTO_RESUME=false` sets it)."""
+    runtime.config.auto_resume = False
     spec = RunSpec(
         task="left behind",
         max_steps=5,

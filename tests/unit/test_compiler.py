@@ -3,6 +3,7 @@ ordered stages whose first refusal decides."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ from thymos.governance import (
     COMPILER_VERSION,
     Authority,
     Decision,
+    DelegationBounds,
     PolicyFile,
     PolicySet,
     Rejected,
@@ -270,3 +272,128 @@ def test_compiling_is_pure() -> None:
     first = decide("kv_get", {"key": 1}, auth=auth)
     second = decide("kv_get", {"key": 1}, auth=auth)
     assert first == second
+
+
+# -- stage 9: delegation narrows the run's authority ---------------------------------------
+
+
+def delegating(
+    *,
+    tools: tuple[str, ...] = ("kv_get", "kv_set", "fs_read", "delegate"),
+    ceiling: Effect = Effect.WRITE,
+    budget: Budget | None = None,
+    depth: int = 0,
+    max_depth: int = 4,
+    expires: datetime | None = None,
+) -> Authority:
+    """An authority whose run may delegate within the given bounds."""
+    spent = budget or Budget()
+    until = expires or NOW + timedelta(hours=1)
+    bounds = DelegationBounds(frozenset(tools), ceiling, spent, until, depth, max_depth)
+    return replace(authority(budget=spent, expires=until), delegation=bounds)
+
+
+def delegate(scopes: list[str], **more: Any) -> dict[str, Any]:
+    return {"task": "sub-task", "tool_scopes": scopes, **more}
+
+
+def test_a_delegation_within_the_runs_authority_is_staged() -> None:
+    """Scopes covering only the run's tools, a budget within what it has left and a depth within
+    the bound: the `delegate` call is staged like any call."""
+    auth = delegating(budget=Budget(tool_calls=5, tokens=1000))
+    args = delegate(["kv_*", "fs_read"], budget={"tool_calls": 2, "tokens": 1000})
+    decision = decide("delegate", args, auth=auth, used=2)
+    assert isinstance(decision, Staged), decision
+
+
+def test_a_scope_beyond_the_runs_tools_is_refused_naming_what_it_adds() -> None:
+    """A scope covering a registered tool the run does not have (`shell`, or `kv_*` for a run
+    holding only kv_get) is rejected `delegation_exceeds_authority` with those tools."""
+    decision = decide("delegate", delegate(["kv_get", "shell"]), auth=delegating())
+    assert reason_of(decision) is RejectionReason.DELEGATION_EXCEEDS_AUTHORITY
+    assert isinstance(decision, Rejected)
+    assert decision.details["scope"] == "shell" and decision.details["tools"] == ["shell"]
+    narrow = delegating(tools=("kv_get", "delegate"))
+    decision = decide("delegate", delegate(["kv_*"]), auth=narrow)
+    assert isinstance(decision, Rejected)
+    assert decision.reason is RejectionReason.DELEGATION_EXCEEDS_AUTHORITY
+    assert decision.details["tools"] == ["kv_set"]
+    assert "kv_set" in decision.message
+
+
+def test_a_scope_matching_no_tool_or_a_blank_task_is_invalid_arguments() -> None:
+    """A scope that covers no registered tool (`nothing_*`, `kv get`) grants nothing, and a
+    blank task asks nothing: `invalid_arguments`, naming the argument."""
+    for scopes in (["kv_get", "nothing_*"], ["kv_get", "kv get"]):
+        decision = decide("delegate", delegate(scopes), auth=delegating())
+        assert reason_of(decision) is RejectionReason.INVALID_ARGUMENTS
+        assert isinstance(decision, Rejected)
+        assert decision.details["errors"][0]["path"] == "/tool_scopes/1"
+    blank = decide("delegate", {"task": " \n", "tool_scopes": ["kv_get"]}, auth=delegating())
+    assert isinstance(blank, Rejected)
+    assert blank.reason is RejectionReason.INVALID_ARGUMENTS
+    assert blank.details["errors"][0]["path"] == "/task"
+
+
+def test_a_budget_beyond_what_the_run_has_left_is_refused() -> None:
+    """Per dimension the run limits: its limit less its usage (tool calls less the delegating
+    call too). Asking exactly what is left is allowed; one more is refused, naming the
+    dimension, the ask and what is left. A dimension the run does not limit is not checked."""
+    auth = delegating(budget=Budget(tool_calls=5))
+    staged = decide("delegate", delegate(["kv_get"], budget={"tool_calls": 2}), auth=auth, used=2)
+    assert isinstance(staged, Staged)
+    refused = decide("delegate", delegate(["kv_get"], budget={"tool_calls": 3}), auth=auth, used=2)
+    assert isinstance(refused, Rejected)
+    assert refused.reason is RejectionReason.DELEGATION_EXCEEDS_AUTHORITY
+    assert refused.details == {"budget": "tool_calls", "asked": 3, "left": 2}
+    free = decide("delegate", delegate(["kv_get"], budget={"tokens": 10**9}), auth=auth, used=2)
+    assert isinstance(free, Staged)
+    tokens = delegating(budget=Budget(tokens=100))
+    over = compile_intent(
+        Intent("delegate", delegate(["kv_get"], budget={"tokens": 61}), "call"),
+        catalog=CATALOG,
+        authority=tokens,
+        usage=Usage(input_tokens=30, output_tokens=10),
+        now=NOW,
+        revocations=frozenset(),
+    )
+    assert isinstance(over, Rejected)
+    assert over.details == {"budget": "tokens", "asked": 61, "left": 60}
+
+
+def test_a_wall_clock_beyond_the_runs_writ_is_refused_at_whole_seconds() -> None:
+    """A child's wall clock must end with the run's writ; the time is read at the writ's
+    one-second precision (replay decides on the recorded second), so the fraction of a second
+    never changes the answer."""
+    auth = delegating(expires=NOW + timedelta(seconds=60))
+    late = NOW + timedelta(milliseconds=700)
+    fits = decide(
+        "delegate", delegate(["kv_get"], budget={"wall_clock_ms": 60_000}), auth=auth, now=late
+    )
+    assert isinstance(fits, Staged)
+    beyond = decide(
+        "delegate", delegate(["kv_get"], budget={"wall_clock_ms": 60_001}), auth=auth, now=late
+    )
+    assert reason_of(beyond) is RejectionReason.DELEGATION_EXCEEDS_AUTHORITY
+
+
+def test_a_delegation_beyond_the_depth_bound_is_too_deep() -> None:
+    """A run at the bound's depth cannot delegate: `delegation_too_deep` with the depth the
+    child would have and the bound; depth is checked before scopes."""
+    decision = decide("delegate", delegate(["shell"]), auth=delegating(depth=2, max_depth=2))
+    assert reason_of(decision) is RejectionReason.DELEGATION_TOO_DEEP
+    assert isinstance(decision, Rejected)
+    assert decision.details == {"depth": 3, "max_depth": 2}
+    nested = decide("delegate", delegate(["kv_get"]), auth=delegating(depth=1, max_depth=2))
+    assert isinstance(nested, Staged)
+
+
+def test_a_run_without_delegation_bounds_cannot_delegate_and_other_tools_are_untouched() -> None:
+    """An authority that says nothing of delegation refuses every `delegate` call; the stage
+    applies to `delegate` only, after the earlier stages (a policy denial stays one)."""
+    decision = decide("delegate", delegate(["kv_get"]))
+    assert reason_of(decision) is RejectionReason.DELEGATION_EXCEEDS_AUTHORITY
+    assert isinstance(decide("kv_set", {"key": "a", "value": 1}, auth=delegating()), Staged)
+    forbid = PolicySet((PolicyFile("deny.cedar", "forbid(principal, action, resource);"),))
+    denied = decide("delegate", delegate(["shell"]), auth=replace(delegating(), policy=forbid))
+    assert reason_of(denied) is RejectionReason.POLICY_DENIED

@@ -90,6 +90,14 @@ def test_approval_on_a_forbid_or_a_bad_channel_is_refused() -> None:
     assert channel.file == "c.cedar"
 
 
+def test_the_recovery_channel_is_reserved() -> None:
+    """`recovery` is where crash recovery asks operators about unknown outcomes: a policy may
+    not send its own proposals there."""
+    error = _error(("r.cedar", '@approval("recovery") permit(principal, action, resource);'))
+    assert (error.file, error.line) == ("r.cedar", 1)
+    assert "reserved" in error.reason
+
+
 def test_two_policies_with_the_same_id_are_refused() -> None:
     """Two policies sharing an @id (here across files) are refused, naming the id."""
     error = _error(

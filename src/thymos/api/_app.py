@@ -82,6 +82,8 @@ def create_app(settings: Settings) -> FastAPI:
                 protected=settings.protected_paths,
                 runs_active_max=settings.runs_active_max,
                 sandbox=settings.sandbox,
+                auto_resume=settings.auto_resume,
+                max_delegation_depth=settings.max_delegation_depth,
                 secrets=settings.secret_values,
             ),
             root=root,

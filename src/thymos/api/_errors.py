@@ -56,6 +56,7 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.PROVIDER_UNAVAILABLE: 422,
     ErrorCode.INVALID_SCRIPT: 422,
     ErrorCode.INVALID_EFFECT_CEILING: 422,
+    ErrorCode.COMMIT_NOT_IN_RUN: 422,
     ErrorCode.JSON_TOO_DEEP: 422,
     ErrorCode.NUMBER_OUT_OF_RANGE: 422,
     ErrorCode.RATE_LIMITED: 429,

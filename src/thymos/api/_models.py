@@ -14,7 +14,14 @@ from thymos.cognition import (
     script_element_schema,
 )
 from thymos.core import Budget, RunStatus
-from thymos.runtime import MAX_STEPS_DEFAULT, MAX_STEPS_MAX, TASK_CHARS_MAX, StartRun
+from thymos.runtime import (
+    MAX_STEPS_DEFAULT,
+    MAX_STEPS_MAX,
+    TASK_CHARS_MAX,
+    BranchCognition,
+    BranchRun,
+    StartRun,
+)
 
 TOOL_SCOPES_MAX = 256
 
@@ -92,6 +99,50 @@ class CreateRunBody(_Strict):
                 budget.tokens, budget.tool_calls, budget.usd_millicents, budget.wall_clock_ms
             ),
             effect_ceiling=self.effect_ceiling,
+        )
+
+
+class BranchRunBody(_Strict):
+    # The commit id's form is checked by the runtime, so that every commit id that is not one of
+    # the source run's commits, malformed or not, is the one refusal `commit_not_in_run`.
+    commit_id: str = Field(
+        ...,
+        description="The id of a `commit` entry of the source run: the branch's world starts "
+        "as the source's world after it. Anything else is 422 `commit_not_in_run`.",
+        json_schema_extra={"pattern": "^[0-9a-f]{64}$"},
+    )
+    task: str | None = Field(
+        None,
+        min_length=1,
+        max_length=TASK_CHARS_MAX,
+        pattern=r"\S",
+        description="The branch's task (default: the source's)",
+    )
+    max_steps: int | None = Field(
+        None, ge=1, le=MAX_STEPS_MAX, description="The branch's step limit (default: the source's)"
+    )
+    cognition: CognitionBody | None = Field(
+        None,
+        description="The branch's cognition, read as `POST /runs` reads it (default: the "
+        "source's provider, model and script)",
+    )
+
+    def to_request(self) -> BranchRun:
+        chosen = self.cognition
+        return BranchRun(
+            commit_id=self.commit_id,
+            task=self.task,
+            max_steps=self.max_steps,
+            cognition=None
+            if chosen is None
+            else BranchCognition(
+                provider=chosen.provider,
+                model=chosen.model,
+                base_url=chosen.base_url,
+                stream=chosen.stream,
+                context_tokens=chosen.context_tokens,
+                script=chosen.script,
+            ),
         )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
 
 from thymos.governance import SCHEMA
@@ -16,7 +16,9 @@ from ._models import ERROR_RESPONSES, ApprovalBody, RevokeBody
 
 router = APIRouter(tags=["authority"], responses=ERROR_RESPONSES)
 CallerDep = Annotated[Caller, Depends(current_caller)]
-CHANNEL = Annotated[str, Path(pattern="^[a-z0-9][a-z0-9_-]{0,63}$")]
+CHANNEL_PATTERN = "^[a-z0-9][a-z0-9_-]{0,63}$"
+CHANNEL = Annotated[str, Path(pattern=CHANNEL_PATTERN)]
+CHANNEL_QUERY = Annotated[str | None, Query(pattern=CHANNEL_PATTERN)]
 
 
 @router.post(
@@ -39,6 +41,14 @@ async def approve(
         approver=caller.name,
         key_id=caller.key_id,
     )
+
+
+@router.get("/approvals", summary="Pending approvals of every run the caller can see")
+async def approvals(
+    request: Request, caller: CallerDep, channel: CHANNEL_QUERY = None
+) -> dict[str, Any]:
+    pending = await runtime_of(request).pending_approvals(caller.tenant, channel)
+    return {"approvals": pending}
 
 
 @router.post(

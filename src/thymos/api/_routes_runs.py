@@ -18,6 +18,7 @@ from ._caller import Caller, Role, current_caller
 from ._deps import runtime_of
 from ._models import (
     ERROR_RESPONSES,
+    BranchRunBody,
     CancelBody,
     CreateRunBody,
     ResumeBody,
@@ -77,13 +78,28 @@ async def list_runs(
     cursor: Annotated[
         str | None, Query(max_length=200, json_schema_extra={"pattern": RUN_ID_PATTERN})
     ] = None,
+    parent_run_id: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            json_schema_extra={"pattern": RUN_ID_PATTERN},
+            description="Only the child runs this run's `delegate` calls started",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     before = decode_cursor(cursor) if cursor is not None else None
+    if parent_run_id is not None and not is_run_id(parent_run_id):
+        raise ThymosError(
+            ErrorCode.INVALID_QUERY,
+            "parent_run_id is not a run id",
+            {"parameter": "parent_run_id"},
+        )
     runs = await runtime_of(request).list_runs(
         tenant=caller.tenant,
         status=status.value if status else None,
         before=before,
         limit=limit + 1,
+        parent_run_id=parent_run_id,
     )
     next_cursor = runs[limit - 1]["run_id"] if len(runs) > limit else None
     return {"runs": runs[:limit], "next_cursor": next_cursor}
@@ -111,6 +127,29 @@ async def resume_run(run_id: str, request: Request, caller: CallerDep) -> Any:
 
 
 @router.post(
+    "/runs/{run_id}/branch",
+    status_code=201,
+    response_model=RunCreated,
+    summary="Start a new run from the world after one of this run's commits (operator)",
+    description=(
+        "The branch is a run like any other, with its own writ (the source's tool scopes, "
+        "effect ceiling and budget) and the source's task, max_steps and cognition unless the "
+        "body changes them. Its first entry records `branch_of`; its world starts as the "
+        "source's world after the commit. A commit id that is not one of the source run's "
+        "commits is 422 `commit_not_in_run`."
+    ),
+    openapi_extra=request_body_schema(BranchRunBody),
+)
+async def branch_run(run_id: str, request: Request, caller: CallerDep) -> Any:
+    caller.require(Role.OPERATOR)
+    body = await parse_body(request, BranchRunBody)
+    record = await runtime_of(request).branch(
+        run_id, caller.tenant, body.to_request(), created_by=caller.key_id
+    )
+    return {"run_id": record.run_id, "task": record.spec["task"], "status": record.status}
+
+
+@router.post(
     "/runs/{run_id}/cancel",
     status_code=202,
     response_model=RunCancelling,
@@ -123,6 +162,33 @@ async def cancel_run(run_id: str, request: Request, caller: CallerDep) -> Any:
     return await runtime_of(request).cancel(
         run_id, caller.tenant, requested_by=caller.name, key_id=caller.key_id, reason=reason
     )
+
+
+@router.get(
+    "/runs/{run_id}/delegations",
+    summary="The child runs this run delegated to, newest first",
+    description=(
+        "One item per child run its `delegate` calls started: `child_run_id`, `task`, "
+        "`status`, `terminated_by`, `final_answer`, `usage`, the child's narrowed authority "
+        "(`tool_scopes`, `tools`, `effect_ceiling`, `budget`, `writ` id and validity) and "
+        "`seq`, the parent's `delegation` entry. Paged like `GET /runs`."
+    ),
+)
+async def delegations(
+    run_id: str,
+    request: Request,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = PAGE_LIMIT_DEFAULT,
+    cursor: Annotated[
+        str | None, Query(max_length=200, json_schema_extra={"pattern": RUN_ID_PATTERN})
+    ] = None,
+) -> dict[str, Any]:
+    before = decode_cursor(cursor) if cursor is not None else None
+    children = await runtime_of(request).delegations.list(
+        run_id, caller.tenant, before=before, limit=limit + 1
+    )
+    next_cursor = children[limit - 1]["child_run_id"] if len(children) > limit else None
+    return {"run_id": run_id, "delegations": children[:limit], "next_cursor": next_cursor}
 
 
 @router.get("/runs/{run_id}/execution", summary="The live execution session")

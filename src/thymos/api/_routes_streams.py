@@ -14,8 +14,8 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import Response, StreamingResponse
 
-from thymos.core import CorruptEntry, ErrorCode, ThymosError, parse_envelope
-from thymos.runtime import FellBehind, Runtime
+from thymos.core import ErrorCode, ThymosError
+from thymos.runtime import Damaged, KeepAlive, Runtime
 
 from ._caller import Caller, current_caller
 from ._deps import runtime_of
@@ -24,7 +24,6 @@ from ._routes_runs import SEQ_MAX
 
 router = APIRouter(tags=["streams"], responses=ERROR_RESPONSES)
 CallerDep = Annotated[Caller, Depends(current_caller)]
-PAGE_ROWS = 500
 KEEPALIVE = b": keep-alive\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -91,40 +90,14 @@ async def events(
 async def _entries(
     runtime: Runtime, run_id: str, last: int, keepalive: float
 ) -> AsyncIterator[bytes]:
-    while True:
-        active = runtime.active(run_id)
-        # Everything durable first (a reconnect or a late subscriber catches up from storage).
-        while True:
-            rows = await runtime.store.read_rows(run_id, after_seq=last, limit=PAGE_ROWS)
-            for row in rows:
-                try:
-                    entry = parse_envelope(row.raw, run_id=run_id, seq=row.seq)
-                except CorruptEntry as exc:
-                    yield sse(
-                        row.seq,
-                        "error",
-                        {"code": "ledger_corrupt", "message": exc.message, "seq": row.seq},
-                    )
-                    return
-                yield sse(entry.seq, entry.kind, entry.as_public())
-                last = entry.seq
-            if len(rows) < PAGE_ROWS:
-                break
-        if active is None or runtime.closed.is_set():
-            return
-        # Then live entries from the run's feed, with no gap and no duplicate.
-        try:
-            async for batch in active.entries.follow(last, timeout_s=keepalive, strict=True):
-                if not batch:
-                    if runtime.closed.is_set():
-                        return
-                    yield KEEPALIVE
-                    continue
-                for seq, entry in batch:
-                    yield sse(seq, entry.kind, entry.as_public())
-                    last = seq
-        except FellBehind:
-            continue
+    async for item in runtime.streams.entries(run_id, last, keepalive):
+        if isinstance(item, KeepAlive):
+            yield KEEPALIVE
+        elif isinstance(item, Damaged):
+            error = {"code": "ledger_corrupt", "message": item.message, "seq": item.seq}
+            yield sse(item.seq, "error", error)
+        else:
+            yield sse(item.seq, item.kind, item.as_public())
 
 
 @router.get(
@@ -149,31 +122,11 @@ async def execution_stream(
 async def _snapshots(
     runtime: Runtime, run_id: str, tenant: str, last_id: str | None, keepalive: float
 ) -> AsyncIterator[bytes]:
-    while True:
-        active = runtime.active(run_id)
-        if active is None:
-            snapshot = await runtime.execution(run_id, tenant)
-            ident = f"{snapshot['head_seq']}.final"
-            if ident != last_id:
-                yield sse(ident, "snapshot", snapshot)
-            return
-        cell = active.snapshot
-        version = cell.version
-        snapshot = cell.value
-        ident = f"{snapshot['head_seq']}.{version}"
-        if ident != last_id:
-            yield sse(ident, "snapshot", snapshot)
-            last_id = ident
-            if snapshot["status"] in ("completed", "failed", "cancelled"):
-                return
-        if cell.closed:
-            if runtime.active(run_id) is active:
-                return  # closed while still active: the server is stopping
-            continue  # the run just ended: send its final snapshot
-        if not await cell.wait_change(version, keepalive):
-            if runtime.closed.is_set():
-                return
+    async for item in runtime.streams.snapshots(run_id, tenant, last_id, keepalive):
+        if isinstance(item, KeepAlive):
             yield KEEPALIVE
+        else:
+            yield sse(item.ident, "snapshot", item.session)
 
 
 @router.get(
@@ -195,14 +148,9 @@ async def cognition_stream(
 async def _cognition(
     runtime: Runtime, run_id: str, last: int, keepalive: float
 ) -> AsyncIterator[bytes]:
-    active = runtime.active(run_id)
-    if active is None:
-        return  # events of a finished run are not kept
-    async for batch in active.cognition.follow(last, timeout_s=keepalive, strict=False):
-        if not batch:
-            if runtime.closed.is_set():
-                return
+    async for item in runtime.streams.cognition(run_id, last, keepalive):
+        if isinstance(item, KeepAlive):
             yield KEEPALIVE
-            continue
-        for ident, event in batch:
+        else:
+            ident, event = item
             yield sse(ident, event.type, dict(event.data))

@@ -38,11 +38,13 @@ from thymos.core import (
     Budget,
     ChainVerifier,
     Effect,
+    EntryKind,
     HeadSigner,
     Intent,
     RunSpec,
     StoredRow,
     Usage,
+    parse_envelope,
 )
 from thymos.governance import (
     Authority,
@@ -59,7 +61,14 @@ from thymos.governance import (
     new_root_key,
     parse,
 )
-from thymos.runtime import MAX_STEPS_MAX, REPLAY_PAGE_ROWS, Runtime, RuntimeConfig, StartRun
+from thymos.runtime import (
+    MAX_STEPS_MAX,
+    REPLAY_PAGE_ROWS,
+    BranchRun,
+    Runtime,
+    RuntimeConfig,
+    StartRun,
+)
 from thymos.storage import SqliteLedgerStore
 from thymos.tools import Sandbox, Workspace, builtin_tools
 from thymos.tools._process import run_process
@@ -67,6 +76,7 @@ from thymos.tools._process import run_process
 from ._http import BenchConnection
 from ._model_turns import TURNS as MODEL_TURNS
 from ._model_turns import model_turn_costs
+from ._run_control import recovery_figures
 
 KEY_SPACE = 1000
 """kv_set keys of the fill cycle over this many keys, so the world stays a realistic size."""
@@ -147,6 +157,7 @@ async def _governance_and_replay(entries_target: int, data_dir: Path) -> dict[st
         "bench-long": _BenchCognition(long_plan, gate_at=fill_turns),
         "bench-fresh-before": _BenchCognition([PROBE_INTENTS] * PROBE_TURNS),
         "bench-fresh-after": _BenchCognition([PROBE_INTENTS] * PROBE_TURNS),
+        "bench-branch": _BenchCognition([]),
     }
 
     def factory(spec: RunSpec) -> _BenchCognition:
@@ -200,6 +211,7 @@ async def _governance_and_replay(entries_target: int, data_dir: Path) -> dict[st
         assert report["decisions_checked"] > 0
         chain_seconds = await _chain_only(store, run_id)
         heads = await store.signed_heads(run_id)
+        branch_ms, branch_seq = await _branch_creation(runtime, store, run_id, head)
         return {
             "ledger_entries": head + 1,
             "overhead_us_per_intent_seq_100": round(early_us, 1),
@@ -212,10 +224,35 @@ async def _governance_and_replay(entries_target: int, data_dir: Path) -> dict[st
             "chain_only_entries_per_s": round((head + 1) / chain_seconds),
             "signed_heads_in_long_run": len(heads),
             "replay_peak_rss_growth_mib": round(max(0, rss_after - rss_before) / 1024, 1),
+            "branch_creation_ms": branch_ms,
+            "branch_from_seq": branch_seq,
         }
     finally:
         await runtime.shutdown(1.0)
         await store.close()
+
+
+async def _branch_creation(
+    runtime: Runtime, store: SqliteLedgerStore, run_id: str, head: int
+) -> tuple[float, int]:
+    """Time `POST /runs/:id/branch`'s work (find the commit, fold the world at it from the
+    nearest checkpoint, mint, create and launch the branch) from the long run's last commit."""
+    rows = await store.read_rows(run_id, after_seq=head - 64, limit=64)
+    commits = [
+        entry
+        for entry in (parse_envelope(row.raw, run_id=run_id, seq=row.seq) for row in rows)
+        if entry.kind == EntryKind.COMMIT
+    ]
+    source = commits[-1]
+    started = time.perf_counter()
+    record = await runtime.branch(
+        run_id, None, BranchRun(commit_id=source.id, task="bench-branch"), created_by=None
+    )
+    seconds = time.perf_counter() - started
+    active = runtime.active(record.run_id)
+    if active is not None and active.task is not None:
+        await active.task
+    return round(seconds * 1000, 2), source.seq
 
 
 async def _chain_only(store: SqliteLedgerStore, run_id: str) -> float:
@@ -451,6 +488,7 @@ def main(*, entries: int, runs: int, clients: int) -> None:
         figures.update(asyncio.run(_tool_overheads(data_dir)))
         figures.update(asyncio.run(_sandbox_start(data_dir)))
         figures.update(asyncio.run(model_turn_costs(data_dir)))
+        figures.update(asyncio.run(recovery_figures(data_dir)))
         print(f"ledger entries in the benchmark run:      {figures['ledger_entries']}")
         print(
             f"governance overhead per intent, seq ~100: {figures['overhead_us_per_intent_seq_100']} us"
@@ -465,6 +503,10 @@ def main(*, entries: int, runs: int, clients: int) -> None:
         )
         print(
             f"chain-only verification:                  {figures['chain_only_entries_per_s']} entries/s"
+        )
+        print(
+            f"branch creation from a commit at seq {figures['branch_from_seq']}: "
+            f"{figures['branch_creation_ms']} ms"
         )
         print(
             f"signing a head:                           {figures['head_sign_us']} us"
@@ -488,6 +530,11 @@ def main(*, entries: int, runs: int, clients: int) -> None:
             f"runtime overhead per model turn, streamed / whole: "
             f"{figures['model_turn_overhead_us_streamed']} / "
             f"{figures['model_turn_overhead_us_whole']} us"
+        )
+        print(
+            f"restart to the first / last resumed step ({figures['recovery_runs']} runs "
+            f"interrupted): {figures['recovery_first_step_ms']} / "
+            f"{figures['recovery_all_steps_ms']} ms"
         )
         if runs > 0:
             figures.update(_http_runs(runs, clients, data_dir))

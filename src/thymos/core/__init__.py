@@ -42,9 +42,10 @@ from ._model import (
     ToolSource,
     ToolSpec,
     Usage,
+    match_scope,
 )
 from ._redact import REDACTED, Redactor
-from ._summary import RunSummary
+from ._summary import RECOVERY_CHANNEL, RunSummary, delegated_usage
 from ._time import rfc3339_from_us, us_from_rfc3339
 from ._vocabulary import (
     BODY_FIELDS,
@@ -65,6 +66,7 @@ __all__ = [
     "ENVELOPE_FIELDS",
     "LEDGER_FORMAT",
     "LEDGER_FORMATS_REPLAYABLE",
+    "RECOVERY_CHANNEL",
     "REDACTED",
     "SIGNED_HEAD_VERSION",
     "Budget",
@@ -100,10 +102,12 @@ __all__ = [
     "World",
     "blake3_hex",
     "canonical_bytes",
+    "delegated_usage",
     "deltas_of",
     "document_hash",
     "is_hex64",
     "is_run_id",
+    "match_scope",
     "parse_envelope",
     "reference_canonical_bytes",
     "rfc3339_from_us",

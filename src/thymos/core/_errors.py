@@ -55,6 +55,7 @@ class ErrorCode(StrEnum):
     PROVIDER_UNAVAILABLE = "provider_unavailable"
     INVALID_SCRIPT = "invalid_script"
     INVALID_EFFECT_CEILING = "invalid_effect_ceiling"
+    COMMIT_NOT_IN_RUN = "commit_not_in_run"
     JSON_TOO_DEEP = "json_too_deep"
     NUMBER_OUT_OF_RANGE = "number_out_of_range"
     # 429.

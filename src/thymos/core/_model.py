@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import fnmatch
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -103,6 +104,16 @@ class ToolSpec:
         }
 
 
+def match_scope(names: Iterable[str], scope: str) -> list[str]:
+    """The tool names a scope covers: the exact name, else every name the glob (`fs_*`)
+    matches, sorted. The one rule for run scopes (the registry) and delegated scopes (the
+    compiler), so a scope means the same wherever it is read."""
+    pool = list(names)
+    if scope in pool:
+        return [scope]
+    return sorted(name for name in pool if fnmatch.fnmatchcase(name, scope))
+
+
 @dataclass(frozen=True, slots=True)
 class Intent:
     """What cognition proposes: one tool call with its arguments. It has no power by itself."""
@@ -155,6 +166,16 @@ class Usage:
             "tool_calls": self.tool_calls,
             "usd_millicents": self.usd_millicents,
         }
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> Usage:
+        """The usage `as_dict` wrote (a missing count is 0)."""
+        return Usage(
+            int(data.get("input_tokens", 0)),
+            int(data.get("output_tokens", 0)),
+            int(data.get("tool_calls", 0)),
+            int(data.get("usd_millicents", 0)),
+        )
 
 
 @dataclass(frozen=True, slots=True)

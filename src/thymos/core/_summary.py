@@ -19,7 +19,24 @@ LOG_LINES_MAX = 50
 """The execution session shows recent activity; the ledger has the rest."""
 
 LOG_TEXT_CHARS_MAX = 200
+
+RECOVERY_CHANNEL = "recovery"
+"""Where an operator decides about an external call whose outcome a crash left unknown."""
 _DECISIONS = frozenset({EntryKind.REJECTION, EntryKind.COMMIT, EntryKind.TOOL_FAILURE})
+
+
+def delegated_usage(body: Mapping[str, Any]) -> Usage | None:
+    """A commit's `delegated_usage` (what a child run spent), or None when it has none or it is
+    not four counts (replay names that `delegation_invalid`)."""
+    value = body.get("delegated_usage")
+    if not isinstance(value, dict) or set(value) != _USAGE_FIELDS:
+        return None
+    if not all(type(n) is int and n >= 0 for n in value.values()):
+        return None
+    return Usage.from_dict(value)
+
+
+_USAGE_FIELDS = frozenset(Usage().as_dict())
 
 
 def _clip(text: str) -> str:
@@ -72,8 +89,12 @@ class RunSummary:
             self.intents_submitted += 1
             text = f"{body.get('tool')} proposed"
         elif kind == EntryKind.SUSPENSION:
-            self.pending[body["intent"]] = {
-                "proposal_id": body["intent"],
+            # A proposal is the intent; on the recovery channel it is the execution whose
+            # outcome is unknown (the intent may also hold its policy approvals meanwhile).
+            proposal = body.get("execution") or body["intent"]
+            self.pending[proposal] = {
+                "proposal_id": proposal,
+                "intent": body["intent"],
                 "channel": body.get("channel"),
                 "tool": body.get("tool"),
                 "arguments_preview": body.get("arguments_preview"),
@@ -100,7 +121,14 @@ class RunSummary:
         elif kind == EntryKind.COMMIT:
             self.commits += 1
             self.usage = self.usage.with_tool_call()
+            delegated = delegated_usage(body)
+            if delegated is not None:
+                # A delegation's commit carries what its child run spent: the parent pays that
+                # (never the carve-out), and live state and replay fold it alike.
+                self.usage = self.usage.plus(delegated)
             text = f"{body.get('tool')} committed"
+        elif kind == EntryKind.DELEGATION:
+            text = f"delegated to run {body.get('child_run_id')}"
         elif kind == EntryKind.TOOL_FAILURE:
             self.failures += 1
             self.usage = self.usage.with_tool_call()
@@ -114,6 +142,8 @@ class RunSummary:
             self.pending.clear()
             text = f"run {self.status.value} ({self.terminated_by})"
         elif kind == EntryKind.EXECUTION_STARTED:
+            # Running again is what an operator's approval on the recovery channel decided.
+            self._settle_pending(body.get("intent", ""), recovery_only=True)
             text = f"{body.get('tool')} started"
         elif kind == EntryKind.RESUMPTION:
             self.status = RunStatus.RUNNING
@@ -122,10 +152,23 @@ class RunSummary:
             self.error = None
             self.max_steps = body.get("max_steps", self.max_steps)
             text = f"run resumed by {body.get('requested_by')} (max_steps {self.max_steps})"
-        decided = kind in _DECISIONS and self.pending.pop(body.get("intent", ""), None) is not None
+        if kind in _DECISIONS:
+            self._settle_pending(body.get("intent", ""), recovery_only=False)
+        self.log.append({"seq": entry.seq, "kind": kind, "at": entry.time, "text": text})
+
+    def _settle_pending(self, intent: str, *, recovery_only: bool) -> None:
+        """Drop the proposals of an intent that has been decided (or, `recovery_only`, only its
+        question on the recovery channel); the run runs again once nothing waits."""
+        decided = [
+            key
+            for key, item in self.pending.items()
+            if item.get("intent", key) == intent
+            and (not recovery_only or (item.get("channel") == RECOVERY_CHANNEL and key != intent))
+        ]
+        for key in decided:
+            del self.pending[key]
         if decided and not self.pending and self.status is RunStatus.WAITING_APPROVAL:
             self.status = RunStatus.RUNNING
-        self.log.append({"seq": entry.seq, "kind": kind, "at": entry.time, "text": text})
 
     def counters(self) -> dict[str, int]:
         return {

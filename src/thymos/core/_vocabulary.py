@@ -38,25 +38,46 @@ BODY_FIELDS: Mapping[EntryKind, frozenset[str]] = {
             "tenant",
             "effect_ceiling",
             "writ",
+            "branch_of",
+            "parent",
+            "max_delegation_depth",
         }
     ),
     EntryKind.TURN: frozenset({"step", "text", "usage", "intents", "final"}),
     EntryKind.INTENT: frozenset({"step", "index", "call_id", "tool", "args", "args_error"}),
     EntryKind.REJECTION: _DECISION_BASIS | {"reason", "message", "details"},
-    EntryKind.SUSPENSION: _DECISION_BASIS | {"channel", "quorum", "message", "arguments_preview"},
+    EntryKind.SUSPENSION: _DECISION_BASIS
+    | {"channel", "quorum", "message", "arguments_preview", "execution"},
     EntryKind.APPROVAL: frozenset(
         {"proposal_id", "channel", "approve", "approver", "key_id", "reason"}
     ),
-    EntryKind.COMMIT: _DECISION_BASIS | {"effect", "approved_by", "output", "deltas"},
+    EntryKind.COMMIT: _DECISION_BASIS
+    | {"effect", "approved_by", "output", "deltas", "delegated_usage"},
     EntryKind.TOOL_FAILURE: _DECISION_BASIS | {"effect", "approved_by", "error"},
     EntryKind.RUN_ENDED: frozenset({"status", "terminated_by", "final_answer", "error"}),
-    EntryKind.EXECUTION_STARTED: frozenset({"intent", "tool", "effect", "idempotency_key"}),
+    EntryKind.EXECUTION_STARTED: frozenset(
+        {"intent", "tool", "effect", "idempotency_key", "idempotent"}
+    ),
     EntryKind.CANCELLATION: frozenset({"requested_by", "key_id", "reason"}),
     # Reserved: named in the vocabulary, not yet written by this release (run control).
     EntryKind.RESUMPTION: frozenset(
         {"max_steps", "requested_by", "key_id", "previous_status", "previous_terminated_by"}
     ),
-    EntryKind.DELEGATION: frozenset(),
+    EntryKind.DELEGATION: frozenset(
+        {
+            "intent",
+            "child_run_id",
+            "task",
+            "tool_scopes",
+            "tools",
+            "effect_ceiling",
+            "budget",
+            "max_steps",
+            "writ_id",
+            "expires",
+            "depth",
+        }
+    ),
 }
 """The top-level fields each kind's body may hold. Replay refuses any other (`unknown_field`)."""
 
@@ -87,6 +108,10 @@ class ToolFailureCode(StrEnum):
     ADDRESS_REFUSED = "address_refused"
     CONNECTION_FAILED = "connection_failed"
     TIMED_OUT = "timed_out"
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    CHILD_INVALID = "child_invalid"
+    NO_CAPACITY = "no_capacity"
+    CHILD_UNAVAILABLE = "child_unavailable"
 
 
 class ReplayFailure(StrEnum):
@@ -117,6 +142,7 @@ class ReplayFailure(StrEnum):
     DECISION_MISMATCH = "decision_mismatch"
     APPROVAL_MISSING = "approval_missing"
     EXECUTION_UNANNOUNCED = "execution_unannounced"
+    EXECUTION_REPEATED = "execution_repeated"
     VOTE_UNBOUND = "vote_unbound"
     DUPLICATE_VOTE = "duplicate_vote"
     VOTE_OUTSIDE_VALIDITY = "vote_outside_validity"
@@ -126,6 +152,10 @@ class ReplayFailure(StrEnum):
     DOCUMENT_MISMATCH = "document_mismatch"
     # The world.
     DELTA_CONFLICT = "delta_conflict"
+    # Delegation.
+    DELEGATION_INVALID = "delegation_invalid"
+    # Branches.
+    BRANCH_SOURCE_MISMATCH = "branch_source_mismatch"
     # Signed heads.
     SIGNATURE_INVALID = "signature_invalid"
     SIGNED_HEAD_MISMATCH = "signed_head_mismatch"

@@ -11,6 +11,9 @@ that is recorded in the ledger and shown to cognition on its next turn:
 6. within the writ's budgets (`budget_exhausted`)
 7. arguments valid against the tool's JSON Schema (`invalid_arguments`)
 8. policy: `forbid` rejects (`policy_denied`); an `@approval` permit suspends
+9. for `delegate` only, the delegation narrows the run's authority (`delegation_too_deep`,
+   `delegation_exceeds_authority`, or `invalid_arguments` for a scope matching no tool; see
+   `_delegation.py`)
 
 Stages 2 to 6 are the writ's own Datalog checks, evaluated by the Biscuit authorizer. Approving a
 suspended proposal re-runs every stage at execution time, so an expired, revoked or over-budget
@@ -40,15 +43,18 @@ from thymos.core import (
     Usage,
     canonical_bytes,
     document_hash,
+    match_scope,
     rfc3339_from_us,
 )
 
+from ._delegation import DELEGATE_TOOL, DelegationAsk, DelegationBounds, check_delegation
 from ._policy import PolicyCall, PolicyDecision, PolicySet
 from ._schema import Acceptor, fast_acceptor
 from ._writ import Authorizer, WritFacts, authorize, revoked
 
-COMPILER_VERSION = "thymos-compiler/2"
-"""Recorded with every decision; replay can require a version (`require_compiler`)."""
+COMPILER_VERSION = "thymos-compiler/3"
+"""Recorded with every decision; replay can require a version (`require_compiler`). Version 3
+added the delegation stage (9); every earlier decision is decided alike by it."""
 
 ARG_ERRORS_MAX = 5
 """Cognition gets the first few schema errors; more would drown the useful one."""
@@ -64,6 +70,8 @@ class RejectionReason(StrEnum):
     BUDGET_EXHAUSTED = "budget_exhausted"
     INVALID_ARGUMENTS = "invalid_arguments"
     POLICY_DENIED = "policy_denied"
+    DELEGATION_TOO_DEEP = "delegation_too_deep"
+    DELEGATION_EXCEEDS_AUTHORITY = "delegation_exceeds_authority"
     APPROVAL_DENIED = "approval_denied"
 
 
@@ -140,6 +148,9 @@ class Authority:
     lineage: tuple[str, ...]
     policy: PolicySet
     entities: cedarpy.Entities = field(repr=False)
+    delegation: DelegationBounds | None = None
+    """What the run may hand on to a child (read from its `run_started`); None: nothing, so
+    every `delegate` call is refused."""
 
 
 class ToolCatalog:
@@ -197,6 +208,10 @@ class ToolCatalog:
 
     def names(self) -> list[str]:
         return sorted(self._specs)
+
+    def match(self, scope: str) -> list[str]:
+        """The tools a scope covers, by the registry's own rule (`match_scope`)."""
+        return match_scope(self._specs, scope)
 
     def argument_errors(self, name: str, args: Any) -> list[dict[str, str]]:
         """Schema errors of `args` for tool `name` (empty when valid), most specific first."""
@@ -291,7 +306,17 @@ def compile_intent(
         usd_millicents=usage.usd_millicents,
     )
     decision = authority.policy.decide(call, authority.entities)
-    return _apply_policy(spec, basis, decision)
+    decided = _apply_policy(spec, basis, decision)
+    if spec.name != DELEGATE_TOOL or isinstance(decided, Rejected):
+        return decided
+    narrowed = check_delegation(
+        DelegationAsk.of(intent.args), authority.delegation, catalog.match, usage, now
+    )
+    if narrowed is None:
+        return decided
+    return Rejected(
+        RejectionReason(narrowed.reason), narrowed.message, narrowed.details, decided.basis
+    )
 
 
 def _apply_policy(spec: ToolSpec, basis: Basis, decision: PolicyDecision) -> Decision:

@@ -20,7 +20,7 @@ from typing import Any
 
 import cedarpy
 
-from thymos.core import Effect, Risk, ToolSpec, document_hash
+from thymos.core import RECOVERY_CHANNEL, Effect, Risk, ToolSpec, document_hash
 
 SCHEMA = """\
 namespace Thymos {
@@ -291,6 +291,13 @@ class PolicySet:
                 statement.line,
                 statement.column,
                 f"@approval channel {channel!r} must be lowercase letters, digits, _ or -",
+            )
+        if channel == RECOVERY_CHANNEL:
+            raise PolicyError(
+                statement.file,
+                statement.line,
+                statement.column,
+                f"@approval channel {channel!r} is reserved for crash recovery's questions",
             )
         if quorum_text is not None and channel is None:
             raise PolicyError(

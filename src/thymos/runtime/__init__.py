@@ -4,6 +4,7 @@
 only through `Trajectory.append`, which folds each entry into the run's state as it writes it.
 """
 
+from ._branch import BRANCH_DEPTH_MAX, BranchCognition, BranchRun
 from ._clock import Clock, SystemClock, system_random
 from ._feeds import Cell, Feed, FellBehind
 from ._limits import (
@@ -17,12 +18,15 @@ from ._limits import (
 from ._requests import MAX_STEPS_DEFAULT, MAX_STEPS_MAX, TASK_CHARS_MAX, StartRun
 from ._service import DEFAULT_TENANT, ActiveRun, Runtime, RuntimeConfig
 from ._state import CHECKPOINT_INTERVAL, CONTEXT_HISTORY_MAX, RunState
+from ._streams import KEEPALIVE, Damaged, KeepAlive, Snapshot, Streams
 from ._views import execution_view, run_view
 
 __all__ = [
+    "BRANCH_DEPTH_MAX",
     "CHECKPOINT_INTERVAL",
     "CONTEXT_HISTORY_MAX",
     "DEFAULT_TENANT",
+    "KEEPALIVE",
     "KEEPALIVE_S",
     "MAX_STEPS_DEFAULT",
     "MAX_STEPS_MAX",
@@ -33,14 +37,20 @@ __all__ = [
     "SUBSCRIBERS_PER_RUN_MAX",
     "TASK_CHARS_MAX",
     "ActiveRun",
+    "BranchCognition",
+    "BranchRun",
     "Cell",
     "Clock",
+    "Damaged",
     "Feed",
     "FellBehind",
+    "KeepAlive",
     "RunState",
     "Runtime",
     "RuntimeConfig",
+    "Snapshot",
     "StartRun",
+    "Streams",
     "SystemClock",
     "execution_view",
     "run_view",

@@ -13,6 +13,7 @@ not ended: its pending approval survives the restart.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from thymos.cognition import (
     Turn,
 )
 from thymos.core import (
+    RECOVERY_CHANNEL,
     DeltaConflict,
     Effect,
     EntryKind,
@@ -63,6 +65,7 @@ from thymos.tools import (
     Tool,
     ToolContext,
     ToolFailure,
+    ToolOutcome,
     ToolPool,
     ToolRegistry,
     Workspace,
@@ -85,6 +88,14 @@ ARGS_ERROR_CHARS_MAX = 600
 """A call whose arguments could not be read is recorded with why, this long at most."""
 """Approvers see this much of a proposal's arguments in the execution session; the ledger has
 all of them."""
+
+
+def _preview(intent: Intent) -> str:
+    """The start of a proposal's arguments, for approvers (the ledger has all of them)."""
+    preview = canonical_bytes(intent.args).decode()
+    if len(preview) > ARGUMENTS_PREVIEW_CHARS_MAX:
+        preview = preview[: ARGUMENTS_PREVIEW_CHARS_MAX - 1] + "…"
+    return preview
 
 
 class StopRun(BaseException):
@@ -134,6 +145,9 @@ class ActorDeps:
     redactor: Redactor
     prices: Prices = field(default_factory=Prices)
     view: LiveView = field(default_factory=LiveView)
+    delegate: Callable[[RunActor, str, Mapping[str, Any]], Awaitable[ToolOutcome]] | None = None
+    """How a staged `delegate` call starts its child run (`Runtime.delegations.delegate`),
+    given the actor and the intent's id; None: delegation is not offered."""
 
 
 @dataclass(slots=True)
@@ -203,7 +217,9 @@ class RunActor:
         """Ask the run to stop at its next safe point."""
         if self._stop is None:
             self._stop = StopRun(terminated_by, message)
-        if self._scope is not None:
+        # A second request while the first is cancelling the call finds the scope expiring:
+        # asyncio refuses to reschedule it then, and there is nothing more to do.
+        if self._scope is not None and not self._scope.expired():
             self._scope.reschedule(asyncio.get_running_loop().time())
         self._wake.set()
 
@@ -453,7 +469,11 @@ class RunActor:
                     if isinstance(decision, Suspended) and pending is not None
                     else None
                 )
-                await self._execute(intent_id, intent, decision.basis, base, approved_by)
+                again = await self._may_run_again(intent_id, intent, decision, base, approved_by)
+                if again == "deadline":
+                    continue  # the writ expired while the operator was asked: decide again
+                if again == "approved":
+                    await self._execute(intent_id, intent, decision.basis, base, approved_by)
                 self._settle_votes(intent_id)
                 return
             assert isinstance(decision, Suspended)
@@ -473,10 +493,25 @@ class RunActor:
                 return
             if step is Next.SUSPEND:
                 self._suspend(intent_id, intent, decision, base)
-            if await self._await_votes(intent_id, decision, base) == "denied":
+            verdict = await self._await_votes(
+                intent_id, decision.quorum, self._veto(base, decision)
+            )
+            if verdict == "denied":
                 self._settle_votes(intent_id)
                 return
             # Approved, or the writ's deadline passed: compile again (every stage is re-checked).
+
+    @classmethod
+    def _veto(
+        cls, base: Mapping[str, Any], decision: Suspended
+    ) -> Callable[[Vote], list[tuple[EntryKind, Mapping[str, Any]]]]:
+        """What a denial of a suspended proposal records: its rejection."""
+
+        def items(vote: Vote) -> list[tuple[EntryKind, Mapping[str, Any]]]:
+            body = cls._denial_body(base, decision, vote.approver, vote.reason)
+            return [(EntryKind.REJECTION, body)]
+
+        return items
 
     @staticmethod
     def _denial_body(
@@ -493,18 +528,76 @@ class RunActor:
     def _suspend(
         self, intent_id: str, intent: Intent, decision: Suspended, base: Mapping[str, Any]
     ) -> None:
-        preview = canonical_bytes(intent.args).decode()
-        if len(preview) > ARGUMENTS_PREVIEW_CHARS_MAX:
-            preview = preview[: ARGUMENTS_PREVIEW_CHARS_MAX - 1] + "…"
         body = {
             **base,
             "channel": decision.channel,
             "quorum": decision.quorum,
             "message": f"policy {', '.join(decision.basis.policies)} needs approval on {decision.channel}",
-            "arguments_preview": preview,
+            "arguments_preview": _preview(intent),
             **decision.basis.as_body(),
         }
         self.trajectory.stage([(EntryKind.SUSPENSION, body)])
+
+    async def _may_run_again(
+        self,
+        intent_id: str,
+        intent: Intent,
+        decision: Decision,
+        base: Mapping[str, Any],
+        approved_by: list[str] | None,
+    ) -> str:
+        """Whether an allowed call may run: `approved` unless a crash left an earlier execution
+        of it with an unknown outcome (invariant 7). An idempotent tool then runs again under
+        the same idempotency key; any other waits on the recovery channel for an operator:
+        `approved` runs it again, `denied` records it as failed with its outcome unknown, and
+        `deadline` means the writ expired meanwhile (the caller decides again)."""
+        execution = self.trajectory.state.started.get(intent_id)
+        spec = self.deps.catalog.get(intent.tool)
+        if execution is None or spec is None or spec.idempotent:
+            return "approved"
+        if execution not in self.trajectory.state.summary.pending:
+            body = {
+                **base,
+                **decision.basis.as_body(),
+                "channel": RECOVERY_CHANNEL,
+                "quorum": 1,
+                "message": (
+                    f"{intent.tool} ({spec.effect.value}) started before the server stopped and "
+                    "its outcome is unknown: approve to run it again, deny to go on without it"
+                ),
+                "arguments_preview": _preview(intent),
+                "execution": execution,
+            }
+            self.trajectory.stage([(EntryKind.SUSPENSION, body)])
+        decided = self._decided_body(base, decision.basis, spec.effect, approved_by)
+
+        def unknown(vote: Vote) -> list[tuple[EntryKind, Mapping[str, Any]]]:
+            error = {
+                "code": ToolFailureCode.OUTCOME_UNKNOWN.value,
+                "message": (
+                    f"{vote.approver} decided not to run it again; whether the attempt before "
+                    "the server stopped took effect is unknown"
+                ),
+            }
+            return [(EntryKind.TOOL_FAILURE, {**decided, "error": error})]
+
+        verdict = await self._await_votes(execution, 1, unknown)
+        self._settle_votes(execution)
+        return verdict
+
+    @staticmethod
+    def _decided_body(
+        base: Mapping[str, Any],
+        basis: Basis,
+        effect: Effect,
+        approved_by: list[str] | None,
+    ) -> dict[str, Any]:
+        """What a commit or a failure of an allowed call records of its decision (so replay
+        can re-authorize it from the ledger alone)."""
+        decided = {**base, **basis.as_body(), "effect": effect.value}
+        if approved_by is not None:
+            decided["approved_by"] = approved_by
+        return decided
 
     def _seconds_to_deadline(self) -> float | None:
         """Seconds until the writ expires (a waiting proposal is re-checked then), if it does."""
@@ -513,10 +606,14 @@ class RunActor:
         return max(0.0, (self._expires_us - self.deps.clock.now_us()) / 1_000_000)
 
     async def _await_votes(
-        self, intent_id: str, decision: Suspended, base: Mapping[str, Any]
+        self,
+        proposal_id: str,
+        quorum: int,
+        on_denial: Callable[[Vote], list[tuple[EntryKind, Mapping[str, Any]]]],
     ) -> str:
         """Wait until the proposal has its quorum (`approved`), a denial (`denied`, recorded
-        together with its rejection), or the writ's deadline passes (`deadline`)."""
+        together with what `on_denial` says it decides), or the writ's deadline passes
+        (`deadline`)."""
         await self.trajectory.flush()  # the suspension is durable before anyone can vote on it
         self._waiting = True
         self._set_view("waiting_approval")
@@ -531,19 +628,19 @@ class RunActor:
                     return "deadline"  # no vote counts once the writ has expired
                 while self._votes:
                     vote = self._votes.pop(0)
-                    verdict = await self._take_vote(intent_id, vote, decision, base)
+                    verdict = await self._take_vote(proposal_id, vote, on_denial)
                     if verdict == "deadline":
                         return "deadline"
                     if verdict == "denied":
-                        self._settle_votes(intent_id)  # decided: later votes are answered now
+                        self._settle_votes(proposal_id)  # decided: later votes are answered now
                         return "denied"
-                    pending = self.trajectory.state.summary.pending.get(intent_id)
+                    pending = self.trajectory.state.summary.pending.get(proposal_id)
                     if (
                         verdict == "approved"
                         and pending is not None
-                        and pending["approvals"] >= decision.quorum
+                        and pending["approvals"] >= quorum
                     ):
-                        self._settle_votes(intent_id)
+                        self._settle_votes(proposal_id)
                         return "approved"
                 remaining = self._seconds_to_deadline()
                 if remaining is not None and remaining <= 0:
@@ -557,14 +654,17 @@ class RunActor:
             self._waiting = False
 
     async def _take_vote(
-        self, intent_id: str, vote: Vote, decision: Suspended, base: Mapping[str, Any]
+        self,
+        proposal_id: str,
+        vote: Vote,
+        on_denial: Callable[[Vote], list[tuple[EntryKind, Mapping[str, Any]]]],
     ) -> str:
         """Record one vote; its caller's future is always settled, whatever happens."""
-        pending = self.trajectory.state.summary.pending.get(intent_id)
+        pending = self.trajectory.state.summary.pending.get(proposal_id)
         if (
             pending is None
             or pending["channel"] != vote.channel
-            or vote.proposal_id not in (None, intent_id)
+            or vote.proposal_id not in (None, proposal_id)
         ):
             vote.result.set_exception(
                 ThymosError(
@@ -577,12 +677,12 @@ class RunActor:
                 ThymosError(
                     ErrorCode.DUPLICATE_APPROVAL,
                     f"{vote.approver} has already voted on this proposal",
-                    {"proposal_id": intent_id},
+                    {"proposal_id": proposal_id},
                 )
             )
             return "ignored"
         body = {
-            "proposal_id": intent_id,
+            "proposal_id": proposal_id,
             "channel": vote.channel,
             "approve": vote.approve,
             "approver": vote.approver,
@@ -597,17 +697,15 @@ class RunActor:
                 ThymosError(
                     ErrorCode.PROPOSAL_DECIDED,
                     "the run's writ has expired; the proposal is rejected",
-                    {"proposal_id": intent_id},
+                    {"proposal_id": proposal_id},
                 )
             )
             return "deadline"
         approvals_before, required = pending["approvals"], pending["required"]
         items: list[tuple[EntryKind, Mapping[str, Any]]] = [(EntryKind.APPROVAL, body)]
         if not vote.approve:
-            # The veto and its rejection land in one atomic append: no crash can separate them.
-            items.append(
-                (EntryKind.REJECTION, self._denial_body(base, decision, vote.approver, vote.reason))
-            )
+            # The veto and what it decides land in one atomic append: no crash can separate them.
+            items.extend(on_denial(vote))
         try:
             await self.trajectory.append(items, at_us=now_us)
         except BaseException as exc:
@@ -623,7 +721,7 @@ class RunActor:
         vote.result.set_result(
             {
                 "run_id": self.trajectory.run_id,
-                "proposal_id": intent_id,
+                "proposal_id": proposal_id,
                 "channel": vote.channel,
                 "approve": vote.approve,
                 "approver": vote.approver,
@@ -634,16 +732,16 @@ class RunActor:
         )
         return "approved" if vote.approve else "denied"
 
-    def _settle_votes(self, intent_id: str) -> None:
+    def _settle_votes(self, proposal_id: str) -> None:
         """Answer votes still queued for a proposal that has just been decided."""
         remaining = []
         for vote in self._votes:
-            if vote.proposal_id == intent_id and not vote.result.done():
+            if vote.proposal_id == proposal_id and not vote.result.done():
                 vote.result.set_exception(
                     ThymosError(
                         ErrorCode.PROPOSAL_DECIDED,
                         "the proposal was already decided",
-                        {"proposal_id": intent_id},
+                        {"proposal_id": proposal_id},
                     )
                 )
             else:
@@ -670,10 +768,7 @@ class RunActor:
         self._set_view("executing", intent.tool)
         spec = self.deps.catalog.get(intent.tool)
         assert spec is not None
-        # The effect is recorded so that replay can re-authorize the commit from the ledger alone.
-        decided = {**base, **basis.as_body(), "effect": spec.effect.value}
-        if approved_by is not None:
-            decided["approved_by"] = approved_by
+        decided = self._decided_body(base, basis, spec.effect, approved_by)
         if spec.effect.rank >= Effect.EXTERNAL.rank:
             # At most once: the execution is on record, durably, before the effect leaves the
             # process (invariant 7); the intent's id is the one key it may run under.
@@ -682,14 +777,17 @@ class RunActor:
                 "tool": intent.tool,
                 "effect": spec.effect.value,
                 "idempotency_key": intent_id,
+                "idempotent": spec.idempotent,
             }
             await self.trajectory.append([(EntryKind.EXECUTION_STARTED, started)])
+        hook = self.deps.delegate
         context = ToolContext(
             self.trajectory.run_id,
             self.deps.workspace,
             state.world,
             self.deps.pool,
             self.deps.sandbox,
+            delegate=None if hook is None else functools.partial(hook, self, intent_id),
         )
         try:
             outcome = await self._run_tool(tool, intent.args, context)
@@ -723,6 +821,9 @@ class RunActor:
             "output": self.deps.redactor.redact(outcome.output),
             "deltas": [d.as_dict() for d in outcome.deltas],
         }
+        if outcome.delegated_usage is not None:
+            # What a child run spent: the parent's usage folds it in with this commit.
+            body["delegated_usage"] = outcome.delegated_usage.as_dict()
         try:
             self.trajectory.stage([(EntryKind.COMMIT, body)])
         except NotCanonicalizable:

@@ -36,6 +36,7 @@ from thymos.core import (
     BODY_FIELDS,
     DOCUMENT_REFERENCES,
     LEDGER_FORMATS_REPLAYABLE,
+    RECOVERY_CHANNEL,
     ChainVerifier,
     DeltaConflict,
     DocumentKind,
@@ -50,6 +51,7 @@ from thymos.core import (
     RunSummary,
     SignedHead,
     StoredRow,
+    ToolFailureCode,
     World,
     blake3_hex,
     canonical_bytes,
@@ -78,6 +80,13 @@ from thymos.governance import parse as parse_writ
 from thymos.storage import Document, LedgerStore, RunRecord
 
 from ._limits import REPLAY_PAGE_ROWS
+from ._replay_delegation import (
+    DelegationReplay,
+    check_parent,
+    replay_commit,
+    replay_delegation,
+    replay_run_started,
+)
 
 DECISION_KINDS = frozenset({EntryKind.REJECTION, EntryKind.COMMIT, EntryKind.TOOL_FAILURE})
 FAILURES_SHOWN_MAX = 100
@@ -169,14 +178,19 @@ class Replayer:
     _undecided: dict[str, Intent] = field(default_factory=dict)
     _suspended: dict[str, WritFacts] = field(default_factory=dict)
     """Pending proposals: the writ facts of their suspension (a vote re-checks them at its time)."""
-    _announced: set[str] = field(default_factory=set)
-    """Intents whose execution_started is recorded and whose outcome is not yet."""
+    _announced: dict[str, str] = field(default_factory=dict)
+    """Intents whose execution_started is recorded and whose outcome is not yet: intent id ->
+    the id of its latest execution_started."""
+    _repeated: set[str] = field(default_factory=set)
+    """Intents started again with no operator's approval: only an idempotent tool may be."""
     _revoked: frozenset[str] = frozenset()
     _authorities: dict[tuple[str, str], Authority] = field(default_factory=dict)
     _loaded: dict[tuple[str, str], tuple[Any, ReplayFailure | None, str]] = field(
         default_factory=dict
     )
     _authorizer: SpanAuthorizer = field(default_factory=SpanAuthorizer)
+    delegation: DelegationReplay = field(default_factory=DelegationReplay)
+    """What delegation adds to replay (`_replay_delegation.py`)."""
 
     def __post_init__(self) -> None:
         self.verifier = ChainVerifier(self.run_id)
@@ -443,7 +457,13 @@ class Replayer:
                 run_id=self.run_id, tenant=self._tenant, task=self._task, tools=catalog.specs()
             )
             authority = Authority(
-                self.run_id, self._tenant, self._writ, self._lineage, policy, entities
+                self.run_id,
+                self._tenant,
+                self._writ,
+                self._lineage,
+                policy,
+                entities,
+                delegation=self.delegation.bounds,
             )
             self._authorities[key] = authority
         if body.get("reason") == RejectionReason.REVOKED.value:
@@ -490,6 +510,9 @@ class Replayer:
             return
         pending = PendingApproval.of(self.summary.pending.get(entry.body["intent"]))
         step = settle(decision, pending)
+        if "execution" in entry.body:
+            self._recovery_question(entry, intent, decision, step)
+            return
         self._decided((entry.seq, f"suspend:{getattr(decision, 'channel', '')}"))
         if step is not Next.SUSPEND or not isinstance(decision, Suspended):
             self._fail(
@@ -506,6 +529,46 @@ class Replayer:
         }
         if not self._differs(entry, expected, (*_BASIS_FIELDS, "tool", "channel", "quorum")):
             self._suspended[entry.body["intent"]] = self._facts(decision, intent, entry)
+
+    def _recovery_question(
+        self, entry: Entry, intent: Intent, decision: Decision, step: Next
+    ) -> None:
+        """A question on the recovery channel: only about the latest execution of an allowed,
+        non-idempotent call whose outcome is unknown, asked of one operator."""
+        body = entry.body
+        self._decided((entry.seq, f"suspend:{RECOVERY_CHANNEL}"))
+        if step is not Next.EXECUTE or isinstance(decision, Rejected):
+            self._fail(
+                entry.seq,
+                ReplayFailure.DECISION_MISMATCH,
+                f"entry {entry.seq} asks to run a call again; replay decides {_shown(decision)}",
+            )
+            return
+        if self._announced.get(body["intent"]) != body["execution"] or decision.tool.idempotent:
+            self._fail(
+                entry.seq,
+                ReplayFailure.EXECUTION_REPEATED,
+                f"entry {entry.seq} asks about an execution that is not the latest unknown "
+                "outcome of a call that is not idempotent",
+            )
+            return
+        expected = {
+            **decision.basis.as_body(),
+            "tool": intent.tool,
+            "channel": RECOVERY_CHANNEL,
+            "quorum": 1,
+        }
+        if not self._differs(entry, expected, (*_BASIS_FIELDS, "tool", "channel", "quorum")):
+            usage = self.summary.usage
+            self._suspended[body["execution"]] = WritFacts(
+                self._tenant,
+                intent.tool,
+                Effect(decision.tool.effect),
+                _moment(body["authority"]["authorized_at"]),
+                usage.tool_calls,
+                usage.input_tokens + usage.output_tokens,
+                usage.usd_millicents,
+            )
 
     def _facts(self, decision: Suspended, intent: Intent, entry: Entry) -> WritFacts:
         usage = self.summary.usage
@@ -527,7 +590,7 @@ class Replayer:
         pending = self.summary.pending.get(proposal) if isinstance(proposal, str) else None
         if (
             pending is None
-            or proposal not in self._undecided
+            or pending.get("intent", proposal) not in self._undecided
             or pending.get("channel") != body.get("channel")
         ):
             self._fail(
@@ -545,7 +608,7 @@ class Replayer:
                 "or a vote after a veto",
             )
             return
-        facts = self._suspended.get(proposal)
+        facts = self._suspended.get(proposal) if isinstance(proposal, str) else None
         if facts is None:
             return  # its suspension did not check out; that failure is already recorded
         try:
@@ -567,8 +630,17 @@ class Replayer:
 
     def _execution_started(self, entry: Entry) -> None:
         intent = self._proposal(entry)
-        if intent is not None:
-            self._announced.add(entry.body["intent"])
+        if intent is None:
+            return
+        ref = entry.body["intent"]
+        earlier = self._announced.get(ref)
+        if earlier is not None:
+            # Started again: an operator approved it on the recovery channel, or its tool is
+            # idempotent (checked against the catalog when its outcome is recorded).
+            question = self.summary.pending.get(earlier)
+            if question is None or not question.get("approvers"):
+                self._repeated.add(ref)
+        self._announced[ref] = entry.id
 
     def _rejection(self, entry: Entry) -> None:
         self._requirements(entry)
@@ -579,6 +651,8 @@ class Replayer:
         pending = self.summary.pending.get(ref)
         self._undecided.pop(ref, None)
         self._suspended.pop(ref, None)
+        self._suspended.pop(self._announced.pop(ref, ""), None)
+        self._repeated.discard(ref)
         if not self._checkable:
             return
         decision = self._recompile(entry, intent)
@@ -627,11 +701,14 @@ class Replayer:
         intent = self._proposal(entry)
         ref = entry.body.get("intent")
         pending = self.summary.pending.get(ref) if isinstance(ref, str) else None
-        announced = isinstance(ref, str) and ref in self._announced
+        execution = self._announced.get(ref) if isinstance(ref, str) else None
+        question = self.summary.pending.get(execution) if execution is not None else None
+        repeated = ref in self._repeated
         if isinstance(ref, str):
             self._undecided.pop(ref, None)
             self._suspended.pop(ref, None)
-            self._announced.discard(ref)
+            self._suspended.pop(self._announced.pop(ref, ""), None)
+            self._repeated.discard(ref)
         if entry.kind == EntryKind.COMMIT:
             try:
                 self.world.apply_all(deltas_of(entry.body))
@@ -669,7 +746,8 @@ class Replayer:
                 f"entry {entry.seq} executes a proposal that needs approval and {why}",
             )
             return
-        if decision.tool.effect.rank >= Effect.EXTERNAL.rank and not announced:
+        self._check_recovery(entry, decision.tool.idempotent, execution, question, repeated)
+        if decision.tool.effect.rank >= Effect.EXTERNAL.rank and execution is None:
             self._fail(
                 entry.seq,
                 ReplayFailure.EXECUTION_UNANNOUNCED,
@@ -686,6 +764,35 @@ class Replayer:
             "approved_by": approved_by,
         }
         self._differs(entry, expected, (*_BASIS_FIELDS, "tool", "effect", "approved_by"))
+
+    def _check_recovery(
+        self,
+        entry: Entry,
+        idempotent: bool,
+        execution: str | None,
+        question: Mapping[str, Any] | None,
+        repeated: bool,
+    ) -> None:
+        """A call ran at most once unless its tool is idempotent or an operator said so; an
+        `outcome_unknown` failure is an operator's denial on the recovery channel."""
+        if repeated and not idempotent:
+            self._fail(
+                entry.seq,
+                ReplayFailure.EXECUTION_REPEATED,
+                f"entry {entry.seq} records a call of a tool that is not idempotent started "
+                "again with no operator's approval",
+            )
+        error = entry.body.get("error")
+        unknown = isinstance(error, dict) and (
+            error.get("code") == ToolFailureCode.OUTCOME_UNKNOWN.value
+        )
+        denied = execution is not None and question is not None and question.get("denied_by")
+        if entry.kind == EntryKind.TOOL_FAILURE and unknown and not denied:
+            self._fail(
+                entry.seq,
+                ReplayFailure.EXECUTION_REPEATED,
+                f"entry {entry.seq} records an unknown outcome no operator decided on",
+            )
 
     # -- the end ---------------------------------------------------------------------------
 
@@ -735,36 +842,36 @@ class Replayer:
 
 
 _HANDLERS: dict[str, Callable[[Replayer, Entry], None]] = {
-    EntryKind.RUN_STARTED: Replayer._run_started,
+    EntryKind.RUN_STARTED: replay_run_started,
     EntryKind.INTENT: Replayer._intent,
     EntryKind.SUSPENSION: Replayer._suspension,
     EntryKind.APPROVAL: Replayer._approval,
     EntryKind.EXECUTION_STARTED: Replayer._execution_started,
     EntryKind.REJECTION: Replayer._rejection,
-    EntryKind.COMMIT: Replayer._execution,
+    EntryKind.COMMIT: replay_commit,
     EntryKind.TOOL_FAILURE: Replayer._execution,
+    EntryKind.DELEGATION: replay_delegation,
 }
 """What replay checks per entry kind; kinds without a handler are only folded."""
 
 
-async def replay_report(
-    store: LedgerStore,
-    record: RunRecord,
-    *,
-    root: biscuit.PublicKey,
-    require_compiler: str | None,
-    require_policy: str | None,
-) -> dict[str, Any]:
-    """Replay a stored run: its rows, its signed heads and the documents its decisions name.
+async def replay_stored(
+    store: LedgerStore, replayer: Replayer, *, upto_seq: int | None = None
+) -> None:
+    """Feed a stored run's rows (through `upto_seq`, or all of them) to `replayer`, with the
+    signed heads and documents they need; the whole-ledger checks are the caller's.
 
     Each page's heads are read after its rows: a head is stored in the transaction of the entry
     it signs, so every head of the rows read is visible, even while the run is still writing."""
-    run_id = record.run_id
-    replayer = Replayer(run_id, root, {}, require_compiler, require_policy)
+    run_id = replayer.run_id
     after = -1
-    while True:
+    while upto_seq is None or after < upto_seq:
         rows = await store.read_rows(run_id, after_seq=after, limit=REPLAY_PAGE_ROWS)
-        if not rows:
+        if upto_seq is not None:
+            rows = [row for row in rows if row.seq <= upto_seq]
+            if not rows:
+                break
+        elif not rows:
             beyond = await store.signed_heads(run_id, after_seq=after)
             if not beyond:
                 break
@@ -782,6 +889,24 @@ async def replay_report(
             replayer.add_documents(wanted, await store.documents(sorted(wanted)))
         await asyncio.to_thread(replayer.fold_page, entries)
         after = rows[-1].seq
+
+
+async def replay_report(
+    store: LedgerStore,
+    record: RunRecord,
+    *,
+    root: biscuit.PublicKey,
+    require_compiler: str | None,
+    require_policy: str | None,
+    world: World | None = None,
+) -> dict[str, Any]:
+    """Replay a stored run: its rows, its signed heads and the documents its decisions name.
+    `world` is the world the run starts from (a branch's, replayed through its source by
+    `_branch.replay_through_source`); by default an empty one."""
+    replayer = Replayer(record.run_id, root, {}, require_compiler, require_policy)
+    if world is not None:
+        replayer.world = world
+    await replay_stored(store, replayer)
     recorded_head = int(record.summary["head_seq"])
     if replayer.head_seq < recorded_head:
         replayer._fail(
@@ -798,6 +923,7 @@ async def replay_report(
             ReplayFailure.HEAD_MISMATCH,
             f"entry {recorded_head} is not the head the run record names",
         )
+    await check_parent(store, replayer)
     replayer.finish()
     return replayer.report()
 
@@ -865,7 +991,12 @@ def replay_bundle(
     allow_unsigned_tail: bool = False,
 ) -> dict[str, Any]:
     """Replay an exported run exactly as the server replays its own. Its last entry must be
-    signed unless `allow_unsigned_tail` (the export of a run still running)."""
+    signed unless `allow_unsigned_tail` (the export of a run still running).
+
+    A branch's export does not hold its source: its `branch_of` is not checked against the
+    source run here, and its world starts empty, so a commit that changes a resource it
+    inherited does not apply (`delta_conflict`). The server's replay checks a branch through
+    its source."""
     return bundle_replayer(
         bundle,
         root=root,

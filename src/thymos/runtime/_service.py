@@ -62,8 +62,10 @@ from thymos.core import (
     uuid7,
 )
 from thymos.governance import (
+    MAX_DELEGATION_DEPTH_DEFAULT,
     WRIT_FORMAT,
     Authority,
+    DelegationBounds,
     PolicySet,
     ToolCatalog,
     WritError,
@@ -75,7 +77,7 @@ from thymos.governance import (
     public_key_hex,
 )
 from thymos.governance import parse as parse_writ
-from thymos.storage import Document, LedgerStore, RunRecord
+from thymos.storage import Checkpoint, Document, LedgerStore, RunRecord
 from thymos.tools import (
     READ_ONLY_DEFAULT_SCOPES,
     McpHub,
@@ -86,18 +88,32 @@ from thymos.tools import (
 )
 
 from ._actor import ActorDeps, RunActor, Vote
+from ._branch import (
+    BranchOrigin,
+    BranchRun,
+    branch_start,
+    check_depth,
+    find_commit,
+    replay_through_source,
+    starting_world,
+)
 from ._clock import Clock, SystemClock, system_random
+from ._delegation import Delegations
 from ._feeds import Cell, Feed
 from ._limits import REPLAY_PAGE_ROWS, RUNS_ACTIVE_MAX, SUBSCRIBERS_PER_RUN_MAX
-from ._replay import referenced_documents, replay_report
+from ._replay import referenced_documents
 from ._requests import StartRun
 from ._state import RunState
+from ._streams import Streams
 from ._trajectory import Trajectory
-from ._views import execution_view, run_view
+from ._views import execution_view, pending_view, run_view
 
 log = logging.getLogger("thymos.runtime")
 
 DEFAULT_TENANT = "default"
+
+RECOVERY_REQUESTER = "server (crash recovery)"
+"""Who a resumption at start-up names as having asked for it."""
 
 WRIT_VALIDITY_MS_DEFAULT = 7 * 24 * 3600 * 1000
 """A run's writ is valid for a week unless its wall-clock budget says less: long enough for an
@@ -133,6 +149,11 @@ class RuntimeConfig:
     sandbox: bool = True
     """False only when the operator opted out (`THYMOS_SANDBOX=off`): commands then run
     without namespaces or Landlock."""
+    auto_resume: bool = True
+    """Resume at start-up the runs a previous process stopped under (`THYMOS_AUTO_RESUME`)."""
+    max_delegation_depth: int = MAX_DELEGATION_DEPTH_DEFAULT
+    """How deep child runs may nest (`THYMOS_MAX_DELEGATION_DEPTH`); each run records the bound
+    it started under, so its `delegate` calls are decided (and replayed) against that."""
 
 
 @dataclass(slots=True)
@@ -187,8 +208,12 @@ class Runtime:
         self._starting = 0
         """Runs being created: counted against the active-run limit before they are active."""
         self._idempotency_lock = asyncio.Lock()
+        self.streams = Streams(self)
+        """How observers follow a run (the SSE routes format what it yields)."""
         self.accepting = True
         self.closed = asyncio.Event()
+        self.delegations = Delegations(self)
+        """Child runs started by `delegate`: started, followed, cancelled and listed there."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -207,17 +232,25 @@ class Runtime:
 
     async def recover(self) -> int:
         """Load revocations; relaunch runs that wait for approval (their approvals survive a
-        restart); record runs left running by a previous process as interrupted. Returns how many
-        were interrupted."""
+        restart); record runs left running by a previous process as interrupted, then (unless
+        `auto_resume` is off) resume every interrupted run. Returns how many were interrupted."""
         self._revocations = frozenset(await self.store.revocations())
         await self.keep_documents()
-        support = await self.sandbox.probe()
-        if not support.usable:
-            log.warning(
-                "commands (shell, test_run) are refused: %s%s",
-                support.reason,
-                "" if self.config.sandbox else " (THYMOS_SANDBOX=off: they run unconfined)",
-            )
+        # Probed while runs are recovered (a jailed process takes a while to start); it is done
+        # before the server serves.
+        probe = asyncio.create_task(self.sandbox.probe())
+        try:
+            return await self._recover_runs()
+        finally:
+            support = await probe
+            if not support.usable:
+                log.warning(
+                    "commands (shell, test_run) are refused: %s%s",
+                    support.reason,
+                    "" if self.config.sandbox else " (THYMOS_SANDBOX=off: they run unconfined)",
+                )
+
+    async def _recover_runs(self) -> int:
         count = 0
         for record in await self.store.runs_with_status(
             [RunStatus.RUNNING.value, RunStatus.WAITING_APPROVAL.value]
@@ -247,7 +280,42 @@ class Runtime:
             }
             await trajectory.append([(EntryKind.RUN_ENDED, body)])
             count += 1
+            if self.config.auto_resume:
+                # At once, with the state just folded: the first run is going again before the
+                # others are even read.
+                await self._auto_resume(record, state)
+        if self.config.auto_resume:
+            await self._resume_interrupted()
         return count
+
+    async def _auto_resume(self, record: RunRecord, state: RunState | None) -> bool:
+        """Resume an interrupted run at start-up if a slot is free; False leaves it
+        interrupted (the log says why) for an operator to resume."""
+        if len(self._active) + self._starting >= self.config.runs_active_max:
+            log.warning(
+                "run %s stays interrupted: every slot is taken; POST /runs/%s/resume resumes it",
+                record.run_id,
+                record.run_id,
+            )
+            return False
+        try:
+            await self._claim_and_resume(record, None, RECOVERY_REQUESTER, None, state)
+        except ThymosError as exc:
+            log.error("run %s was interrupted and cannot be resumed: %s", record.run_id, exc)
+            return False
+        except Exception:
+            # One run that cannot be loaded must not keep the server (and every other run)
+            # down: it stays interrupted, and the log says why.
+            log.exception("run %s was interrupted and cannot be resumed", record.run_id)
+            return False
+        return True
+
+    async def _resume_interrupted(self) -> None:
+        """Resume the runs a previous process stopped under before they ended (a shutdown
+        records them interrupted), oldest first, as many as there are free slots."""
+        for record in await self.store.runs_interrupted():
+            if record.run_id not in self._unloadable and record.run_id not in self._active:
+                await self._auto_resume(record, None)
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop accepting runs, let active runs reach a safe point, record the rest interrupted."""
@@ -395,7 +463,11 @@ class Runtime:
             script=script,
             budget=request.budget,
             tenant=tenant,
-            extra={"format": LEDGER_FORMAT, "effect_ceiling": ceiling.value},
+            extra={
+                "format": LEDGER_FORMAT,
+                "effect_ceiling": ceiling.value,
+                "max_delegation_depth": self.config.max_delegation_depth,
+            },
         )
         try:
             canonical_bytes(spec.as_body())
@@ -407,7 +479,12 @@ class Runtime:
         return spec
 
     async def _create(
-        self, spec: RunSpec, idempotency: tuple[str, str] | None, created_by: str | None
+        self,
+        spec: RunSpec,
+        idempotency: tuple[str, str] | None,
+        created_by: str | None,
+        *,
+        inherited: World | None = None,
     ) -> RunRecord:
         # A slot is taken before the first await and held until the run is registered as
         # active (or its creation failed): the check and the registration must not be split by
@@ -415,13 +492,19 @@ class Runtime:
         self._check_capacity()
         self._starting += 1
         try:
-            return await self._create_in_slot(spec, idempotency, created_by)
+            return await self._create_in_slot(spec, idempotency, created_by, inherited)
         finally:
             self._starting -= 1
 
     async def _create_in_slot(
-        self, spec: RunSpec, idempotency: tuple[str, str] | None, created_by: str | None
+        self,
+        spec: RunSpec,
+        idempotency: tuple[str, str] | None,
+        created_by: str | None,
+        inherited: World | None = None,
     ) -> RunRecord:
+        """Record a run's first entry and launch its actor. `inherited` is a branch's world: its
+        state starts from it and it is stored as the run's checkpoint at seq 0."""
         await self.keep_documents()
         now_us = self.clock.now_us()
         run_id = uuid7(now_us // 1000, self._random(10))
@@ -436,8 +519,12 @@ class Runtime:
             time=now,
             body=spec.as_body(),
         )
-        state = RunState(spec)
+        state = RunState(spec, world=World() if inherited is None else inherited.copy())
         state.fold(first)
+        checkpoint = None
+        if inherited is not None:
+            checkpoint = Checkpoint(run_id, 0, inherited.snapshot())
+            state.last_checkpoint_seq = 0
         record = RunRecord(
             run_id,
             spec.tenant,
@@ -449,9 +536,28 @@ class Runtime:
             created_by,
             writ["id"],
         )
-        await self.store.create_run(record, first, idempotency)
+        await self.store.create_run(record, first, idempotency, checkpoint)
         self._launch(record, state, first)
         return record
+
+    async def branch(
+        self, run_id: str, tenant: str | None, request: BranchRun, *, created_by: str | None
+    ) -> RunRecord:
+        """Start a new run whose world is the source run's world after one of its commits, with
+        its own writ (the source's scopes, effect ceiling and budget) and the source's task, step
+        limit and cognition unless the request changes them (`_branch.py`)."""
+        if not self.accepting:
+            raise ThymosError(
+                ErrorCode.SHUTTING_DOWN, "the server is shutting down and accepts no new runs"
+            )
+        source = await self.visible_record(run_id, tenant)
+        seq = await find_commit(self.store, source, request.commit_id)
+        spec = self._spec(branch_start(RunSpec.from_body(source.spec), request), source.tenant)
+        await check_depth(self.store, source)
+        world = await self.world_at(run_id, seq)
+        origin = BranchOrigin(run_id, request.commit_id, seq, world.hash)
+        spec = replace(spec, extra={**spec.extra, "branch_of": origin.as_body()})
+        return await self._create(spec, None, created_by, inherited=world)
 
     # -- run control -------------------------------------------------------------------------
 
@@ -485,15 +591,25 @@ class Runtime:
                 ErrorCode.RUN_NOT_RESUMABLE,
                 "the run could not be loaded at start-up; the server log says why",
             )
+        return await self._claim_and_resume(record, max_steps, requested_by, key_id)
+
+    async def _claim_and_resume(
+        self,
+        record: RunRecord,
+        max_steps: int | None,
+        requested_by: str,
+        key_id: str | None,
+        state: RunState | None = None,
+    ) -> RunRecord:
         self._check_capacity()
-        # Claimed before the first await: a second resume of the same run is refused above.
-        self._resuming.add(run_id)
+        # Claimed before the first await: a second resume of the same run is refused.
+        self._resuming.add(record.run_id)
         self._starting += 1
         try:
-            return await self._resume_claimed(record, max_steps, requested_by, key_id)
+            return await self._resume_claimed(record, max_steps, requested_by, key_id, state)
         finally:
             self._starting -= 1
-            self._resuming.discard(run_id)
+            self._resuming.discard(record.run_id)
 
     async def cancel(
         self,
@@ -526,12 +642,22 @@ class Runtime:
                 {"status": record.status},
             )
         active.actor.request_cancel(requested_by, key_id, reason)
+        # Its children too, at once (each naming this run), not only when its wait ends.
+        self.delegations.cancel_children_of(run_id)
         return {"run_id": run_id, "status": active.actor.trajectory.state.summary.status.value}
 
     async def _resume_claimed(
-        self, record: RunRecord, max_steps: int | None, requested_by: str, key_id: str | None
+        self,
+        record: RunRecord,
+        max_steps: int | None,
+        requested_by: str,
+        key_id: str | None,
+        state: RunState | None = None,
     ) -> RunRecord:
-        state = await self._load_state(record)
+        """Record the resumption and start the run's actor (`state`: the run's state as
+        already folded, else it is loaded from the ledger)."""
+        if state is None:
+            state = await self._load_state(record)
         steps = state.summary.steps_executed
         limit = max_steps if max_steps is not None else state.spec.max_steps
         if limit <= steps:
@@ -541,14 +667,8 @@ class Runtime:
                 f"resume it with a max_steps above {steps}",
                 {"field": "max_steps", "steps_executed": steps},
             )
-        unknown = sorted(state.started)
-        if unknown:
-            raise ThymosError(
-                ErrorCode.RUN_NOT_RESUMABLE,
-                "an external call of this run started and its outcome is unknown; it needs an "
-                "operator's decision before the run can go on",
-                {"intents": unknown},
-            )
+        # An external call whose outcome is unknown is decided by the actor: an idempotent tool
+        # runs again under the same key, any other asks an operator on the recovery channel.
         summary = state.summary
         body = {
             "max_steps": limit,
@@ -557,11 +677,20 @@ class Runtime:
             "previous_status": summary.status.value,
             "previous_terminated_by": summary.terminated_by,
         }
+        # Everything that can refuse the run is checked before its resumption is recorded: a
+        # recorded resumption always has an actor.
+        try:
+            prepared = self._prepare(record.run_id, state.spec)
+        except WritError as exc:
+            raise ThymosError(
+                ErrorCode.RUN_NOT_RESUMABLE,
+                f"the run's writ does not verify under this server's root key: {exc}",
+            ) from None
         trajectory = self._unobserved(record.run_id, state)
         await trajectory.append([(EntryKind.RESUMPTION, body)])
         resumed = await self.store.get_run(record.run_id)
         assert resumed is not None, "a run being resumed is stored"
-        self._launch(resumed, state)
+        self._launch(resumed, state, prepared=prepared)
         return resumed
 
     def _check_capacity(self) -> None:
@@ -631,9 +760,20 @@ class Runtime:
             entities=self.policy.entities(
                 run_id=run_id, tenant=spec.tenant, task=spec.task, tools=tools
             ),
+            delegation=DelegationBounds.of_run(spec.as_body()),
         )
 
-    def _launch(self, record: RunRecord, state: RunState, *already: Entry) -> ActiveRun:
+    def _prepare(self, run_id: str, spec: RunSpec) -> tuple[Cognition, Authority]:
+        """A run's cognition and authority (WritError when its writ does not verify)."""
+        return self._provider_factory(spec), self._authority(run_id, spec)
+
+    def _launch(
+        self,
+        record: RunRecord,
+        state: RunState,
+        *already: Entry,
+        prepared: tuple[Cognition, Authority] | None = None,
+    ) -> ActiveRun:
         entries: Feed[Entry] = Feed(first_id=0)
         for entry in already:
             entries.publish(entry, entry.seq)
@@ -650,7 +790,7 @@ class Runtime:
             on_change=snapshot.touch,
             signer=self._signer,
         )
-        provider = self._provider_factory(state.spec)
+        provider, authority = prepared or self._prepare(record.run_id, state.spec)
         deps = ActorDeps(
             self.catalog,
             self.tools,
@@ -662,8 +802,8 @@ class Runtime:
             self.sandbox,
             self.redactor,
             self.config.prices,
+            delegate=self.delegations.delegate,
         )
-        authority = self._authority(record.run_id, state.spec)
         actor = RunActor(trajectory, provider, deps, authority, snapshot.touch)
         active = ActiveRun(
             record.run_id, record.tenant, actor, entries, cognition, snapshot, record=record
@@ -742,6 +882,21 @@ class Runtime:
             Vote(channel, approve, pending[0]["proposal_id"], reason, approver, key_id, future)
         )
         return await future
+
+    async def pending_approvals(
+        self, tenant: str | None, channel: str | None
+    ) -> list[dict[str, Any]]:
+        """Every proposal waiting for approval in the runs this caller can see (the inbox),
+        oldest run first."""
+        inbox = []
+        for stored in await self.store.runs_with_status([RunStatus.WAITING_APPROVAL.value]):
+            if tenant is not None and stored.tenant != tenant:
+                continue
+            record = self._live(stored)
+            for item in pending_view(record.summary.get("pending") or {}):
+                if channel is None or item.get("channel") == channel:
+                    inbox.append({"run_id": record.run_id, "task": record.spec["task"], **item})
+        return inbox
 
     async def revoke(
         self, writ_id: str, tenant: str | None, *, by: str, reason: str | None
@@ -826,10 +981,16 @@ class Runtime:
         return run_view(await self.visible_record(run_id, tenant))
 
     async def list_runs(
-        self, *, tenant: str | None, status: str | None, before: str | None, limit: int
+        self,
+        *,
+        tenant: str | None,
+        status: str | None,
+        before: str | None,
+        limit: int,
+        parent_run_id: str | None = None,
     ) -> list[dict[str, Any]]:
         records = await self.store.list_runs(
-            tenant=tenant, status=status, before=before, limit=limit
+            tenant=tenant, status=status, before=before, limit=limit, parent_run_id=parent_run_id
         )
         return [run_view(self._live(record)) for record in records]
 
@@ -952,7 +1113,7 @@ class Runtime:
         # head (written at every status change) never runs ahead of them.
         record = await self.store.get_run(run_id)
         assert record is not None
-        report = await replay_report(
+        report = await replay_through_source(
             self.store,
             record,
             root=self.root.public_key,
@@ -1038,7 +1199,8 @@ class Runtime:
     async def _load_state(self, record: RunRecord) -> RunState:
         """Fold a stored run's whole ledger into its state, verifying the chain as it goes."""
         spec = RunSpec.from_body(record.spec)
-        state = RunState(spec)
+        # A branch's world starts from what it inherited; its entries hold only its own commits.
+        state = RunState(spec, world=await starting_world(self.store, record))
         verifier = ChainVerifier(record.run_id)
         after = -1
         while True:

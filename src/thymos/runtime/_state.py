@@ -46,8 +46,9 @@ class RunState:
     so a turn with k intents costs O(k), not O(k^2))."""
     history_items: int = 0
     """Items ever appended to `history` (the deque keeps the latest)."""
-    started: set[str] = field(default_factory=set)
-    """Undecided intents whose `execution_started` is recorded: their outcome is unknown."""
+    started: dict[str, str] = field(default_factory=dict)
+    """Undecided intents whose `execution_started` is recorded (their outcome is unknown): intent
+    id -> the id of its latest `execution_started` entry."""
     segment_started_us: int | None = None
     """When the run last started or resumed (while it is not ended)."""
     wall_spent_us: int = 0
@@ -55,6 +56,9 @@ class RunState:
     turn_final: str | None = None
     """The final answer of the latest turn, if it gave one (the run ends once its intents are
     decided)."""
+    delegations: dict[str, str] = field(default_factory=dict)
+    """`delegate` intents whose `delegation` entry is recorded: intent id -> child run id (a
+    resumed parent follows that child instead of starting another)."""
 
     def fold(self, entry: Entry) -> None:
         self.summary.fold(entry)
@@ -71,7 +75,9 @@ class RunState:
             self.undecided[entry.id] = (entry.seq, intent)
             self.open_intents.append(intent)
         elif kind == EntryKind.EXECUTION_STARTED:
-            self.started.add(str(body.get("intent")))
+            self.started[str(body.get("intent"))] = entry.id
+        elif kind == EntryKind.DELEGATION:
+            self.delegations[str(body.get("intent"))] = str(body.get("child_run_id"))
         elif kind in (EntryKind.RUN_STARTED, EntryKind.RESUMPTION):
             self.segment_started_us = us_from_rfc3339(entry.time)
             if kind == EntryKind.RESUMPTION:
@@ -83,7 +89,7 @@ class RunState:
         elif kind in (EntryKind.REJECTION, EntryKind.COMMIT, EntryKind.TOOL_FAILURE):
             ref = body.get("intent")
             if isinstance(ref, str):
-                self.started.discard(ref)
+                self.started.pop(ref, None)
             decided = self.undecided.pop(ref, None) if isinstance(ref, str) else None
             call_id = decided[1].call_id if decided else str(ref)
             outcome, content = _observation(kind, body)

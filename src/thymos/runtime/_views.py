@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from thymos.core import RunStatus, RunSummary
 from thymos.storage import RunRecord
+
+from ._branch import branch_view
 
 
 def run_view(record: RunRecord) -> dict[str, Any]:
@@ -27,8 +30,8 @@ def run_view(record: RunRecord) -> dict[str, Any]:
         "effect_ceiling": spec.get("effect_ceiling"),
         "writ": {k: v for k, v in (spec.get("writ") or {}).items() if k != "token"} or None,
         "usage": summary.get("usage"),
-        "parent_run_id": None,
-        "branch_of": None,
+        "parent_run_id": record.parent_run_id,
+        "branch_of": branch_view(spec),
         "summary": {
             "steps_executed": summary["steps_executed"],
             "intents_submitted": summary["intents_submitted"],
@@ -43,6 +46,14 @@ def run_view(record: RunRecord) -> dict[str, Any]:
         },
     }
     return view
+
+
+def pending_view(pending: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Proposals waiting for approval as the execution session and the inbox show them."""
+    return [
+        {k: v for k, v in item.items() if k != "suspended_at"} | {"since": item.get("suspended_at")}
+        for item in pending.values()
+    ]
 
 
 def execution_view(
@@ -77,11 +88,7 @@ def execution_view(
         "error": summary.error,
         "counters": summary.counters(),
         "usage": summary.usage.as_dict(),
-        "pending_approvals": [
-            {k: v for k, v in pending.items() if k != "suspended_at"}
-            | {"since": pending.get("suspended_at")}
-            for pending in summary.pending.values()
-        ],
+        "pending_approvals": pending_view(summary.pending),
         "head_seq": summary.head_seq,
         "log": list(summary.log),
     }

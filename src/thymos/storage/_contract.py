@@ -46,6 +46,8 @@ class RunRecord:
     """The API key that created the run (None on an open server)."""
     writ_id: str | None = None
     """The id of the run's writ (what `POST /writs/:id/revoke` names)."""
+    parent_run_id: str | None = None
+    """The run whose `delegate` call started this one (None for a run started otherwise)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +100,11 @@ class LedgerStore(Protocol):
         record: RunRecord,
         first: Entry,
         idempotency: tuple[str, str] | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
-        """Insert the run row and its seq-0 entry atomically. `idempotency` is (key, body_hash)."""
+        """Insert the run row and its seq-0 entry atomically. `idempotency` is (key, body_hash);
+        `checkpoint` (at seq 0) is the world a branch starts from, stored in the same
+        transaction."""
         ...
 
     def append(
@@ -123,12 +128,24 @@ class LedgerStore(Protocol):
     async def get_run(self, run_id: str) -> RunRecord | None: ...
 
     async def list_runs(
-        self, *, tenant: str | None, status: str | None, before: str | None, limit: int
+        self,
+        *,
+        tenant: str | None,
+        status: str | None,
+        before: str | None,
+        limit: int,
+        parent_run_id: str | None = None,
     ) -> list[RunRecord]:
-        """Runs newest first (by run id, which sorts by creation time), older than `before`."""
+        """Runs newest first (by run id, which sorts by creation time), older than `before`;
+        with `parent_run_id`, only that run's children."""
         ...
 
     async def runs_with_status(self, statuses: Sequence[str]) -> list[RunRecord]: ...
+
+    async def runs_interrupted(self) -> list[RunRecord]:
+        """Runs whose latest end is `interrupted` (the server stopped under them), oldest
+        first."""
+        ...
 
     async def read_rows(self, run_id: str, *, after_seq: int, limit: int) -> list[StoredRow]:
         """Stored rows with seq > after_seq, in seq order."""
@@ -141,6 +158,11 @@ class LedgerStore(Protocol):
         ...
 
     async def latest_checkpoint(self, run_id: str, *, at_or_before: int) -> Checkpoint | None: ...
+
+    async def find_entry(self, run_id: str, entry_id: str) -> StoredRow | None:
+        """The stored row of the run's entry with this id (None when the run has none: an id
+        of another run's entry is not found here)."""
+        ...
 
     async def find_idempotency(self, tenant: str, key: str) -> IdempotencyHit | None: ...
 

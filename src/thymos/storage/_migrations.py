@@ -88,4 +88,16 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (run_id, seq)
         ) WITHOUT ROWID""",
     ),
+    (
+        # Version 4: entries found by id (a branch names the commit it starts from). Not
+        # unique: ids are unique by construction (the envelope names its run and seq), and
+        # storage keeps whatever bytes it was given; verification judges them.
+        "CREATE INDEX entries_by_id ON entries (id)",
+    ),
+    (
+        # Version 5: delegation. The run whose `delegate` call started a run (NULL for every
+        # run before, none of which was a child), and a run's children listed by it.
+        "ALTER TABLE runs ADD COLUMN parent_run_id TEXT",
+        "CREATE INDEX runs_by_parent ON runs (parent_run_id, run_id)",
+    ),
 )

@@ -70,7 +70,7 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 
 def _record(row: sqlite3.Row | tuple[Any, ...]) -> RunRecord:
-    run_id, tenant, status, created_at, updated_at, spec, summary, created_by, writ_id = row
+    run_id, tenant, status, created_at, updated_at, spec, summary, created_by, writ_id = row[:9]
     return RunRecord(
         run_id,
         tenant,
@@ -81,10 +81,14 @@ def _record(row: sqlite3.Row | tuple[Any, ...]) -> RunRecord:
         orjson.loads(summary),
         created_by,
         writ_id,
+        parent_run_id=row[9],
     )
 
 
-_RUN_COLUMNS = "run_id, tenant, status, created_at, updated_at, spec, summary, created_by, writ_id"
+_RUN_COLUMNS = (
+    "run_id, tenant, status, created_at, updated_at, spec, summary, created_by, writ_id, "
+    "parent_run_id"
+)
 
 
 class SqliteLedgerStore:
@@ -240,10 +244,15 @@ class SqliteLedgerStore:
     # -- writes ------------------------------------------------------------------------------
 
     async def create_run(
-        self, record: RunRecord, first: Entry, idempotency: tuple[str, str] | None = None
+        self,
+        record: RunRecord,
+        first: Entry,
+        idempotency: tuple[str, str] | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         assert first.seq == 0
         assert first.run_id == record.run_id
+        assert checkpoint is None or (checkpoint.run_id, checkpoint.seq) == (record.run_id, 0)
 
         def work(conn: sqlite3.Connection) -> None:
             exists = conn.execute(
@@ -252,7 +261,7 @@ class SqliteLedgerStore:
             if exists:
                 raise SeqConflict(record.run_id, 0)
             conn.execute(
-                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.run_id,
                     record.tenant,
@@ -263,9 +272,15 @@ class SqliteLedgerStore:
                     orjson.dumps(record.summary),
                     record.created_by,
                     record.writ_id,
+                    record.parent_run_id,
                 ),
             )
             _insert_entries(conn, record.run_id, [first])
+            if checkpoint is not None:
+                conn.execute(
+                    "INSERT INTO checkpoints (run_id, seq, world) VALUES (?, ?, ?)",
+                    (record.run_id, 0, checkpoint.world),
+                )
             if idempotency is not None:
                 try:
                     conn.execute(
@@ -331,12 +346,21 @@ class SqliteLedgerStore:
         return await self._read(work)
 
     async def list_runs(
-        self, *, tenant: str | None, status: str | None, before: str | None, limit: int
+        self,
+        *,
+        tenant: str | None,
+        status: str | None,
+        before: str | None,
+        limit: int,
+        parent_run_id: str | None = None,
     ) -> list[RunRecord]:
         clauses, params = [], []
         if tenant is not None:
             clauses.append("tenant = ?")
             params.append(tenant)
+        if parent_run_id is not None:
+            clauses.append("parent_run_id = ?")
+            params.append(parent_run_id)
         if status is not None:
             clauses.append("status = ?")
             params.append(status)
@@ -357,6 +381,17 @@ class SqliteLedgerStore:
         def work(conn: sqlite3.Connection) -> list[RunRecord]:
             sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ({marks}) ORDER BY run_id"
             return [_record(row) for row in conn.execute(sql, tuple(statuses))]
+
+        return await self._read(work)
+
+    async def runs_interrupted(self) -> list[RunRecord]:
+        def work(conn: sqlite3.Connection) -> list[RunRecord]:
+            sql = (
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE status = 'failed' "
+                "AND json_extract(CAST(summary AS TEXT), '$.terminated_by') = 'interrupted' "
+                "ORDER BY run_id"
+            )
+            return [_record(row) for row in conn.execute(sql)]
 
         return await self._read(work)
 
@@ -389,6 +424,17 @@ class SqliteLedgerStore:
                 (run_id, at_or_before),
             ).fetchone()
             return Checkpoint(run_id, row[0], bytes(row[1])) if row else None
+
+        return await self._read(work)
+
+    async def find_entry(self, run_id: str, entry_id: str) -> StoredRow | None:
+        def work(conn: sqlite3.Connection) -> StoredRow | None:
+            # `entries_by_id` (migration 4) finds the id; the run is checked on that one row.
+            row = conn.execute(
+                "SELECT seq, id, envelope FROM entries WHERE id = ? AND run_id = ?",
+                (entry_id, run_id),
+            ).fetchone()
+            return StoredRow(row[0], row[1], bytes(row[2])) if row else None
 
         return await self._read(work)
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ._commands import Shell, TestRun, detect_test_command
 from ._contract import Tool, ToolContext, ToolFailure, ToolOutcome, ToolRegistry, WorldView
+from ._delegate import Delegate
 from ._fs_read import FsRead
 from ._fs_write import FILE_KIND, FsPatch, FsWrite
 from ._grep import Grep
@@ -42,6 +43,7 @@ def builtin_tools(
             HttpFetch(http_allow),
             KvGet(),
             KvSet(),
+            Delegate(),
         ]
     )
 
@@ -49,6 +51,7 @@ def builtin_tools(
 __all__ = [
     "FILE_KIND",
     "READ_ONLY_DEFAULT_SCOPES",
+    "Delegate",
     "FsPatch",
     "FsRead",
     "FsWrite",

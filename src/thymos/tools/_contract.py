@@ -6,12 +6,11 @@ the deltas it proposes. It never writes the ledger or the world itself: the runt
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from thymos.core import Delta, Resource, ToolFailureCode, ToolSpec
+from thymos.core import Delta, Resource, ToolFailureCode, ToolSpec, Usage, match_scope
 
 if TYPE_CHECKING:
     from ._pool import ToolPool
@@ -34,12 +33,18 @@ class ToolContext:
     """Where blocking work runs (never asyncio's default executor)."""
     sandbox: Sandbox
     """Where child processes run (`Sandbox.run`), confined to the workspace."""
+    delegate: Callable[[Mapping[str, Any]], Awaitable[ToolOutcome]] | None = None
+    """How `delegate` starts a child run and waits for its end: a hook the runtime gives the
+    one call it executes (None where the runtime offers no delegation)."""
 
 
 @dataclass(frozen=True, slots=True)
 class ToolOutcome:
     output: Any
     deltas: tuple[Delta, ...] = ()
+    delegated_usage: Usage | None = None
+    """What a child run spent for this call (`delegate` only): recorded with the commit and
+    added to the run's usage, so a parent pays for what its child used, not for its carve-out."""
 
 
 class ToolFailure(Exception):
@@ -79,6 +84,4 @@ class ToolRegistry:
 
     def match(self, scope: str) -> list[str]:
         """Registered names a scope covers (an exact name or a glob such as `fs_*`)."""
-        if scope in self._tools:
-            return [scope]
-        return sorted(name for name in self._tools if fnmatch.fnmatchcase(name, scope))
+        return match_scope(self._tools, scope)

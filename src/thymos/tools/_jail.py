@@ -24,6 +24,7 @@ import ctypes.util
 import json
 import os
 import resource
+import signal
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -32,6 +33,7 @@ CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_RDONLY = 2, 4, 8, 1
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_PDEATHSIG = 1
 
 SYS_LANDLOCK_CREATE_RULESET = 444
 SYS_LANDLOCK_ADD_RULE = 445
@@ -168,7 +170,16 @@ def _limits(limits: dict[str, int]) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this process when its parent dies (the server, killed or crashed, must not leave a
+    command running that nobody will record)."""
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(SETUP_FAILED)
+
+
 def main(spec: dict[str, object]) -> int:
+    _die_with_parent(int(spec.get("parent", os.getppid())))  # type: ignore[call-overload]
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     flags = CLONE_NEWNS | CLONE_NEWPID | (0 if spec.get("network") else CLONE_NEWNET)
     _check(_libc.unshare(flags), "unshare")
@@ -187,6 +198,9 @@ def main(spec: dict[str, object]) -> int:
             return 128 + os.WTERMSIG(status)
         return os.WEXITSTATUS(status)
     try:
+        # The command (the new PID namespace's init: everything in it dies with it) dies with
+        # this process.
+        _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
         _limits(dict(spec.get("limits", {})))  # type: ignore[call-overload]
         abi = landlock_abi()

@@ -224,6 +224,7 @@ class Sandbox:
             ],
             "limits": limits,
             "landlock_required": True,
+            "parent": os.getpid(),
         }
         return [sys.executable, "-I", "-S", str(JAIL), json.dumps(spec)], {
             "PATH": environment["PATH"]
