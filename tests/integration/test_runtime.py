@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-import thymos.runtime._service
+import thymos.runtime._base
 from thymos.cognition import (
     CognitionContext,
     Emit,
@@ -56,7 +56,7 @@ def inject(monkeypatch: pytest.MonkeyPatch, cognition: RecordingCognition) -> No
     ) -> RecordingCognition:
         return cognition
 
-    monkeypatch.setattr(thymos.runtime._service, "create_provider", create_provider)
+    monkeypatch.setattr(thymos.runtime._base, "create_provider", create_provider)
 
 
 async def start(runtime: Runtime, **request: Any) -> str:

@@ -11,6 +11,7 @@ from ._canonical import (
     reference_canonical_bytes,
 )
 from ._errors import ErrorCode, ThymosError
+from ._folds import FOLDS, KindTable, apply_to_world
 from ._heads import (
     SIGNED_HEAD_VERSION,
     HeadSigner,
@@ -45,7 +46,7 @@ from ._model import (
     match_scope,
 )
 from ._redact import REDACTED, Redactor
-from ._summary import RECOVERY_CHANNEL, RunSummary, delegated_usage
+from ._summary import RECOVERY_CHANNEL, Pending, RunSummary, delegated_usage
 from ._time import rfc3339_from_us, us_from_rfc3339
 from ._vocabulary import (
     BODY_FIELDS,
@@ -64,6 +65,7 @@ __all__ = [
     "CANONICAL_VERSION",
     "DOCUMENT_REFERENCES",
     "ENVELOPE_FIELDS",
+    "FOLDS",
     "LEDGER_FORMAT",
     "LEDGER_FORMATS_REPLAYABLE",
     "RECOVERY_CHANNEL",
@@ -83,7 +85,9 @@ __all__ = [
     "HeadSigner",
     "HeadVerifier",
     "Intent",
+    "KindTable",
     "NotCanonicalizable",
+    "Pending",
     "Redactor",
     "ReplayFailure",
     "Resource",
@@ -100,6 +104,7 @@ __all__ = [
     "ToolSpec",
     "Usage",
     "World",
+    "apply_to_world",
     "blake3_hex",
     "canonical_bytes",
     "delegated_usage",

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ._folds import KindTable
 from ._ledger import Entry, EntryKind
 from ._model import RunStatus, Usage
 
@@ -44,6 +45,67 @@ def _clip(text: str) -> str:
 
 
 @dataclass(slots=True)
+class Pending:
+    """A proposal waiting for approval, as the summary folds it from its suspension and votes.
+
+    The proposal is its intent; on the recovery channel it is the execution whose outcome is
+    unknown (the intent may hold its policy approvals meanwhile)."""
+
+    proposal_id: str
+    intent: str
+    channel: str
+    tool: str | None
+    arguments_preview: str | None
+    reason: str | None
+    required: int
+    suspended_at: str
+    approvers: list[str] = field(default_factory=list)
+    denied_by: str | None = None
+
+    @property
+    def approvals(self) -> int:
+        return len(self.approvers)
+
+    def copy(self) -> Pending:
+        return replace(self, approvers=list(self.approvers))
+
+    def as_dict(self) -> dict[str, Any]:
+        """As stored with the run and shown (`denied_by` only once someone denied)."""
+        shown: dict[str, Any] = {
+            "proposal_id": self.proposal_id,
+            "intent": self.intent,
+            "channel": self.channel,
+            "tool": self.tool,
+            "arguments_preview": self.arguments_preview,
+            "reason": self.reason,
+            "approvals": self.approvals,
+            "required": self.required,
+            "approvers": list(self.approvers),
+            "suspended_at": self.suspended_at,
+        }
+        if self.denied_by is not None:
+            shown["denied_by"] = self.denied_by
+        return shown
+
+    @staticmethod
+    def from_dict(key: str, data: Mapping[str, Any]) -> Pending:
+        """From a stored summary (one written before `intent` was stored names its intent by
+        its key)."""
+        return Pending(
+            proposal_id=str(data.get("proposal_id", key)),
+            intent=str(data.get("intent", key)),
+            channel=str(data.get("channel")),
+            tool=data.get("tool"),
+            arguments_preview=data.get("arguments_preview"),
+            reason=data.get("reason"),
+            required=int(data.get("required", 1)),
+            suspended_at=str(data.get("suspended_at", "")),
+            approvers=[str(a) for a in data.get("approvers") or ()],
+            denied_by=data.get("denied_by"),
+        )
+
+
+@dataclass(slots=True)
 class RunSummary:
     status: RunStatus = RunStatus.RUNNING
     terminated_by: str | None = None
@@ -58,103 +120,19 @@ class RunSummary:
     head_seq: int = -1
     head_id: str | None = None
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LOG_LINES_MAX))
-    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pending: dict[str, Pending] = field(default_factory=dict)
     """Proposals waiting for approval, by proposal id (the intent entry's id)."""
     max_steps: int | None = None
     """The run's step limit: as started, or as its latest resumption raised it."""
 
     def fold(self, entry: Entry) -> None:
-        """Account for one entry, in seq order."""
+        """Account for one entry, in seq order (`SUMMARY` says what each kind does)."""
         assert entry.seq == self.head_seq + 1, "summary folds entries in seq order"
         self.head_seq, self.head_id = entry.seq, entry.id
-        body = entry.body
-        kind = entry.kind
-        text = ""
-        if kind == EntryKind.RUN_STARTED:
-            self.max_steps = body.get("max_steps")
-            text = _clip(str(body.get("task", "")))
-        elif kind == EntryKind.TURN:
-            self.steps_executed += 1
-            usage = body.get("usage") or {}
-            self.usage = self.usage.plus(
-                Usage(
-                    int(usage.get("input_tokens", 0)),
-                    int(usage.get("output_tokens", 0)),
-                    0,
-                    int(usage.get("usd_millicents", 0)),
-                )
-            )
-            text = _clip(str(body.get("text") or f"step {body.get('step')}"))
-        elif kind == EntryKind.INTENT:
-            self.intents_submitted += 1
-            text = f"{body.get('tool')} proposed"
-        elif kind == EntryKind.SUSPENSION:
-            # A proposal is the intent; on the recovery channel it is the execution whose
-            # outcome is unknown (the intent may also hold its policy approvals meanwhile).
-            proposal = body.get("execution") or body["intent"]
-            self.pending[proposal] = {
-                "proposal_id": proposal,
-                "intent": body["intent"],
-                "channel": body.get("channel"),
-                "tool": body.get("tool"),
-                "arguments_preview": body.get("arguments_preview"),
-                "reason": body.get("message"),
-                "approvals": 0,
-                "required": body.get("quorum", 1),
-                "approvers": [],
-                "suspended_at": entry.time,
-            }
-            self.status = RunStatus.WAITING_APPROVAL
-            text = f"{body.get('tool')} waits for approval on {body.get('channel')}"
-        elif kind == EntryKind.APPROVAL:
-            waiting = self.pending.get(body.get("proposal_id", ""))
-            if waiting is not None and body.get("approve"):
-                waiting["approvals"] += 1
-                waiting["approvers"].append(body.get("approver"))
-            elif waiting is not None:
-                waiting["denied_by"] = body.get("approver")
-            verdict = "approved" if body.get("approve") else "denied"
-            text = f"{body.get('approver')} {verdict} on {body.get('channel')}"
-        elif kind == EntryKind.REJECTION:
-            self.rejections += 1
-            text = f"{body.get('tool')} rejected: {body.get('reason')}"
-        elif kind == EntryKind.COMMIT:
-            self.commits += 1
-            self.usage = self.usage.with_tool_call()
-            delegated = delegated_usage(body)
-            if delegated is not None:
-                # A delegation's commit carries what its child run spent: the parent pays that
-                # (never the carve-out), and live state and replay fold it alike.
-                self.usage = self.usage.plus(delegated)
-            text = f"{body.get('tool')} committed"
-        elif kind == EntryKind.DELEGATION:
-            text = f"delegated to run {body.get('child_run_id')}"
-        elif kind == EntryKind.TOOL_FAILURE:
-            self.failures += 1
-            self.usage = self.usage.with_tool_call()
-            error = body.get("error") or {}
-            text = _clip(f"{body.get('tool')} failed: {error.get('message', '')}")
-        elif kind == EntryKind.RUN_ENDED:
-            self.status = RunStatus(body["status"])
-            self.terminated_by = body.get("terminated_by")
-            self.final_answer = body.get("final_answer")
-            self.error = body.get("error")
-            self.pending.clear()
-            text = f"run {self.status.value} ({self.terminated_by})"
-        elif kind == EntryKind.EXECUTION_STARTED:
-            # Running again is what an operator's approval on the recovery channel decided.
-            self._settle_pending(body.get("intent", ""), recovery_only=True)
-            text = f"{body.get('tool')} started"
-        elif kind == EntryKind.RESUMPTION:
-            self.status = RunStatus.RUNNING
-            self.terminated_by = None
-            self.final_answer = None
-            self.error = None
-            self.max_steps = body.get("max_steps", self.max_steps)
-            text = f"run resumed by {body.get('requested_by')} (max_steps {self.max_steps})"
-        if kind in _DECISIONS:
-            self._settle_pending(body.get("intent", ""), recovery_only=False)
-        self.log.append({"seq": entry.seq, "kind": kind, "at": entry.time, "text": text})
+        text = SUMMARY.dispatch(self, entry)
+        if entry.kind in _DECISIONS:
+            self._settle_pending(entry.body.get("intent", ""), recovery_only=False)
+        self.log.append({"seq": entry.seq, "kind": entry.kind, "at": entry.time, "text": text})
 
     def _settle_pending(self, intent: str, *, recovery_only: bool) -> None:
         """Drop the proposals of an intent that has been decided (or, `recovery_only`, only its
@@ -162,8 +140,8 @@ class RunSummary:
         decided = [
             key
             for key, item in self.pending.items()
-            if item.get("intent", key) == intent
-            and (not recovery_only or (item.get("channel") == RECOVERY_CHANNEL and key != intent))
+            if item.intent == intent
+            and (not recovery_only or (item.channel == RECOVERY_CHANNEL and key != intent))
         ]
         for key in decided:
             del self.pending[key]
@@ -197,7 +175,7 @@ class RunSummary:
             "head_seq": self.head_seq,
             "head_id": self.head_id,
             "log": list(self.log),
-            "pending": self.pending,
+            "pending": {key: item.as_dict() for key, item in self.pending.items()},
             "max_steps": self.max_steps,
         }
 
@@ -220,5 +198,143 @@ class RunSummary:
             max_steps=data.get("max_steps"),
         )
         summary.log.extend(data.get("log") or [])
-        summary.pending.update(data.get("pending") or {})
+        summary.pending.update(
+            (key, Pending.from_dict(key, item)) for key, item in (data.get("pending") or {}).items()
+        )
         return summary
+
+
+SUMMARY: KindTable[RunSummary, str] = KindTable("run summary", "")
+"""What each entry kind does to the summary; a handler returns the log line's text."""
+
+
+@SUMMARY.on(EntryKind.RUN_STARTED)
+def _run_started(s: RunSummary, entry: Entry) -> str:
+    body = entry.body
+    s.max_steps = body.get("max_steps")
+    return _clip(str(body.get("task", "")))
+
+
+@SUMMARY.on(EntryKind.TURN)
+def _turn(s: RunSummary, entry: Entry) -> str:
+    body = entry.body
+    s.steps_executed += 1
+    usage = body.get("usage") or {}
+    s.usage = s.usage.plus(
+        Usage(
+            int(usage.get("input_tokens", 0)),
+            int(usage.get("output_tokens", 0)),
+            0,
+            int(usage.get("usd_millicents", 0)),
+        )
+    )
+    return _clip(str(body.get("text") or f"step {body.get('step')}"))
+
+
+@SUMMARY.on(EntryKind.INTENT)
+def _intent(s: RunSummary, entry: Entry) -> str:
+    body = entry.body
+    s.intents_submitted += 1
+    return f"{body.get('tool')} proposed"
+
+
+@SUMMARY.on(EntryKind.SUSPENSION)
+def _suspension(s: RunSummary, entry: Entry) -> str:
+    body = entry.body
+    # A proposal is the intent; on the recovery channel it is the execution whose
+    # outcome is unknown (the intent may also hold its policy approvals meanwhile).
+    proposal = body.get("execution") or body["intent"]
+    s.pending[proposal] = Pending(
+        proposal_id=proposal,
+        intent=body["intent"],
+        channel=str(body.get("channel")),
+        tool=body.get("tool"),
+        arguments_preview=body.get("arguments_preview"),
+        reason=body.get("message"),
+        required=int(body.get("quorum", 1)),
+        suspended_at=entry.time,
+    )
+    s.status = RunStatus.WAITING_APPROVAL
+    return f"{body.get('tool')} waits for approval on {body.get('channel')}"
+
+
+@SUMMARY.on(EntryKind.APPROVAL)
+def _approval(s: RunSummary, entry: Entry) -> str:
+    body = entry.body
+    waiting = s.pending.get(body.get("proposal_id", ""))
+    if waiting is not None and body.get("approve"):
+        waiting.approvers.append(str(body.get("approver")))
+    elif waiting is not None:
+        waiting.denied_by = str(body.get("approver"))
+    verdict = "approved" if body.get("approve") else "denied"
+    return f"{body.get('approver')} {verdict} on {body.get('channel')}"
+
+
+@SUMMARY.on(EntryKind.REJECTION)
+def _rejection(s: RunSummary, entry: Entry) -> str:
+    body = entry.body
+    s.rejections += 1
+    return f"{body.get('tool')} rejected: {body.get('reason')}"
+
+
+@SUMMARY.on(EntryKind.COMMIT)
+def _commit(s: RunSummary, entry: Entry) -> str:
+    body = entry.body
+    s.commits += 1
+    s.usage = s.usage.with_tool_call()
+    delegated = delegated_usage(body)
+    if delegated is not None:
+        # A delegation's commit carries what its child run spent: the parent pays that
+        # (never the carve-out), and live state and replay fold it alike.
+        s.usage = s.usage.plus(delegated)
+    return f"{body.get('tool')} committed"
+
+
+@SUMMARY.on(EntryKind.DELEGATION)
+def _delegation(s: RunSummary, entry: Entry) -> str:
+    body = entry.body
+    return f"delegated to run {body.get('child_run_id')}"
+
+
+@SUMMARY.on(EntryKind.TOOL_FAILURE)
+def _tool_failure(s: RunSummary, entry: Entry) -> str:
+    body = entry.body
+    s.failures += 1
+    s.usage = s.usage.with_tool_call()
+    error = body.get("error") or {}
+    return _clip(f"{body.get('tool')} failed: {error.get('message', '')}")
+
+
+@SUMMARY.on(EntryKind.RUN_ENDED)
+def _run_ended(s: RunSummary, entry: Entry) -> str:
+    body = entry.body
+    s.status = RunStatus(body["status"])
+    s.terminated_by = body.get("terminated_by")
+    s.final_answer = body.get("final_answer")
+    s.error = body.get("error")
+    s.pending.clear()
+    return f"run {s.status.value} ({s.terminated_by})"
+
+
+@SUMMARY.on(EntryKind.EXECUTION_STARTED)
+def _execution_started(s: RunSummary, entry: Entry) -> str:
+    body = entry.body
+    # Running again is what an operator's approval on the recovery channel decided.
+    s._settle_pending(body.get("intent", ""), recovery_only=True)
+    return f"{body.get('tool')} started"
+
+
+@SUMMARY.on(EntryKind.RESUMPTION)
+def _resumption(s: RunSummary, entry: Entry) -> str:
+    body = entry.body
+    s.status = RunStatus.RUNNING
+    s.terminated_by = None
+    s.final_answer = None
+    s.error = None
+    s.max_steps = body.get("max_steps", s.max_steps)
+    return f"run resumed by {body.get('requested_by')} (max_steps {s.max_steps})"
+
+
+@SUMMARY.on(EntryKind.CANCELLATION)
+def _cancellation(s: RunSummary, entry: Entry) -> str:
+    return f"cancelled by {entry.body.get('requested_by')}"

@@ -37,6 +37,7 @@ from jsonschema.protocols import Validator
 from thymos.core import (
     Effect,
     Intent,
+    Pending,
     Risk,
     ToolSource,
     ToolSpec,
@@ -351,15 +352,11 @@ class PendingApproval:
     denied_by: str | None = None
 
     @staticmethod
-    def of(pending: Mapping[str, Any] | None) -> PendingApproval | None:
+    def of(pending: Pending | None) -> PendingApproval | None:
         """From the run summary's record of a pending proposal (None when there is none)."""
         if pending is None:
             return None
-        return PendingApproval(
-            str(pending.get("channel")),
-            tuple(str(a) for a in pending.get("approvers") or ()),
-            pending.get("denied_by"),
-        )
+        return PendingApproval(pending.channel, tuple(pending.approvers), pending.denied_by)
 
 
 class Next(StrEnum):

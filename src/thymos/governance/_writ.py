@@ -18,10 +18,11 @@ writs derived from it. Anyone with the root public key can verify a writ offline
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 import biscuit_auth as biscuit
 
@@ -84,6 +85,74 @@ class Writ:
     """BLAKE3 of the last block's revocation id: the id to revoke this writ by."""
     lineage: tuple[str, ...]
     """The ids of every block, oldest first: revoking any of them voids this writ."""
+
+
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+@dataclass(frozen=True, slots=True)
+class WritRecord:
+    """A run's writ as its first entry records it (`writ`): the whole token and, for readers
+    who do not parse Biscuit, its id, lineage and validity window."""
+
+    token: str
+    id: str
+    lineage: tuple[str, ...]
+    not_before: str
+    expires: str
+    root_public_key: str
+    format: str = WRIT_FORMAT
+
+    @staticmethod
+    def issued(writ: Writ, terms: WritTerms, root: biscuit.PublicKey) -> WritRecord:
+        """The record of a writ just minted or attenuated with `terms` (a window is required)."""
+        assert terms.not_before is not None and terms.expires is not None
+        return WritRecord(
+            token=writ.token,
+            id=writ.id,
+            lineage=writ.lineage,
+            not_before=terms.not_before.strftime(_TIME_FORMAT),
+            expires=terms.expires.replace(microsecond=0).strftime(_TIME_FORMAT),
+            root_public_key=bytes(root.to_bytes()).hex(),
+        )
+
+    @staticmethod
+    def of(body: Mapping[str, Any] | None) -> WritRecord:
+        """The record in a `run_started` body's `writ`; ValueError when it is not one."""
+        if not isinstance(body, Mapping):
+            raise ValueError("the run records no writ")
+        lineage = body.get("lineage")
+        fields = (body.get(name) for name in ("token", "id", "not_before", "expires"))
+        if not all(isinstance(v, str) for v in fields) or not isinstance(lineage, list):
+            raise ValueError("the run's writ record is malformed")
+        return WritRecord(
+            token=str(body["token"]),
+            id=str(body["id"]),
+            lineage=tuple(str(item) for item in lineage),
+            not_before=str(body["not_before"]),
+            expires=str(body["expires"]),
+            root_public_key=str(body.get("root_public_key", "")),
+            format=str(body.get("format", WRIT_FORMAT)),
+        )
+
+    @property
+    def expires_at(self) -> datetime:
+        return datetime.strptime(self.expires, _TIME_FORMAT).replace(tzinfo=UTC)
+
+    def as_body(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "not_before": self.not_before,
+            "expires": self.expires,
+            "id": self.id,
+            "lineage": list(self.lineage),
+            "token": self.token,
+            "root_public_key": self.root_public_key,
+        }
+
+    def shown(self) -> dict[str, Any]:
+        """What the run record shows of it: everything but the token."""
+        return {k: v for k, v in self.as_body().items() if k != "token"}
 
 
 @dataclass(frozen=True, slots=True)

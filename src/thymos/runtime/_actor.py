@@ -5,9 +5,11 @@ either rejected (recorded, and shown to cognition next turn), suspended for appr
 and committed (or recorded as a tool failure). A suspended proposal waits for votes sent to the
 actor's inbox; once its quorum approves, every stage is compiled again before it executes.
 
-Stop requests (shutdown, and later cancel) are honoured at safe points: before a turn, between
-intents, and while waiting for approval. On shutdown a run that waits for approval is parked,
-not ended: its pending approval survives the restart.
+Others talk to the actor only through its inbox (`post`: a `Vote`, a `Cancel`, a `Stop`). A
+cancel or a stop takes effect at once: a model call or a tool in flight is cancelled (they run in
+one timeout scope the stop moves to now), a wait for approval ends; the run then records its end.
+On shutdown a run that waits for approval is parked, not ended: its pending approval survives
+the restart.
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ from thymos.core import (
     ToolFailureCode,
     Usage,
     canonical_bytes,
-    us_from_rfc3339,
 )
 from thymos.governance import (
     COMPILER_VERSION,
@@ -57,6 +58,7 @@ from thymos.governance import (
     RejectionReason,
     Suspended,
     ToolCatalog,
+    WritRecord,
     compile_intent,
     settle,
 )
@@ -152,7 +154,7 @@ class ActorDeps:
 
 @dataclass(slots=True)
 class Vote:
-    """An approver's decision on a pending proposal, sent to the run's actor."""
+    """An approver's decision on a pending proposal (the approvals route waits on `result`)."""
 
     channel: str
     approve: bool
@@ -161,6 +163,30 @@ class Vote:
     approver: str
     key_id: str | None
     result: asyncio.Future[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """An operator cancels the run (`POST /runs/:id/cancel`, or its parent's cancellation)."""
+
+    requested_by: str
+    key_id: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """The server stops the run (`interrupted` at shutdown: a run waiting for approval is
+    parked, not ended)."""
+
+    terminated_by: TerminatedBy
+    message: str | None = None
+
+
+Message = Vote | Cancel | Stop
+"""What others may send a run's actor (`RunActor.post`): the actor's whole inbox. Resuming is
+not a message: a resumed run gets a new actor on the same trajectory; a delegated child's end is
+awaited by the `delegate` call that started it."""
 
 
 class RunActor:
@@ -190,8 +216,11 @@ class RunActor:
         spent_ms = trajectory.state.wall_spent_us // 1000
         self._started_ms = deps.clock.monotonic_ms() - spent_ms
         spec = trajectory.state.spec
-        expires = (spec.extra.get("writ") or {}).get("expires")
-        self._expires_us = us_from_rfc3339(expires) if isinstance(expires, str) else None
+        try:
+            expires_at = WritRecord.of(spec.extra.get("writ")).expires_at
+            self._expires_us: int | None = int(expires_at.timestamp()) * 1_000_000
+        except ValueError:
+            self._expires_us = None  # no writ: every call is refused by the compiler anyway
         self._tool_views = tuple(
             ToolView(s.name, s.description, s.input_schema)
             for s in (deps.catalog.get(name) for name in spec.tools)
@@ -206,26 +235,33 @@ class RunActor:
     def waiting(self) -> bool:
         return self._waiting
 
-    def request_cancel(self, requested_by: str, key_id: str | None, reason: str | None) -> None:
-        """Cancel the run: it stops at once wherever it is (a model call or a tool in flight is
-        cancelled, a wait for approval ends and its proposal is void) and records who asked."""
-        if self._stop is None:
-            self._cancellation = {"requested_by": requested_by, "key_id": key_id, "reason": reason}
-        self.request_stop(TerminatedBy.CANCELLED, f"cancelled by {requested_by}")
+    def post(self, message: Message) -> None:
+        """Deliver a message. A vote waits for the proposal's wait to take it; a cancel or a
+        stop takes effect at once wherever the run is (a model call or a tool in flight is
+        cancelled, a wait for approval ends); the first stop wins, and a cancel records who
+        asked."""
+        match message:
+            case Vote():
+                self._votes.append(message)
+            case Cancel(requested_by, key_id, reason):
+                if self._stop is None:
+                    self._cancellation = {
+                        "requested_by": requested_by,
+                        "key_id": key_id,
+                        "reason": reason,
+                    }
+                self._halt(StopRun(TerminatedBy.CANCELLED, f"cancelled by {requested_by}"))
+            case Stop(terminated_by, text):
+                self._halt(StopRun(terminated_by, text))
+        self._wake.set()
 
-    def request_stop(self, terminated_by: TerminatedBy, message: str | None = None) -> None:
-        """Ask the run to stop at its next safe point."""
+    def _halt(self, stop: StopRun) -> None:
         if self._stop is None:
-            self._stop = StopRun(terminated_by, message)
+            self._stop = stop
         # A second request while the first is cancelling the call finds the scope expiring:
         # asyncio refuses to reschedule it then, and there is nothing more to do.
         if self._scope is not None and not self._scope.expired():
             self._scope.reschedule(asyncio.get_running_loop().time())
-        self._wake.set()
-
-    def submit_vote(self, vote: Vote) -> None:
-        self._votes.append(vote)
-        self._wake.set()
 
     def _set_view(self, phase: str, active_tool: str | None = None) -> None:
         self.view.phase, self.view.active_tool = phase, active_tool
@@ -465,7 +501,7 @@ class RunActor:
                 # Staged, or suspended and approved by its quorum: every other stage passed
                 # again just now.
                 approved_by = (
-                    list(pending["approvers"])
+                    list(pending.approvers)
                     if isinstance(decision, Suspended) and pending is not None
                     else None
                 )
@@ -485,7 +521,7 @@ class RunActor:
                     [
                         (
                             EntryKind.REJECTION,
-                            self._denial_body(base, decision, pending["denied_by"], None),
+                            self._denial_body(base, decision, str(pending.denied_by), None),
                         )
                     ]
                 )
@@ -638,7 +674,7 @@ class RunActor:
                     if (
                         verdict == "approved"
                         and pending is not None
-                        and pending["approvals"] >= quorum
+                        and pending.approvals >= quorum
                     ):
                         self._settle_votes(proposal_id)
                         return "approved"
@@ -663,7 +699,7 @@ class RunActor:
         pending = self.trajectory.state.summary.pending.get(proposal_id)
         if (
             pending is None
-            or pending["channel"] != vote.channel
+            or pending.channel != vote.channel
             or vote.proposal_id not in (None, proposal_id)
         ):
             vote.result.set_exception(
@@ -672,7 +708,7 @@ class RunActor:
                 )
             )
             return "ignored"
-        if vote.approver in pending["approvers"]:
+        if vote.approver in pending.approvers:
             vote.result.set_exception(
                 ThymosError(
                     ErrorCode.DUPLICATE_APPROVAL,
@@ -701,7 +737,7 @@ class RunActor:
                 )
             )
             return "deadline"
-        approvals_before, required = pending["approvals"], pending["required"]
+        approvals_before, required = pending.approvals, pending.required
         items: list[tuple[EntryKind, Mapping[str, Any]]] = [(EntryKind.APPROVAL, body)]
         if not vote.approve:
             # The veto and what it decides land in one atomic append: no crash can separate them.

@@ -50,18 +50,18 @@ from thymos.core import (
     uuid7,
 )
 from thymos.governance import (
-    WRIT_FORMAT,
     DelegationAsk,
     WritError,
+    WritRecord,
     WritTerms,
     attenuate,
     child_budget,
     child_ceiling,
-    public_key_hex,
 )
 from thymos.storage import RunRecord
 from thymos.tools import ToolFailure, ToolOutcome
 
+from ._actor import Cancel
 from ._requests import MAX_STEPS_DEFAULT, StartRun
 from ._state import RunState
 
@@ -199,15 +199,7 @@ class Delegations:
             writ = attenuate(parent.extra["writ"]["token"], runtime.root.public_key, terms)
         except WritError as exc:
             raise ToolFailure(ToolFailureCode.CHILD_INVALID, str(exc)) from None
-        return {
-            "format": WRIT_FORMAT,
-            "not_before": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "expires": expires.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "id": writ.id,
-            "lineage": list(writ.lineage),
-            "token": writ.token,
-            "root_public_key": public_key_hex(runtime.root.public_key),
-        }
+        return WritRecord.issued(writ, terms, runtime.root.public_key).as_body()
 
     async def _create(self, actor: RunActor, spec: RunSpec, child_id: str) -> ActiveRun:
         """Store the child's run row and first entry, then launch its actor."""
@@ -325,7 +317,7 @@ class Delegations:
                 continue
             if only is not None and active.run_id != only:
                 continue
-            active.actor.request_cancel(f"parent run {run_id}", None, CHILD_CANCEL_REASON)
+            active.actor.post(Cancel(f"parent run {run_id}", None, CHILD_CANCEL_REASON))
             asked.append(active.run_id)
             asked.extend(self.cancel_children_of(active.run_id))
         return asked

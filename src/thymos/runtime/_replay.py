@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -45,7 +45,9 @@ from thymos.core import (
     EntryKind,
     HeadVerifier,
     Intent,
+    KindTable,
     NotCanonicalizable,
+    Pending,
     ReplayFailure,
     RunStatus,
     RunSummary,
@@ -53,9 +55,9 @@ from thymos.core import (
     StoredRow,
     ToolFailureCode,
     World,
+    apply_to_world,
     blake3_hex,
     canonical_bytes,
-    deltas_of,
 )
 from thymos.governance import (
     Authority,
@@ -290,9 +292,7 @@ class Replayer:
             self.kinds[entry.kind] += 1
             self._check_lifecycle(entry)
             if self._vocabulary_ok(entry):
-                handler = _HANDLERS.get(entry.kind)
-                if handler is not None:
-                    handler(self, entry)
+                REPLAY.dispatch(self, entry)
             # The fold (usage so far, pending approvals, status) is only meaningful while the
             # chain is unbroken.
             if entry.seq == self.summary.head_seq + 1:
@@ -590,8 +590,8 @@ class Replayer:
         pending = self.summary.pending.get(proposal) if isinstance(proposal, str) else None
         if (
             pending is None
-            or pending.get("intent", proposal) not in self._undecided
-            or pending.get("channel") != body.get("channel")
+            or pending.intent not in self._undecided
+            or pending.channel != body.get("channel")
         ):
             self._fail(
                 entry.seq,
@@ -600,7 +600,7 @@ class Replayer:
                 "that is not waiting there",
             )
             return
-        if body.get("approver") in pending.get("approvers", ()) or pending.get("denied_by"):
+        if body.get("approver") in pending.approvers or pending.denied_by:
             self._fail(
                 entry.seq,
                 ReplayFailure.DUPLICATE_VOTE,
@@ -638,7 +638,7 @@ class Replayer:
             # Started again: an operator approved it on the recovery channel, or its tool is
             # idempotent (checked against the catalog when its outcome is recorded).
             question = self.summary.pending.get(earlier)
-            if question is None or not question.get("approvers"):
+            if question is None or not question.approvers:
                 self._repeated.add(ref)
         self._announced[ref] = entry.id
 
@@ -668,12 +668,12 @@ class Replayer:
                     ReplayFailure.DECISION_MISMATCH,
                     f"entry {entry.seq} records a denial that no recorded veto made",
                 )
-            elif pending.get("denied_by") != details.get("approver"):
+            elif pending.denied_by != details.get("approver"):
                 self._fail(
                     entry.seq,
                     ReplayFailure.DECISION_MISMATCH,
                     f"entry {entry.seq} names {details.get('approver')!r} as the denier; "
-                    f"the veto was {pending.get('denied_by')!r}'s",
+                    f"the veto was {pending.denied_by!r}'s",
                 )
             else:
                 assert isinstance(decision, Suspended)
@@ -711,7 +711,7 @@ class Replayer:
             self._repeated.discard(ref)
         if entry.kind == EntryKind.COMMIT:
             try:
-                self.world.apply_all(deltas_of(entry.body))
+                apply_to_world(self.world, entry)
             except (DeltaConflict, ValueError) as exc:
                 self._fail(
                     entry.seq,
@@ -734,10 +734,10 @@ class Replayer:
             return
         if step is not Next.EXECUTE:
             assert isinstance(decision, Suspended)
-            held = 0 if pending is None else len(pending.get("approvers", ()))
+            held = 0 if pending is None else len(pending.approvers)
             why = (
-                f"was vetoed by {pending['denied_by']!r}"
-                if pending is not None and pending.get("denied_by")
+                f"was vetoed by {pending.denied_by!r}"
+                if pending is not None and pending.denied_by
                 else f"has {held} of {decision.quorum} approvals on {decision.channel}"
             )
             self._fail(
@@ -755,7 +755,7 @@ class Replayer:
                 "execution_started before it",
             )
         approved_by = (
-            list(pending["approvers"]) if isinstance(decision, Suspended) and pending else None
+            list(pending.approvers) if isinstance(decision, Suspended) and pending else None
         )
         expected = {
             **decision.basis.as_body(),
@@ -770,7 +770,7 @@ class Replayer:
         entry: Entry,
         idempotent: bool,
         execution: str | None,
-        question: Mapping[str, Any] | None,
+        question: Pending | None,
         repeated: bool,
     ) -> None:
         """A call ran at most once unless its tool is idempotent or an operator said so; an
@@ -786,7 +786,7 @@ class Replayer:
         unknown = isinstance(error, dict) and (
             error.get("code") == ToolFailureCode.OUTCOME_UNKNOWN.value
         )
-        denied = execution is not None and question is not None and question.get("denied_by")
+        denied = execution is not None and question is not None and question.denied_by
         if entry.kind == EntryKind.TOOL_FAILURE and unknown and not denied:
             self._fail(
                 entry.seq,
@@ -841,18 +841,19 @@ class Replayer:
         }
 
 
-_HANDLERS: dict[str, Callable[[Replayer, Entry], None]] = {
-    EntryKind.RUN_STARTED: replay_run_started,
-    EntryKind.INTENT: Replayer._intent,
-    EntryKind.SUSPENSION: Replayer._suspension,
-    EntryKind.APPROVAL: Replayer._approval,
-    EntryKind.EXECUTION_STARTED: Replayer._execution_started,
-    EntryKind.REJECTION: Replayer._rejection,
-    EntryKind.COMMIT: replay_commit,
-    EntryKind.TOOL_FAILURE: Replayer._execution,
-    EntryKind.DELEGATION: replay_delegation,
-}
-"""What replay checks per entry kind; kinds without a handler are only folded."""
+REPLAY: KindTable[Replayer, None] = KindTable("replay", None)
+"""What replay checks per entry kind (every entry is also folded into the replayed summary)."""
+REPLAY.on(EntryKind.RUN_STARTED)(replay_run_started)
+REPLAY.on(EntryKind.INTENT)(Replayer._intent)
+REPLAY.on(EntryKind.SUSPENSION)(Replayer._suspension)
+REPLAY.on(EntryKind.APPROVAL)(Replayer._approval)
+REPLAY.on(EntryKind.EXECUTION_STARTED)(Replayer._execution_started)
+REPLAY.on(EntryKind.REJECTION)(Replayer._rejection)
+REPLAY.on(EntryKind.COMMIT)(replay_commit)
+REPLAY.on(EntryKind.TOOL_FAILURE)(Replayer._execution)
+REPLAY.on(EntryKind.DELEGATION)(replay_delegation)
+# Checked by the lifecycle rule (`_check_lifecycle`) and the summary's fold (usage, status).
+REPLAY.ignore(EntryKind.TURN, EntryKind.RUN_ENDED, EntryKind.CANCELLATION, EntryKind.RESUMPTION)
 
 
 async def replay_stored(

@@ -16,10 +16,11 @@ from thymos.core import (
     Entry,
     EntryKind,
     Intent,
+    KindTable,
     RunSpec,
     RunSummary,
     World,
-    deltas_of,
+    apply_to_world,
     us_from_rfc3339,
 )
 
@@ -61,50 +62,11 @@ class RunState:
     resumed parent follows that child instead of starting another)."""
 
     def fold(self, entry: Entry) -> None:
+        """Fold one entry (its summary first; `STATE` says what each kind does to the rest)."""
         self.summary.fold(entry)
-        body = entry.body
-        kind = entry.kind
-        if kind != EntryKind.INTENT and self.open_intents:
+        if entry.kind != EntryKind.INTENT and self.open_intents:
             self._attach_intents()
-        if kind == EntryKind.TURN:
-            final = body.get("final")
-            self.turn_final = final if isinstance(final, str) else None
-            self._remember(AssistantTurn(int(body.get("step", 0)), str(body.get("text", "")), ()))
-        elif kind == EntryKind.INTENT:
-            intent = Intent.from_body(body, entry.id[:12])
-            self.undecided[entry.id] = (entry.seq, intent)
-            self.open_intents.append(intent)
-        elif kind == EntryKind.EXECUTION_STARTED:
-            self.started[str(body.get("intent"))] = entry.id
-        elif kind == EntryKind.DELEGATION:
-            self.delegations[str(body.get("intent"))] = str(body.get("child_run_id"))
-        elif kind in (EntryKind.RUN_STARTED, EntryKind.RESUMPTION):
-            self.segment_started_us = us_from_rfc3339(entry.time)
-            if kind == EntryKind.RESUMPTION:
-                self.spec = replace(self.spec, max_steps=int(body["max_steps"]))
-                self.turn_final = None
-        elif kind == EntryKind.RUN_ENDED and self.segment_started_us is not None:
-            self.wall_spent_us += max(us_from_rfc3339(entry.time) - self.segment_started_us, 0)
-            self.segment_started_us = None
-        elif kind in (EntryKind.REJECTION, EntryKind.COMMIT, EntryKind.TOOL_FAILURE):
-            ref = body.get("intent")
-            if isinstance(ref, str):
-                self.started.pop(ref, None)
-            decided = self.undecided.pop(ref, None) if isinstance(ref, str) else None
-            call_id = decided[1].call_id if decided else str(ref)
-            outcome, content = _observation(kind, body)
-            approved_by = body.get("approved_by") if kind != EntryKind.REJECTION else None
-            self._remember(
-                Observation(
-                    call_id,
-                    str(body.get("tool")),
-                    outcome,
-                    content,
-                    tuple(str(a) for a in approved_by) if isinstance(approved_by, list) else (),
-                )
-            )
-            if kind == EntryKind.COMMIT:
-                self.world.apply_all(deltas_of(body))
+        STATE.dispatch(self, entry)
 
     def _remember(self, item: HistoryItem) -> None:
         self.history.append(item)
@@ -145,3 +107,74 @@ def _observation(kind: str, body: dict[str, Any] | Any) -> tuple[Any, Any]:
             seen["details"] = body.get("details")  # who denied it and why
         return "rejected", seen
     return "failed", body.get("error")
+
+
+STATE: KindTable[RunState, None] = KindTable("run state", None)
+"""What each entry kind does to a run's state beyond its summary."""
+
+
+@STATE.on(EntryKind.TURN)
+def _turn(state: RunState, entry: Entry) -> None:
+    body = entry.body
+    final = body.get("final")
+    state.turn_final = final if isinstance(final, str) else None
+    state._remember(AssistantTurn(int(body.get("step", 0)), str(body.get("text", "")), ()))
+
+
+@STATE.on(EntryKind.INTENT)
+def _intent(state: RunState, entry: Entry) -> None:
+    intent = Intent.from_body(entry.body, entry.id[:12])
+    state.undecided[entry.id] = (entry.seq, intent)
+    state.open_intents.append(intent)
+
+
+@STATE.on(EntryKind.EXECUTION_STARTED)
+def _execution_started(state: RunState, entry: Entry) -> None:
+    state.started[str(entry.body.get("intent"))] = entry.id
+
+
+@STATE.on(EntryKind.DELEGATION)
+def _delegation(state: RunState, entry: Entry) -> None:
+    state.delegations[str(entry.body.get("intent"))] = str(entry.body.get("child_run_id"))
+
+
+@STATE.on(EntryKind.RUN_STARTED, EntryKind.RESUMPTION)
+def _segment_started(state: RunState, entry: Entry) -> None:
+    state.segment_started_us = us_from_rfc3339(entry.time)
+    if entry.kind == EntryKind.RESUMPTION:
+        state.spec = replace(state.spec, max_steps=int(entry.body["max_steps"]))
+        state.turn_final = None
+
+
+@STATE.on(EntryKind.RUN_ENDED)
+def _run_ended(state: RunState, entry: Entry) -> None:
+    if state.segment_started_us is not None:
+        spent = us_from_rfc3339(entry.time) - state.segment_started_us
+        state.wall_spent_us += max(spent, 0)
+        state.segment_started_us = None
+
+
+@STATE.on(EntryKind.REJECTION, EntryKind.COMMIT, EntryKind.TOOL_FAILURE)
+def _decision(state: RunState, entry: Entry) -> None:
+    body, kind = entry.body, entry.kind
+    ref = body.get("intent")
+    if isinstance(ref, str):
+        state.started.pop(ref, None)
+    decided = state.undecided.pop(ref, None) if isinstance(ref, str) else None
+    call_id = decided[1].call_id if decided else str(ref)
+    outcome, content = _observation(kind, body)
+    approved_by = body.get("approved_by") if kind != EntryKind.REJECTION else None
+    state._remember(
+        Observation(
+            call_id,
+            str(body.get("tool")),
+            outcome,
+            content,
+            tuple(str(a) for a in approved_by) if isinstance(approved_by, list) else (),
+        )
+    )
+    apply_to_world(state.world, entry)
+
+
+# Recorded in the summary (pending approvals, who cancelled) and nowhere else in the state.
+STATE.ignore(EntryKind.SUSPENSION, EntryKind.APPROVAL, EntryKind.CANCELLATION)

@@ -19,7 +19,16 @@ import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from thymos.core import Entry, EntryKind, HeadSigner, RunStatus, SignedHead, rfc3339_from_us, seal
+from thymos.core import (
+    Entry,
+    EntryKind,
+    HeadSigner,
+    Pending,
+    RunStatus,
+    SignedHead,
+    rfc3339_from_us,
+    seal,
+)
 from thymos.storage import Checkpoint, LedgerStore, RunUpdate
 
 from ._clock import Clock
@@ -65,8 +74,8 @@ class Trajectory:
         self.durable_seq = state.summary.head_seq
         """The last seq known to be in storage (readers of the ledger stop there)."""
         self.durable_id = state.summary.head_id
-        self.durable_pending: dict[str, dict[str, Any]] = {
-            key: dict(item) for key, item in state.summary.pending.items()
+        self.durable_pending: dict[str, Pending] = {
+            key: item.copy() for key, item in state.summary.pending.items()
         }
         self.durable_status = state.summary.status.value
         """The run's status as of `durable_seq`: a run is reported finished only once its end
@@ -127,7 +136,7 @@ class Trajectory:
         status_after = status.value
         # What observers may see once this write is durable: the status and pending approvals
         # as of its last entry (copied: the live ones keep changing).
-        pending_after = {key: dict(item) for key, item in self.state.summary.pending.items()}
+        pending_after = {key: item.copy() for key, item in self.state.summary.pending.items()}
         write.add_done_callback(
             lambda done: self._settled(done, sealed, status_after, pending_after)
         )
@@ -148,7 +157,7 @@ class Trajectory:
         write: asyncio.Future[None],
         sealed: list[Entry],
         status_after: str,
-        pending_after: dict[str, dict[str, Any]],
+        pending_after: dict[str, Pending],
     ) -> None:
         if write.cancelled():
             self._failure = self._failure or RuntimeError("a ledger write was cancelled")

@@ -6,9 +6,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from thymos.core import RunStatus, RunSummary
+from thymos.governance import WritRecord
 from thymos.storage import RunRecord
 
 from ._branch import branch_view
+
+
+def _writ_shown(spec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The run's writ as the record shows it: everything but the token (None without one)."""
+    try:
+        return WritRecord.of(spec.get("writ")).shown()
+    except ValueError:
+        return None
 
 
 def run_view(record: RunRecord) -> dict[str, Any]:
@@ -28,7 +37,7 @@ def run_view(record: RunRecord) -> dict[str, Any]:
         "cognition": {"provider": cognition.get("provider"), "model": cognition.get("model")},
         "budget": spec.get("budget"),
         "effect_ceiling": spec.get("effect_ceiling"),
-        "writ": {k: v for k, v in (spec.get("writ") or {}).items() if k != "token"} or None,
+        "writ": _writ_shown(spec),
         "usage": summary.get("usage"),
         "parent_run_id": record.parent_run_id,
         "branch_of": branch_view(spec),
@@ -88,7 +97,9 @@ def execution_view(
         "error": summary.error,
         "counters": summary.counters(),
         "usage": summary.usage.as_dict(),
-        "pending_approvals": pending_view(summary.pending),
+        "pending_approvals": pending_view(
+            {key: item.as_dict() for key, item in summary.pending.items()}
+        ),
         "head_seq": summary.head_seq,
         "log": list(summary.log),
     }

@@ -1,0 +1,655 @@
+"""The runtime's supervision job: runs started (from a request, or as a branch), launched on an
+actor and driven to their end, resumed, cancelled, recovered at start-up and stopped at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from thymos.cognition import (
+    PROVIDER_INFOS,
+    RUNNABLE_KINDS,
+    Cognition,
+    CognitionEvent,
+    base_url_problem,
+    provider_info,
+    validate_script,
+)
+from thymos.core import (
+    LEDGER_FORMAT,
+    DocumentKind,
+    Effect,
+    Entry,
+    EntryKind,
+    ErrorCode,
+    NotCanonicalizable,
+    RunSpec,
+    RunStatus,
+    TerminatedBy,
+    ThymosError,
+    World,
+    blake3_hex,
+    canonical_bytes,
+    rfc3339_from_us,
+    seal,
+    uuid7,
+)
+from thymos.governance import (
+    Authority,
+    DelegationBounds,
+    WritError,
+    WritRecord,
+    WritTerms,
+    lineage_of,
+    mint,
+)
+from thymos.governance import parse as parse_writ
+from thymos.storage import Checkpoint, RunRecord
+from thymos.tools import READ_ONLY_DEFAULT_SCOPES
+
+from ._actor import ActorDeps, Cancel, RunActor, Stop
+from ._base import (
+    RECOVERY_REQUESTER,
+    WRIT_VALIDITY_MS_DEFAULT,
+    ActiveRun,
+    RuntimeBase,
+    _document,
+    log,
+)
+from ._branch import BranchOrigin, BranchRun, branch_start, check_depth, find_commit
+from ._feeds import Cell, Feed
+from ._requests import StartRun
+from ._state import RunState
+from ._trajectory import Trajectory
+
+
+class Supervision(RuntimeBase):
+    """Starting, resuming, cancelling, recovering and stopping runs; each run's actor."""
+
+    async def keep_documents(self) -> None:
+        """Store the active policy set and tool catalog by hash (once per process): every
+        decision names them, and replay and exports fetch them by that hash."""
+        if self._documents_kept:
+            return
+        await self.store.put_documents(
+            [
+                _document(DocumentKind.POLICY_SET, self.policy.document()),
+                _document(DocumentKind.TOOL_CATALOG, self.catalog.document()),
+            ]
+        )
+        self._documents_kept = True
+
+    async def recover(self) -> int:
+        """Load revocations; relaunch runs that wait for approval (their approvals survive a
+        restart); record runs left running by a previous process as interrupted, then (unless
+        `auto_resume` is off) resume every interrupted run. Returns how many were interrupted."""
+        self._revocations = frozenset(await self.store.revocations())
+        await self.keep_documents()
+        # Probed while runs are recovered (a jailed process takes a while to start); it is done
+        # before the server serves.
+        probe = asyncio.create_task(self.sandbox.probe())
+        try:
+            return await self._recover_runs()
+        finally:
+            support = await probe
+            if not support.usable:
+                log.warning(
+                    "commands (shell, test_run) are refused: %s%s",
+                    support.reason,
+                    "" if self.config.sandbox else " (THYMOS_SANDBOX=off: they run unconfined)",
+                )
+
+    async def _recover_runs(self) -> int:
+        count = 0
+        for record in await self.store.runs_with_status(
+            [RunStatus.RUNNING.value, RunStatus.WAITING_APPROVAL.value]
+        ):
+            try:
+                state = await self._load_state(record)
+            except ThymosError as exc:
+                # Left as stored: neither continued nor ended, so nothing vouches for it.
+                self._unloadable.add(record.run_id)
+                log.error("run %s cannot be recovered: %s", record.run_id, exc.message)
+                continue
+            if state.summary.status is RunStatus.WAITING_APPROVAL:
+                try:
+                    self._launch(record, state)
+                except (ThymosError, WritError) as exc:
+                    self._unloadable.add(record.run_id)
+                    log.error(
+                        "run %s waits for approval but cannot be loaded: %s", record.run_id, exc
+                    )
+                continue
+            trajectory = self._unobserved(record.run_id, state)
+            body = {
+                "status": RunStatus.FAILED.value,
+                "terminated_by": TerminatedBy.INTERRUPTED.value,
+                "final_answer": None,
+                "error": "the server stopped while the run was active",
+            }
+            await trajectory.append([(EntryKind.RUN_ENDED, body)])
+            count += 1
+            if self.config.auto_resume:
+                # At once, with the state just folded: the first run is going again before the
+                # others are even read.
+                await self._auto_resume(record, state)
+        if self.config.auto_resume:
+            await self._resume_interrupted()
+        return count
+
+    async def _auto_resume(self, record: RunRecord, state: RunState | None) -> bool:
+        """Resume an interrupted run at start-up if a slot is free; False leaves it
+        interrupted (the log says why) for an operator to resume."""
+        if len(self._active) + self._starting >= self.config.runs_active_max:
+            log.warning(
+                "run %s stays interrupted: every slot is taken; POST /runs/%s/resume resumes it",
+                record.run_id,
+                record.run_id,
+            )
+            return False
+        try:
+            await self._claim_and_resume(record, None, RECOVERY_REQUESTER, None, state)
+        except ThymosError as exc:
+            log.error("run %s was interrupted and cannot be resumed: %s", record.run_id, exc)
+            return False
+        except Exception:
+            # One run that cannot be loaded must not keep the server (and every other run)
+            # down: it stays interrupted, and the log says why.
+            log.exception("run %s was interrupted and cannot be resumed", record.run_id)
+            return False
+        return True
+
+    async def _resume_interrupted(self) -> None:
+        """Resume the runs a previous process stopped under before they ended (a shutdown
+        records them interrupted), oldest first, as many as there are free slots."""
+        for record in await self.store.runs_interrupted():
+            if record.run_id not in self._unloadable and record.run_id not in self._active:
+                await self._auto_resume(record, None)
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop accepting runs, let active runs reach a safe point, record the rest interrupted."""
+        self.accepting = False
+        for active in list(self._active.values()):
+            active.actor.post(Stop(TerminatedBy.INTERRUPTED, "the server is shutting down"))
+        tasks = [a.task for a in self._active.values() if a.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=max(1.0, grace_s))
+        self.closed.set()
+        for active in list(self._active.values()):
+            self._close_feeds(active)
+        self.tool_pool.close()
+        await self._model_http.aclose()
+
+    def resolve_scopes(self, scopes: list[str] | None) -> tuple[list[str], list[str]]:
+        """(scopes as given, the registered tools they cover); 422 for a scope matching nothing."""
+        given = list(READ_ONLY_DEFAULT_SCOPES) if scopes is None else list(scopes)
+        tools: list[str] = []
+        unknown = []
+        for scope in given:
+            matched = self.tools.match(scope)
+            if not matched:
+                unknown.append(scope)
+            tools.extend(name for name in matched if name not in tools)
+        if unknown:
+            raise ThymosError(
+                ErrorCode.UNKNOWN_TOOL_SCOPE,
+                f"tool scope {unknown[0]!r} matches no registered capability",
+                {"unknown_scopes": unknown, "registered": self.tools.match("*")},
+            )
+        return given, sorted(tools)
+
+    async def start_run(
+        self,
+        request: StartRun,
+        *,
+        tenant: str,
+        idempotency_key: str | None = None,
+        created_by: str | None = None,
+    ) -> tuple[RunRecord, bool]:
+        """Start a run. Returns (record, created); `created` is False for an idempotent replay."""
+        if not self.accepting:
+            raise ThymosError(
+                ErrorCode.SHUTTING_DOWN, "the server is shutting down and accepts no new runs"
+            )
+        spec = self._spec(request, tenant)
+        if idempotency_key is None:
+            return await self._create(spec, None, created_by), True
+        body_hash = blake3_hex(canonical_bytes(spec.as_body()))
+        async with self._idempotency_lock:
+            hit = await self.store.find_idempotency(tenant, idempotency_key)
+            if hit is not None:
+                if hit.body_hash != body_hash:
+                    raise ThymosError(
+                        ErrorCode.IDEMPOTENCY_CONFLICT,
+                        "this Idempotency-Key was used with a different request body",
+                        {"run_id": hit.run_id},
+                    )
+                record = await self.store.get_run(hit.run_id)
+                assert record is not None, "an idempotency row always names a stored run"
+                return record, False
+            return await self._create(spec, (idempotency_key, body_hash), created_by), True
+
+    def _spec(self, request: StartRun, tenant: str) -> RunSpec:
+        if not request.task.strip():
+            raise ThymosError(
+                ErrorCode.INVALID_REQUEST, "task must not be empty", {"field": "task"}
+            )
+        scopes, tools = self.resolve_scopes(
+            None if request.tool_scopes is None else list(request.tool_scopes)
+        )
+        # A mock script names its provider: a run with a script and no provider is the mock's.
+        provider = request.provider or (
+            "mock" if request.script is not None else self.config.default_provider
+        )
+        info = provider_info(provider)
+        if info is None or info.kind not in RUNNABLE_KINDS:
+            runnable = [p.name for p in PROVIDER_INFOS if p.kind in RUNNABLE_KINDS]
+            raise ThymosError(
+                ErrorCode.UNKNOWN_PROVIDER,
+                f"cognition provider {provider!r} is not available in this build",
+                {"available": runnable},
+            )
+        if not self.config.providers.usable(info) and not request.base_url:
+            raise ThymosError(
+                ErrorCode.PROVIDER_UNAVAILABLE,
+                f"cognition provider {provider!r} needs {info.key_variable} on the server",
+                {"provider": provider, "key_variable": info.key_variable},
+            )
+        problem = base_url_problem(request.base_url) if request.base_url is not None else None
+        if problem is not None:
+            raise ThymosError(ErrorCode.INVALID_REQUEST, problem, {"field": "cognition.base_url"})
+        if request.base_url is not None and info.kind != "openai":
+            raise ThymosError(
+                ErrorCode.INVALID_REQUEST,
+                "cognition.base_url is for OpenAI-compatible providers",
+                {"field": "cognition.base_url"},
+            )
+        script = None
+        if request.script is not None:
+            if provider != "mock":
+                raise ThymosError(
+                    ErrorCode.INVALID_SCRIPT, "cognition.script is only for the mock provider"
+                )
+            problems = validate_script(list(request.script))
+            if problems:
+                raise ThymosError(
+                    ErrorCode.INVALID_SCRIPT, problems[0], {"problems": problems[:20]}
+                )
+            script = tuple(request.script)
+        specs = [self.catalog.get(name) for name in tools]
+        needed = max(
+            (Effect(s.effect) for s in specs if s is not None),
+            key=lambda e: e.rank,
+            default=Effect.READ,
+        )
+        ceiling = needed
+        if request.effect_ceiling is not None:
+            try:
+                ceiling = Effect(request.effect_ceiling)
+            except ValueError:
+                raise ThymosError(
+                    ErrorCode.INVALID_EFFECT_CEILING,
+                    f"effect_ceiling must be one of {', '.join(e.value for e in Effect)}",
+                ) from None
+        spec = RunSpec(
+            task=request.task,
+            max_steps=request.max_steps,
+            tool_scopes=tuple(scopes),
+            tools=tuple(tools),
+            provider=provider,
+            # The model is recorded as used (the provider's default unless asked), so the
+            # ledger says what thought and the price table can price it.
+            model=request.model or info.default_model,
+            base_url=request.base_url,
+            stream=request.stream,
+            context_tokens=request.context_tokens,
+            script=script,
+            budget=request.budget,
+            tenant=tenant,
+            extra={
+                "format": LEDGER_FORMAT,
+                "effect_ceiling": ceiling.value,
+                "max_delegation_depth": self.config.max_delegation_depth,
+            },
+        )
+        try:
+            canonical_bytes(spec.as_body())
+        except NotCanonicalizable as exc:
+            raise ThymosError(
+                ErrorCode.INVALID_REQUEST,
+                f"the request has a value with no canonical JSON form: {exc}",
+            ) from exc
+        return spec
+
+    async def _create(
+        self,
+        spec: RunSpec,
+        idempotency: tuple[str, str] | None,
+        created_by: str | None,
+        *,
+        inherited: World | None = None,
+    ) -> RunRecord:
+        # A slot is taken before the first await and held until the run is registered as
+        # active (or its creation failed): the check and the registration must not be split by
+        # an await, or every concurrent request passes the check at once.
+        self._check_capacity()
+        self._starting += 1
+        try:
+            return await self._create_in_slot(spec, idempotency, created_by, inherited)
+        finally:
+            self._starting -= 1
+
+    async def _create_in_slot(
+        self,
+        spec: RunSpec,
+        idempotency: tuple[str, str] | None,
+        created_by: str | None,
+        inherited: World | None = None,
+    ) -> RunRecord:
+        """Record a run's first entry and launch its actor. `inherited` is a branch's world: its
+        state starts from it and it is stored as the run's checkpoint at seq 0."""
+        await self.keep_documents()
+        now_us = self.clock.now_us()
+        run_id = uuid7(now_us // 1000, self._random(10))
+        now = rfc3339_from_us(now_us)
+        writ = self._mint(spec, now_us)
+        spec = replace(spec, extra={**spec.extra, "writ": writ})
+        first = seal(
+            run_id=run_id,
+            seq=0,
+            parent=None,
+            kind=EntryKind.RUN_STARTED,
+            time=now,
+            body=spec.as_body(),
+        )
+        state = RunState(spec, world=World() if inherited is None else inherited.copy())
+        state.fold(first)
+        checkpoint = None
+        if inherited is not None:
+            checkpoint = Checkpoint(run_id, 0, inherited.snapshot())
+            state.last_checkpoint_seq = 0
+        record = RunRecord(
+            run_id,
+            spec.tenant,
+            RunStatus.RUNNING.value,
+            now,
+            now,
+            spec.as_body(),
+            state.summary.as_dict(),
+            created_by,
+            writ["id"],
+        )
+        await self.store.create_run(record, first, idempotency, checkpoint)
+        self._launch(record, state, first)
+        return record
+
+    async def branch(
+        self, run_id: str, tenant: str | None, request: BranchRun, *, created_by: str | None
+    ) -> RunRecord:
+        """Start a new run whose world is the source run's world after one of its commits, with
+        its own writ (the source's scopes, effect ceiling and budget) and the source's task, step
+        limit and cognition unless the request changes them (`_branch.py`)."""
+        if not self.accepting:
+            raise ThymosError(
+                ErrorCode.SHUTTING_DOWN, "the server is shutting down and accepts no new runs"
+            )
+        source = await self.visible_record(run_id, tenant)
+        seq = await find_commit(self.store, source, request.commit_id)
+        spec = self._spec(branch_start(RunSpec.from_body(source.spec), request), source.tenant)
+        await check_depth(self.store, source)
+        world = await self.world_at(run_id, seq)
+        origin = BranchOrigin(run_id, request.commit_id, seq, world.hash)
+        spec = replace(spec, extra={**spec.extra, "branch_of": origin.as_body()})
+        return await self._create(spec, None, created_by, inherited=world)
+
+    async def resume(
+        self,
+        run_id: str,
+        tenant: str | None,
+        *,
+        max_steps: int | None,
+        requested_by: str,
+        key_id: str | None,
+    ) -> RunRecord:
+        """Continue a failed or cancelled run on its own ledger: its writ, the usage it spent,
+        its world and its model's context are all rebuilt from the ledger; a `resumption`
+        entry records who asked and the step limit from now on."""
+        if not self.accepting:
+            raise ThymosError(
+                ErrorCode.SHUTTING_DOWN, "the server is shutting down and resumes no runs"
+            )
+        record = await self.visible_record(run_id, tenant)
+        status = RunStatus(record.status)
+        if run_id in self._active or run_id in self._resuming or not status.resumable:
+            shown = "active" if run_id in self._active or not status.terminal else status.value
+            raise ThymosError(
+                ErrorCode.RUN_NOT_RESUMABLE,
+                f"the run is {shown}: only a failed or cancelled run can be resumed",
+                {"status": record.status},
+            )
+        if run_id in self._unloadable:
+            raise ThymosError(
+                ErrorCode.RUN_NOT_RESUMABLE,
+                "the run could not be loaded at start-up; the server log says why",
+            )
+        return await self._claim_and_resume(record, max_steps, requested_by, key_id)
+
+    async def _claim_and_resume(
+        self,
+        record: RunRecord,
+        max_steps: int | None,
+        requested_by: str,
+        key_id: str | None,
+        state: RunState | None = None,
+    ) -> RunRecord:
+        self._check_capacity()
+        # Claimed before the first await: a second resume of the same run is refused.
+        self._resuming.add(record.run_id)
+        self._starting += 1
+        try:
+            return await self._resume_claimed(record, max_steps, requested_by, key_id, state)
+        finally:
+            self._starting -= 1
+            self._resuming.discard(record.run_id)
+
+    async def cancel(
+        self,
+        run_id: str,
+        tenant: str | None,
+        *,
+        requested_by: str,
+        key_id: str | None,
+        reason: str | None,
+    ) -> dict[str, Any]:
+        """Ask an active run to stop now; its end (a `cancellation` entry with who asked, then
+        `run_ended` cancelled) is recorded by its actor. Commits already made stay."""
+        record = await self.visible_record(run_id, tenant)
+        active = self._active.get(run_id)
+        if active is None and run_id in self._unloadable:
+            raise ThymosError(
+                ErrorCode.RUN_NOT_ACTIVE,
+                "the run could not be loaded at start-up; the server log says why",
+            )
+        if active is None:
+            if not RunStatus(record.status).terminal:
+                raise ThymosError(
+                    ErrorCode.NOT_READY,
+                    "the run is not loaded yet; retry shortly",
+                    {"retry_after_s": 1},
+                )
+            raise ThymosError(
+                ErrorCode.RUN_NOT_ACTIVE,
+                f"the run is {record.status}: only an active run can be cancelled",
+                {"status": record.status},
+            )
+        active.actor.post(Cancel(requested_by, key_id, reason))
+        # Its children too, at once (each naming this run), not only when its wait ends.
+        self.delegations.cancel_children_of(run_id)
+        return {"run_id": run_id, "status": active.actor.trajectory.state.summary.status.value}
+
+    async def _resume_claimed(
+        self,
+        record: RunRecord,
+        max_steps: int | None,
+        requested_by: str,
+        key_id: str | None,
+        state: RunState | None = None,
+    ) -> RunRecord:
+        """Record the resumption and start the run's actor (`state`: the run's state as
+        already folded, else it is loaded from the ledger)."""
+        if state is None:
+            state = await self._load_state(record)
+        steps = state.summary.steps_executed
+        limit = max_steps if max_steps is not None else state.spec.max_steps
+        if limit <= steps:
+            raise ThymosError(
+                ErrorCode.INVALID_REQUEST,
+                f"the run has taken {steps} steps of its max_steps {state.spec.max_steps}; "
+                f"resume it with a max_steps above {steps}",
+                {"field": "max_steps", "steps_executed": steps},
+            )
+        # An external call whose outcome is unknown is decided by the actor: an idempotent tool
+        # runs again under the same key, any other asks an operator on the recovery channel.
+        summary = state.summary
+        body = {
+            "max_steps": limit,
+            "requested_by": requested_by,
+            "key_id": key_id,
+            "previous_status": summary.status.value,
+            "previous_terminated_by": summary.terminated_by,
+        }
+        # Everything that can refuse the run is checked before its resumption is recorded: a
+        # recorded resumption always has an actor.
+        try:
+            prepared = self._prepare(record.run_id, state.spec)
+        except WritError as exc:
+            raise ThymosError(
+                ErrorCode.RUN_NOT_RESUMABLE,
+                f"the run's writ does not verify under this server's root key: {exc}",
+            ) from None
+        trajectory = self._unobserved(record.run_id, state)
+        await trajectory.append([(EntryKind.RESUMPTION, body)])
+        resumed = await self.store.get_run(record.run_id)
+        assert resumed is not None, "a run being resumed is stored"
+        self._launch(resumed, state, prepared=prepared)
+        return resumed
+
+    def _check_capacity(self) -> None:
+        """429 when one more active run would pass the limit (callers take their slot before
+        their first await, so the check and the claim are not split)."""
+        limit = self.config.runs_active_max
+        if len(self._active) + self._starting >= limit:
+            raise ThymosError(
+                ErrorCode.CAPACITY_EXHAUSTED,
+                f"this server already runs {limit} runs; retry shortly",
+                {"retry_after_s": 1, "runs_active_max": limit},
+            )
+
+    def _mint(self, spec: RunSpec, now_us: int) -> dict[str, Any]:
+        """The run's writ: its scopes, effect ceiling, budgets, validity window and tenant."""
+        start = datetime.fromtimestamp(now_us // 1_000_000, tz=UTC)
+        budget = spec.budget
+        lifetime_ms = (
+            budget.wall_clock_ms if budget.wall_clock_ms is not None else WRIT_VALIDITY_MS_DEFAULT
+        )
+        terms = WritTerms(
+            tenant=spec.tenant,
+            tools=spec.tool_scopes,
+            effect_ceiling=Effect(spec.extra["effect_ceiling"]),
+            budget=budget,
+            not_before=start,
+            expires=start + timedelta(milliseconds=lifetime_ms) + timedelta(seconds=1),
+        )
+        try:
+            writ = mint(self.root.private_key, terms)
+        except WritError as exc:
+            raise ThymosError(ErrorCode.UNKNOWN_TOOL_SCOPE, str(exc)) from exc
+        return WritRecord.issued(writ, terms, self.root.public_key).as_body()
+
+    def _authority(self, run_id: str, spec: RunSpec) -> Authority:
+        try:
+            record = WritRecord.of(spec.extra.get("writ"))
+        except ValueError as exc:
+            raise WritError(str(exc)) from None
+        token = parse_writ(record.token, self.root.public_key)
+        tools = [s for s in (self.catalog.get(n) for n in self.catalog.names()) if s is not None]
+        return Authority(
+            run_id=run_id,
+            tenant=spec.tenant,
+            writ=token,
+            lineage=lineage_of(token),
+            policy=self.policy,
+            entities=self.policy.entities(
+                run_id=run_id, tenant=spec.tenant, task=spec.task, tools=tools
+            ),
+            delegation=DelegationBounds.of_run(spec.as_body()),
+        )
+
+    def _prepare(self, run_id: str, spec: RunSpec) -> tuple[Cognition, Authority]:
+        """A run's cognition and authority (WritError when its writ does not verify)."""
+        return self._provider_factory(spec), self._authority(run_id, spec)
+
+    def _launch(
+        self,
+        record: RunRecord,
+        state: RunState,
+        *already: Entry,
+        prepared: tuple[Cognition, Authority] | None = None,
+    ) -> ActiveRun:
+        entries: Feed[Entry] = Feed(first_id=0)
+        for entry in already:
+            entries.publish(entry, entry.seq)
+        cognition: Feed[CognitionEvent] = Feed()
+        # The snapshot is rebuilt only when read after a change (`active` is bound below,
+        # before anything can read it).
+        snapshot: Cell[dict[str, Any]] = Cell(lambda: self._execution_of(active))
+        trajectory = Trajectory(
+            run_id=record.run_id,
+            store=self.store,
+            state=state,
+            clock=self.clock,
+            entries=entries,
+            on_change=snapshot.touch,
+            signer=self._signer,
+        )
+        provider, authority = prepared or self._prepare(record.run_id, state.spec)
+        deps = ActorDeps(
+            self.catalog,
+            self.tools,
+            self.workspace,
+            self.clock,
+            cognition,
+            self.revocations,
+            self.tool_pool,
+            self.sandbox,
+            self.redactor,
+            self.config.prices,
+            delegate=self.delegations.delegate,
+        )
+        actor = RunActor(trajectory, provider, deps, authority, snapshot.touch)
+        active = ActiveRun(
+            record.run_id, record.tenant, actor, entries, cognition, snapshot, record=record
+        )
+        self._active[record.run_id] = active
+        active.task = asyncio.create_task(self._drive(active), name=f"run-{record.run_id}")
+        return active
+
+    async def _drive(self, active: ActiveRun) -> None:
+        try:
+            await active.actor.run()
+        finally:
+            self._active.pop(active.run_id, None)
+            self._close_feeds(active)
+
+    @staticmethod
+    def _close_feeds(active: ActiveRun) -> None:
+        active.entries.close()
+        active.cognition.close()
+        active.snapshot.close()
