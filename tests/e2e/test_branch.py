@@ -93,7 +93,8 @@ def _assert_inherits(
     assert start["world_hash"] == inherited["world_hash"]
     first = entries(client, branch)[0]
     assert first["kind"] == "run_started" and first["seq"] == 0
-    assert first["payload"]["branch_of"] == {
+    origin = first["payload"]["branch_of"]
+    assert {k: v for k, v in origin.items() if k not in ("requested_by", "key_id")} == {
         "run_id": source,
         "commit_id": commit["id"],
         "seq": commit["seq"],
@@ -269,6 +270,11 @@ def test_branching_needs_an_operator_who_can_see_the_source(server_factory: Serv
     assert_error(server.client().post(f"/runs/{source}/branch", json=body), 401)
     branch = _branch(as_key(server, "a2"), source, body)
     assert wait_terminal(operator, branch)["tenant"] == "A"
+    # The branch is on record with the key that asked for it.
+    (first,) = [e for e in entries(operator, branch) if e["kind"] == "run_started"]
+    asked = first["payload"]["branch_of"]
+    assert asked["requested_by"] == "a2"
+    assert isinstance(asked["key_id"], str) and asked["key_id"]
     assert branch in [run["run_id"] for run in operator.get("/runs").json()["runs"]]
     other_tenant = as_key(server, "b1")
     assert branch not in [run["run_id"] for run in other_tenant.get("/runs").json()["runs"]]

@@ -144,7 +144,11 @@ async def branch_run(run_id: str, request: Request, caller: CallerDep) -> Any:
     caller.require(Role.OPERATOR)
     body = await parse_body(request, BranchRunBody)
     record = await runtime_of(request).branch(
-        run_id, caller.tenant, body.to_request(), created_by=caller.key_id
+        run_id,
+        caller.tenant,
+        body.to_request(),
+        created_by=caller.key_id,
+        requested_by=caller.name,
     )
     return {"run_id": record.run_id, "task": record.spec["task"], "status": record.status}
 

@@ -76,6 +76,10 @@ class BranchOrigin:
     commit_id: str
     seq: int
     world_hash: str
+    requested_by: str | None = None
+    """Who asked for the branch (the key's name) and the key's id: a control action is on
+    record with the key that asked."""
+    key_id: str | None = None
 
     def as_body(self) -> dict[str, Any]:
         return {
@@ -83,6 +87,8 @@ class BranchOrigin:
             "commit_id": self.commit_id,
             "seq": self.seq,
             "world_hash": self.world_hash,
+            "requested_by": self.requested_by,
+            "key_id": self.key_id,
         }
 
     @staticmethod
@@ -109,7 +115,15 @@ class BranchOrigin:
             and is_hex64(world_hash)
         ):
             raise ValueError("branch_of does not name a run, a commit, its seq and a world hash")
-        return BranchOrigin(run_id, commit_id, seq, world_hash)
+        requested_by, key_id = raw.get("requested_by"), raw.get("key_id")
+        return BranchOrigin(
+            run_id,
+            commit_id,
+            seq,
+            world_hash,
+            requested_by if isinstance(requested_by, str) else None,
+            key_id if isinstance(key_id, str) else None,
+        )
 
 
 def branch_view(spec: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -391,7 +391,13 @@ class Supervision(RuntimeBase):
         return record
 
     async def branch(
-        self, run_id: str, tenant: str | None, request: BranchRun, *, created_by: str | None
+        self,
+        run_id: str,
+        tenant: str | None,
+        request: BranchRun,
+        *,
+        created_by: str | None,
+        requested_by: str | None = None,
     ) -> RunRecord:
         """Start a new run whose world is the source run's world after one of its commits, with
         its own writ (the source's scopes, effect ceiling and budget) and the source's task, step
@@ -405,7 +411,7 @@ class Supervision(RuntimeBase):
         spec = self._spec(branch_start(RunSpec.from_body(source.spec), request), source.tenant)
         await check_depth(self.store, source)
         world = await self.world_at(run_id, seq)
-        origin = BranchOrigin(run_id, request.commit_id, seq, world.hash)
+        origin = BranchOrigin(run_id, request.commit_id, seq, world.hash, requested_by, created_by)
         spec = replace(spec, extra={**spec.extra, "branch_of": origin.as_body()})
         return await self._create(spec, None, created_by, inherited=world)
 
