@@ -100,4 +100,10 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE runs ADD COLUMN parent_run_id TEXT",
         "CREATE INDEX runs_by_parent ON runs (parent_run_id, run_id)",
     ),
+    (
+        # Version 6: `entries_by_id` dropped. Measured: it cost every append about 70 us (a
+        # random 64-hex key inserted in a second B-tree), to speed up only branch creation,
+        # which finds its commit among the source run's own rows instead.
+        "DROP INDEX IF EXISTS entries_by_id",
+    ),
 )

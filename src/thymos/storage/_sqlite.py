@@ -429,10 +429,11 @@ class SqliteLedgerStore:
 
     async def find_entry(self, run_id: str, entry_id: str) -> StoredRow | None:
         def work(conn: sqlite3.Connection) -> StoredRow | None:
-            # `entries_by_id` (migration 4) finds the id; the run is checked on that one row.
+            # Among the run's own rows (its primary key's range): no index on ids, which would
+            # cost every append; only branch creation looks an entry up by id.
             row = conn.execute(
-                "SELECT seq, id, envelope FROM entries WHERE id = ? AND run_id = ?",
-                (entry_id, run_id),
+                "SELECT seq, id, envelope FROM entries WHERE run_id = ? AND id = ?",
+                (run_id, entry_id),
             ).fetchone()
             return StoredRow(row[0], row[1], bytes(row[2])) if row else None
 
