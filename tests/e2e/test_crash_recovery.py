@@ -258,7 +258,7 @@ def test_sigkill_during_a_model_turn_resumes_and_completes(server_factory: Serve
     client = server.client()
     script = [
         {"tool": "kv_set", "args": {"key": "a", "value": 1}},
-        {"text": "thinking", "sleep_ms": 1500},
+        {"text": "thinking", "sleep_ms": 5000},  # the window the kill falls in
         {"tool": "kv_set", "args": {"key": "b", "value": 2}},
         {"final": "done"},
     ]
