@@ -52,18 +52,7 @@ class Approvals(RuntimeBase):
                 "the proposal already has its approvals and is being executed",
                 {"proposal_id": chosen["proposal_id"]},
             )
-        active = self._active.get(run_id)
-        if active is None and run_id in self._unloadable:
-            raise ThymosError(
-                ErrorCode.RUN_NOT_ACTIVE,
-                "the run could not be loaded at start-up; the server log says why",
-            )
-        if active is None:
-            raise ThymosError(
-                ErrorCode.NOT_READY,
-                "the run is not loaded yet; retry shortly",
-                {"retry_after_s": 1},
-            )
+        active = self._running(record, "voted on")
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         active.actor.post(
             Vote(channel, approve, pending[0]["proposal_id"], reason, approver, key_id, future)

@@ -206,6 +206,30 @@ class RuntimeBase:
         updated_at = log_lines[-1]["at"] if log_lines else record.updated_at
         return replace(record, status=summary["status"], updated_at=updated_at, summary=summary)
 
+    def _running(self, record: RunRecord, action: str) -> ActiveRun:
+        """The active run a control action (a vote, a cancel) is sent to: 409 `run_not_active`
+        for one that has ended or could not be loaded at start-up, 503 `not_ready` (retry) for
+        one not loaded yet."""
+        active = self._active.get(record.run_id)
+        if active is not None:
+            return active
+        if record.run_id in self._unloadable:
+            raise ThymosError(
+                ErrorCode.RUN_NOT_ACTIVE,
+                "the run could not be loaded at start-up; the server log says why",
+            )
+        if not RunStatus(record.status).terminal:
+            raise ThymosError(
+                ErrorCode.NOT_READY,
+                "the run is not loaded yet; retry shortly",
+                {"retry_after_s": 1},
+            )
+        raise ThymosError(
+            ErrorCode.RUN_NOT_ACTIVE,
+            f"the run is {record.status}: only an active run can be {action}",
+            {"status": record.status},
+        )
+
     def active(self, run_id: str) -> ActiveRun | None:
         return self._active.get(run_id)
 

@@ -477,24 +477,7 @@ class Supervision(RuntimeBase):
         """Ask an active run to stop now; its end (a `cancellation` entry with who asked, then
         `run_ended` cancelled) is recorded by its actor. Commits already made stay."""
         record = await self.visible_record(run_id, tenant)
-        active = self._active.get(run_id)
-        if active is None and run_id in self._unloadable:
-            raise ThymosError(
-                ErrorCode.RUN_NOT_ACTIVE,
-                "the run could not be loaded at start-up; the server log says why",
-            )
-        if active is None:
-            if not RunStatus(record.status).terminal:
-                raise ThymosError(
-                    ErrorCode.NOT_READY,
-                    "the run is not loaded yet; retry shortly",
-                    {"retry_after_s": 1},
-                )
-            raise ThymosError(
-                ErrorCode.RUN_NOT_ACTIVE,
-                f"the run is {record.status}: only an active run can be cancelled",
-                {"status": record.status},
-            )
+        active = self._running(record, "cancelled")
         active.actor.post(Cancel(requested_by, key_id, reason))
         # Its children too, at once (each naming this run), not only when its wait ends.
         self.delegations.cancel_children_of(run_id)
