@@ -4,14 +4,18 @@ call would decide."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import biscuit_auth as biscuit
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thymos.core import Effect
+from thymos.core import Budget, Effect
 from thymos.governance import (
     SpanAuthorizer,
     WritFacts,
+    WritStage,
     WritTerms,
     attenuate,
     authorize,
@@ -99,3 +103,25 @@ def test_the_span_authorizer_answers_every_call_exactly_as_authorize(
     for tool, effect, c in calls:
         call = WritFacts("acme", tool, effect, c.now, c.tool_calls, c.tokens, c.usd_millicents)
         assert spans(token, call) == authorize(token, call)
+
+
+def test_a_datalog_time_out_is_retried_not_recorded_as_a_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Biscuit reports a time-out like a failed check; on a loaded machine the first bound can
+    pass. The call a writ allows must still be allowed, and the call it refuses still refused."""
+    import thymos.governance._writ as writ_module
+
+    monkeypatch.setattr(writ_module, "DATALOG_TIME_MAX", timedelta(0))
+    terms = WritTerms(None, ("kv_*",), None, Budget(), None, None)
+    token = parse(mint(ROOT.private_key, terms).token, ROOT.public_key)
+    now = datetime.now(UTC)
+    allowed = WritFacts("acme", "kv_set", Effect.WRITE, now, 0, 0, 0)
+    assert authorize(token, allowed) is None
+    refused = authorize(token, WritFacts("acme", "shell", Effect.WRITE, now, 0, 0, 0))
+    assert refused is not None
+    assert refused.stage == WritStage.OUT_OF_SCOPE
+
+    monkeypatch.setattr(writ_module, "DATALOG_TIME_RETRY", timedelta(0))
+    limited = authorize(token, allowed)
+    assert limited is not None, "a writ that exceeds the limits twice is refused, never allowed"

@@ -32,6 +32,13 @@ WRIT_FORMAT = "biscuit-v3"
 DATALOG_TIME_MAX = timedelta(milliseconds=50)
 """Biscuit's default is 1 ms of Datalog per authorization, which a loaded machine can exceed;
 our checks are a handful of comparisons, so this bound only stops a pathological writ."""
+DATALOG_TIME_RETRY = timedelta(seconds=10)
+"""A second try's time bound. Biscuit reports a time-out like any other limit ("Reached Datalog
+execution limits"), and a time-out depends on the machine's load, not on the writ: it must never
+become a recorded refusal that replay, on an idle machine, would decide the other way. Only a writ
+that exceeds the limits again with this much time (its facts or iterations, which are
+deterministic) is refused."""
+_LIMITS_REACHED = "Reached Datalog execution limits"
 
 _NAME = re.compile(r"[A-Za-z0-9_.:\-]+")
 _GLOB_CHARS = re.compile(r"[*?\[\]]")
@@ -294,15 +301,26 @@ def authorize(token: biscuit.Biscuit, facts: WritFacts) -> WritRefusal | None:
     ):
         builder.add_fact(_fact(predicate, value))
     builder.add_policy(_ALLOW)
+    try:
+        _authorize_within(builder, token, DATALOG_TIME_MAX)
+    except biscuit.AuthorizationError as exc:
+        if _LIMITS_REACHED not in str(exc):
+            return _refusal(str(exc), facts)
+        try:
+            _authorize_within(builder, token, DATALOG_TIME_RETRY)
+        except biscuit.AuthorizationError as again:
+            return _refusal(str(again), facts)
+    return None
+
+
+def _authorize_within(
+    builder: biscuit.AuthorizerBuilder, token: biscuit.Biscuit, max_time: timedelta
+) -> None:
     # biscuit-python's type stubs omit the limits accessors that its runtime provides.
     limits = builder.limits()  # type: ignore[attr-defined]
-    limits.max_time = DATALOG_TIME_MAX
+    limits.max_time = max_time
     builder.set_limits(limits)  # type: ignore[attr-defined]
-    try:
-        builder.build(token).authorize()
-    except biscuit.AuthorizationError as exc:
-        return _refusal(str(exc), facts)
-    return None
+    builder.build(token).authorize()
 
 
 _NAME_LITERAL = r'"[A-Za-z0-9_.:\-]*"'
