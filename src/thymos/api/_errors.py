@@ -65,6 +65,7 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.HEADERS_TOO_LARGE: 431,
     ErrorCode.SHUTTING_DOWN: 503,
     ErrorCode.NOT_READY: 503,
+    ErrorCode.STORAGE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }
 

@@ -67,6 +67,7 @@ class ErrorCode(StrEnum):
     # 503.
     SHUTTING_DOWN = "shutting_down"
     NOT_READY = "not_ready"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
     # 500: only ever a bug.
     INTERNAL = "internal_error"
 

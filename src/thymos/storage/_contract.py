@@ -1,4 +1,10 @@
-"""The ledger storage contract: one async interface, one module per backend.
+"""The storage contract: one async interface per persistent concern, one module per backend.
+
+`Storage` bundles what one server keeps: its ledger and runs (`LedgerStore`, with idempotency
+keys, revocations, documents and signed heads), its API keys and their usage (`KeyStore`), run
+ownership (`Leases`), control actions carried to a run's owner (`Mailbox`) and new-entry notices
+(`Notices`). Every backend implements all of them; `tests/conformance` holds each to this
+contract on every backend.
 
 Every backend guarantees: appends are atomic (a batch of entries and the run's updated summary and
 checkpoint land together or not at all); `(run_id, seq)` is unique, so a second writer can never
@@ -8,18 +14,19 @@ acknowledged append sees it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from thymos.core import Entry, ErrorCode, SignedHead, StoredRow, ThymosError
 
 
 class StorageError(ThymosError):
-    """The backend failed (it is away, full, or refused); chained from the driver's error."""
+    """The backend failed (it is away, full, or refused); chained from the driver's error.
+    Answered 503 `storage_unavailable`: the request may be retried."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.NOT_READY, message)
+        super().__init__(ErrorCode.STORAGE_UNAVAILABLE, message, {"retry_after_s": 1})
 
 
 class SeqConflict(ThymosError):
@@ -189,3 +196,197 @@ class LedgerStore(Protocol):
     ) -> list[SignedHead]:
         """The run's signed heads with after_seq < seq <= upto_seq, in seq order."""
         ...
+
+
+# -- API keys ---------------------------------------------------------------------------------
+
+KEY_SOURCES = ("cli", "env")
+
+
+class KeyNameTaken(StorageError):
+    """A key with this name already exists (names are unique across tenants)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"an API key named {name!r} already exists")
+        self.name = name
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key as stored, without its secret (the hash stays in the database)."""
+
+    key_id: str
+    name: str
+    tenant: str
+    role: str
+    rpm: int | None
+    source: str
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeySeed:
+    """A key to create or update by name (from `THYMOS_API_KEYS`)."""
+
+    name: str
+    tenant: str
+    role: str
+    secret: str = field(repr=False)
+    rpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunTotals:
+    """What the runs one key created have done, summed from their stored summaries."""
+
+    runs: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tool_calls: int = 0
+    usd_millicents: int = 0
+
+
+class KeyStore(Protocol):
+    """API keys (only a hash of each secret) and per-key request counters."""
+
+    async def create(
+        self, *, name: str, tenant: str, role: str, secret: str, rpm: int | None, source: str
+    ) -> ApiKey:
+        """Store a new key. A taken name raises `KeyNameTaken`."""
+        ...
+
+    async def seed(self, seeds: Sequence[KeySeed]) -> None:
+        """Make the env-seeded keys exactly `seeds`, in one transaction: upsert by name (a key
+        keeps its id, and so its usage), delete env keys no longer listed, leave CLI keys alone
+        unless a seed names them."""
+        ...
+
+    async def by_secret_hashes(self) -> dict[str, ApiKey]:
+        """Every key, by the hash of its secret: the gateway's lookup table."""
+        ...
+
+    async def find(self, secret: str) -> ApiKey | None: ...
+
+    async def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        """Keys ordered by name; all of them, or one tenant's."""
+        ...
+
+    async def add_requests(self, counts: Mapping[str, int]) -> None:
+        """Add request counts (key id -> requests); counts of deleted keys are dropped."""
+        ...
+
+    async def requests(self) -> dict[str, int]: ...
+
+    async def run_totals(self) -> dict[str, RunTotals]:
+        """Runs created and their stored usage, by creating key id."""
+        ...
+
+
+# -- run ownership, messages and notices --------------------------------------------------------
+
+
+class Leases(Protocol):
+    """Which node writes a run: a lease row per run, held by one node until it expires.
+
+    Times are the caller's clock in microseconds (nodes' clocks must agree to well within the
+    lease's time to live). A node renews its leases on a heartbeat; a node that stops renewing
+    loses them when they expire, and another node may then claim its runs."""
+
+    async def claim_lease(self, run_id: str, node_id: str, *, now_us: int, ttl_us: int) -> bool:
+        """Take the run's lease for `node_id` if it is free, expired or already its own; True
+        when `node_id` holds it now. Two nodes racing for one run never both win."""
+        ...
+
+    async def renew_leases(self, node_id: str, *, now_us: int, ttl_us: int) -> set[str]:
+        """Extend every unexpired lease `node_id` holds; the run ids it holds afterwards."""
+        ...
+
+    async def release_lease(self, run_id: str, node_id: str) -> None:
+        """Give the run's lease up (only if `node_id` holds it)."""
+        ...
+
+    async def claim_expired_leases(
+        self, node_id: str, *, now_us: int, ttl_us: int, limit: int
+    ) -> list[str]:
+        """Claim for `node_id` up to `limit` runs whose lease expired (their node stopped
+        renewing); a run another node is claiming at the same moment is skipped, never shared."""
+        ...
+
+    async def lease_owner(self, run_id: str, *, now_us: int) -> str | None:
+        """The node holding the run's unexpired lease, if any."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    message_id: str
+    run_id: str
+    body: bytes
+
+
+class Mailbox(Protocol):
+    """Control actions (a vote, a cancel) carried to the node that owns a run, and its reply."""
+
+    async def send_message(
+        self, message_id: str, run_id: str, node_id: str, body: bytes, *, now_us: int
+    ) -> None:
+        """Leave a message for `node_id` and notify it (`Notice("messages", node_id)`)."""
+        ...
+
+    async def take_messages(self, node_id: str) -> list[Message]:
+        """The messages for `node_id` not taken yet, each taken once."""
+        ...
+
+    async def reply_message(self, message_id: str, body: bytes) -> None:
+        """Record the reply and notify the sender (`Notice("replies", message_id)`)."""
+        ...
+
+    async def message_reply(self, message_id: str) -> bytes | None:
+        """The reply, once there is one."""
+        ...
+
+    async def delete_message(self, message_id: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something another node may be waiting for: `entries` (run id, head seq after an
+    append), `messages` (node id) or `replies` (message id)."""
+
+    topic: str
+    key: str
+    seq: int = -1
+
+
+class Notices(Protocol):
+    """Notices of appends, messages and replies, from every node on the same storage (and
+    this one). Delivery is prompt but not guaranteed: a listener re-reads storage on each
+    notice and also on its own keep-alive, so a lost notice only delays it."""
+
+    def add_listener(self, listener: Callable[[Notice], None]) -> None:
+        """Call `listener` on the event loop for every notice from now on."""
+        ...
+
+    def remove_listener(self, listener: Callable[[Notice], None]) -> None: ...
+
+
+class ClusterStore(LedgerStore, Leases, Mailbox, Notices, Protocol):
+    """A ledger store that also holds leases, messages and notices (every backend's is)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Storage:
+    """Every persistent concern of one server, on one backend. `ledger` owns the connections:
+    open and close go through it."""
+
+    backend: str
+    ledger: ClusterStore
+    keys: KeyStore
+    shared: bool
+    """True when several server processes may use this storage at once (PostgreSQL)."""
+
+    async def open(self) -> None:
+        await self.ledger.open()
+
+    async def close(self) -> None:
+        await self.ledger.close()

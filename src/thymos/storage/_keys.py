@@ -14,22 +14,12 @@ import os
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from thymos.core import blake3_hex, rfc3339_from_us, uuid7
 
-from ._contract import StorageError
+from . import _sql as sql
+from ._contract import KEY_SOURCES, ApiKey, KeyNameTaken, KeySeed, RunTotals, StorageError
 from ._sqlite import SqliteLedgerStore
-
-KEY_SOURCES = ("cli", "env")
-
-
-class KeyNameTaken(StorageError):
-    """A key with this name already exists (names are unique across tenants)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"an API key named {name!r} already exists")
-        self.name = name
 
 
 def hash_secret(secret: str) -> str:
@@ -37,45 +27,8 @@ def hash_secret(secret: str) -> str:
     return blake3_hex(secret.encode("utf-8"))
 
 
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    """A key as stored, without its secret (the hash stays in the database)."""
-
-    key_id: str
-    name: str
-    tenant: str
-    role: str
-    rpm: int | None
-    source: str
-    created_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class KeySeed:
-    """A key to create or update by name (from `THYMOS_API_KEYS`)."""
-
-    name: str
-    tenant: str
-    role: str
-    secret: str = field(repr=False)
-    rpm: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RunTotals:
-    """What the runs one key created have done, summed from their stored summaries."""
-
-    runs: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    tool_calls: int = 0
-    usd_millicents: int = 0
-
-
-_KEY_COLUMNS = "key_id, name, tenant, role, rpm, source, created_at"
-
-
-def _key(row: tuple[object, ...]) -> ApiKey:
+def key_of(row: Sequence[object]) -> ApiKey:
+    """A `KEY_COLUMNS` row as a key."""
     key_id, name, tenant, role, rpm, source, created_at = row
     return ApiKey(
         str(key_id),
@@ -88,11 +41,11 @@ def _key(row: tuple[object, ...]) -> ApiKey:
     )
 
 
-def _new_key_id() -> str:
+def new_key_id() -> str:
     return uuid7(time.time_ns() // 1_000_000, os.urandom(10))
 
 
-def _now() -> str:
+def now_text() -> str:
     return rfc3339_from_us(time.time_ns() // 1000)
 
 
@@ -109,17 +62,17 @@ class SqliteKeyStore:
     ) -> ApiKey:
         """Store a new key (its secret's hash only). A taken name raises `KeyNameTaken`."""
         assert source in KEY_SOURCES
-        key = ApiKey(_new_key_id(), name, tenant, role, rpm, source, _now())
+        key = ApiKey(new_key_id(), name, tenant, role, rpm, source, now_text())
         digest = hash_secret(secret)
 
         def work(conn: sqlite3.Connection) -> None:
-            if conn.execute("SELECT 1 FROM api_keys WHERE name = ?", (name,)).fetchone():
+            if conn.execute(sql.KEY_NAME_TAKEN, (name,)).fetchone():
                 raise KeyNameTaken(name)
-            if conn.execute("SELECT 1 FROM api_keys WHERE secret_hash = ?", (digest,)).fetchone():
+            if conn.execute(sql.KEY_SECRET_TAKEN, (digest,)).fetchone():
                 # Only possible if a caller reuses a secret; never say which key holds it.
                 raise StorageError("that secret is already used by another key")
             conn.execute(
-                f"INSERT INTO api_keys ({_KEY_COLUMNS}, secret_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                sql.INSERT_KEY,
                 (key.key_id, name, tenant, role, rpm, source, key.created_at, digest),
             )
 
@@ -135,43 +88,31 @@ class SqliteKeyStore:
         must revoke it. Keys made with the CLI are left alone unless a seed names them.
         """
         rows = [(s, hash_secret(s.secret)) for s in seeds]
-        now = _now()
+        now = now_text()
 
         def work(conn: sqlite3.Connection) -> None:
             names = {s.name for s, _ in rows}
             stale = [
-                str(key_id)
-                for key_id, name in conn.execute(
-                    "SELECT key_id, name FROM api_keys WHERE source = 'env'"
-                )
-                if name not in names
+                str(key_id) for key_id, name in conn.execute(sql.ENV_KEYS) if name not in names
             ]
             for key_id in stale:
-                conn.execute("DELETE FROM key_usage WHERE key_id = ?", (key_id,))
-                conn.execute("DELETE FROM api_keys WHERE key_id = ?", (key_id,))
+                conn.execute(sql.DELETE_KEY_USAGE, (key_id,))
+                conn.execute(sql.DELETE_KEY, (key_id,))
             # Free every secret hash about to be assigned first, so two keys swapping secrets
             # (or a seed taking over a CLI key's secret) never trips the UNIQUE constraint midway.
             for seed, digest in rows:
-                conn.execute(
-                    "UPDATE api_keys SET secret_hash = 'replaced:' || key_id "
-                    "WHERE secret_hash = ? AND name != ?",
-                    (digest, seed.name),
-                )
+                conn.execute(sql.FREE_SECRET, (digest, seed.name))
             for seed, digest in rows:
-                found = conn.execute(
-                    "SELECT key_id FROM api_keys WHERE name = ?", (seed.name,)
-                ).fetchone()
+                found = conn.execute(sql.KEY_BY_NAME, (seed.name,)).fetchone()
                 if found:
                     conn.execute(
-                        "UPDATE api_keys SET tenant = ?, role = ?, secret_hash = ?, rpm = ?, "
-                        "source = 'env' WHERE key_id = ?",
+                        sql.UPDATE_SEEDED_KEY,
                         (seed.tenant, seed.role, digest, seed.rpm, found[0]),
                     )
                 else:
                     conn.execute(
-                        f"INSERT INTO api_keys ({_KEY_COLUMNS}, secret_hash) "
-                        "VALUES (?, ?, ?, ?, ?, 'env', ?, ?)",
-                        (_new_key_id(), seed.name, seed.tenant, seed.role, seed.rpm, now, digest),
+                        sql.INSERT_SEEDED_KEY,
+                        (new_key_id(), seed.name, seed.tenant, seed.role, seed.rpm, now, digest),
                     )
 
         await self._ledger._write(work)
@@ -180,8 +121,7 @@ class SqliteKeyStore:
         """Every key, by the hash of its secret: the gateway's lookup table."""
 
         def work(conn: sqlite3.Connection) -> dict[str, ApiKey]:
-            cursor = conn.execute(f"SELECT {_KEY_COLUMNS}, secret_hash FROM api_keys")
-            return {str(row[-1]): _key(row[:-1]) for row in cursor}
+            return {str(row[-1]): key_of(row[:-1]) for row in conn.execute(sql.KEYS_BY_SECRET)}
 
         return await self._ledger._read(work)
 
@@ -190,10 +130,8 @@ class SqliteKeyStore:
         digest = hash_secret(secret)
 
         def work(conn: sqlite3.Connection) -> ApiKey | None:
-            row = conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE secret_hash = ?", (digest,)
-            ).fetchone()
-            return _key(row) if row else None
+            row = conn.execute(sql.KEY_BY_SECRET, (digest,)).fetchone()
+            return key_of(row) if row else None
 
         return await self._ledger._read(work)
 
@@ -202,13 +140,10 @@ class SqliteKeyStore:
 
         def work(conn: sqlite3.Connection) -> list[ApiKey]:
             if tenant is None:
-                cursor = conn.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY name")
+                cursor = conn.execute(sql.ALL_KEYS)
             else:
-                cursor = conn.execute(
-                    f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE tenant = ? ORDER BY name",
-                    (tenant,),
-                )
-            return [_key(row) for row in cursor]
+                cursor = conn.execute(sql.TENANT_KEYS, (tenant,))
+            return [key_of(row) for row in cursor]
 
         return await self._ledger._read(work)
 
@@ -223,12 +158,8 @@ class SqliteKeyStore:
 
         def work(conn: sqlite3.Connection) -> None:
             for key_id, n in items:
-                if conn.execute("SELECT 1 FROM api_keys WHERE key_id = ?", (key_id,)).fetchone():
-                    conn.execute(
-                        "INSERT INTO key_usage (key_id, requests) VALUES (?, ?) "
-                        "ON CONFLICT (key_id) DO UPDATE SET requests = requests + excluded.requests",
-                        (key_id, n),
-                    )
+                if conn.execute(sql.KEY_EXISTS, (key_id,)).fetchone():
+                    conn.execute(sql.ADD_REQUESTS, (key_id, n))
 
         await self._ledger._write(work)
 
@@ -236,7 +167,7 @@ class SqliteKeyStore:
         """Stored request counts by key id."""
 
         def work(conn: sqlite3.Connection) -> dict[str, int]:
-            cursor = conn.execute("SELECT key_id, requests FROM key_usage")
+            cursor = conn.execute(sql.REQUESTS)
             return {str(key_id): int(n) for key_id, n in cursor}
 
         return await self._ledger._read(work)
@@ -246,19 +177,11 @@ class SqliteKeyStore:
         no creator, are left out). Usage comes from each run's stored summary, which is written
         whenever the run's status changes; for active runs the caller adds what their live
         summaries hold beyond that (`Runtime.unpersisted_usage`)."""
-        # The summary column holds orjson bytes (a BLOB); CAST makes it JSON text for SQLite.
-        sql = """
-            SELECT created_by, COUNT(*),
-                TOTAL(COALESCE(json_extract(CAST(summary AS TEXT), '$.usage.input_tokens'), 0)),
-                TOTAL(COALESCE(json_extract(CAST(summary AS TEXT), '$.usage.output_tokens'), 0)),
-                TOTAL(COALESCE(json_extract(CAST(summary AS TEXT), '$.usage.tool_calls'), 0)),
-                TOTAL(COALESCE(json_extract(CAST(summary AS TEXT), '$.usage.usd_millicents'), 0))
-            FROM runs WHERE created_by IS NOT NULL GROUP BY created_by
-        """
 
         def work(conn: sqlite3.Connection) -> dict[str, RunTotals]:
             return {
-                str(row[0]): RunTotals(*(int(v or 0) for v in row[1:])) for row in conn.execute(sql)
+                str(row[0]): RunTotals(*(int(v or 0) for v in row[1:]))
+                for row in conn.execute(sql.SQLITE_RUN_TOTALS)
             }
 
         return await self._ledger._read(work)

@@ -106,4 +106,26 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # which finds its commit among the source run's own rows instead.
         "DROP INDEX IF EXISTS entries_by_id",
     ),
+    (
+        # Version 7: several nodes on one store. A run's lease (the node that writes it, until
+        # when), and control actions (votes, cancels) left for the node that owns a run, with
+        # its reply.
+        """CREATE TABLE leases (
+            run_id TEXT PRIMARY KEY,
+            node_id TEXT NOT NULL,
+            expires_us INTEGER NOT NULL
+        )""",
+        "CREATE INDEX leases_by_node ON leases (node_id)",
+        "CREATE INDEX leases_by_expiry ON leases (expires_us)",
+        """CREATE TABLE messages (
+            message_id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            node_id TEXT NOT NULL,
+            body BLOB NOT NULL,
+            created_us INTEGER NOT NULL,
+            taken INTEGER NOT NULL DEFAULT 0,
+            reply BLOB
+        )""",
+        "CREATE INDEX messages_by_node ON messages (node_id, taken)",
+    ),
 )

@@ -22,10 +22,13 @@ import orjson
 
 from thymos.core import Entry, ErrorCode, SignedHead, StoredRow, ThymosError
 
+from . import _sql as sql
 from ._contract import (
     Checkpoint,
     Document,
     IdempotencyHit,
+    Message,
+    Notice,
     RunRecord,
     RunUpdate,
     SeqConflict,
@@ -69,28 +72,6 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
-def _record(row: sqlite3.Row | tuple[Any, ...]) -> RunRecord:
-    run_id, tenant, status, created_at, updated_at, spec, summary, created_by, writ_id = row[:9]
-    return RunRecord(
-        run_id,
-        tenant,
-        status,
-        created_at,
-        updated_at,
-        orjson.loads(spec),
-        orjson.loads(summary),
-        created_by,
-        writ_id,
-        parent_run_id=row[9],
-    )
-
-
-_RUN_COLUMNS = (
-    "run_id, tenant, status, created_at, updated_at, spec, summary, created_by, writ_id, "
-    "parent_run_id"
-)
-
-
 class SqliteLedgerStore:
     backend = "sqlite"
 
@@ -103,6 +84,7 @@ class SqliteLedgerStore:
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        self._listeners: list[Callable[[Notice], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -255,36 +237,16 @@ class SqliteLedgerStore:
         assert checkpoint is None or (checkpoint.run_id, checkpoint.seq) == (record.run_id, 0)
 
         def work(conn: sqlite3.Connection) -> None:
-            exists = conn.execute(
-                "SELECT 1 FROM runs WHERE run_id = ?", (record.run_id,)
-            ).fetchone()
-            if exists:
+            if conn.execute(sql.RUN_EXISTS, (record.run_id,)).fetchone():
                 raise SeqConflict(record.run_id, 0)
-            conn.execute(
-                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.run_id,
-                    record.tenant,
-                    record.status,
-                    record.created_at,
-                    record.updated_at,
-                    orjson.dumps(record.spec),
-                    orjson.dumps(record.summary),
-                    record.created_by,
-                    record.writ_id,
-                    record.parent_run_id,
-                ),
-            )
+            conn.execute(sql.INSERT_RUN, sql.run_params(record))
             _insert_entries(conn, record.run_id, [first])
             if checkpoint is not None:
-                conn.execute(
-                    "INSERT INTO checkpoints (run_id, seq, world) VALUES (?, ?, ?)",
-                    (record.run_id, 0, checkpoint.world),
-                )
+                conn.execute(sql.INSERT_CHECKPOINT, (record.run_id, 0, checkpoint.world))
             if idempotency is not None:
                 try:
                     conn.execute(
-                        "INSERT INTO idempotency (tenant, key, body_hash, run_id) VALUES (?, ?, ?, ?)",
+                        sql.INSERT_IDEMPOTENCY,
                         (record.tenant, idempotency[0], idempotency[1], record.run_id),
                     )
                 except sqlite3.IntegrityError as exc:
@@ -293,6 +255,7 @@ class SqliteLedgerStore:
                     ) from exc
 
         await self._write(work)
+        self._notify(Notice("entries", record.run_id, 0))
 
     def append(
         self,
@@ -305,9 +268,7 @@ class SqliteLedgerStore:
         def work(conn: sqlite3.Connection) -> None:
             # Continuity: the batch must start right after the stored head, so a writer that
             # lost an earlier append can never leave a gap.
-            row = conn.execute(
-                "SELECT MAX(seq) FROM entries WHERE run_id = ?", (run_id,)
-            ).fetchone()
+            row = conn.execute(sql.HEAD_SEQ, (run_id,)).fetchone()
             stored = -1 if row is None or row[0] is None else int(row[0])
             if entries[0].seq != stored + 1:
                 raise SeqConflict(run_id, entries[0].seq)
@@ -318,30 +279,33 @@ class SqliteLedgerStore:
             _insert_entries(conn, run_id, entries)
             if update is not None:
                 conn.execute(
-                    "UPDATE runs SET status = ?, updated_at = ?, summary = ? WHERE run_id = ?",
+                    sql.UPDATE_RUN,
                     (update.status, update.updated_at, orjson.dumps(update.summary), run_id),
                 )
             if checkpoint is not None:
-                conn.execute(
-                    "INSERT OR REPLACE INTO checkpoints (run_id, seq, world) VALUES (?, ?, ?)",
-                    (run_id, checkpoint.seq, checkpoint.world),
-                )
+                conn.execute(sql.UPSERT_CHECKPOINT, (run_id, checkpoint.seq, checkpoint.world))
             if head is not None:
                 conn.execute(
-                    "INSERT INTO signed_heads (run_id, seq, entry_id, signed_at, signature) VALUES (?, ?, ?, ?, ?)",
+                    sql.INSERT_SIGNED_HEAD,
                     (run_id, head.seq, head.entry_id, head.signed_at, head.signature),
                 )
 
-        return self._submit(work)
+        future = self._submit(work)
+        notice = Notice("entries", run_id, entries[-1].seq)
+
+        def notify(done: asyncio.Future[None]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self._notify(notice)
+
+        future.add_done_callback(notify)
+        return future
 
     # -- reads -------------------------------------------------------------------------------
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         def work(conn: sqlite3.Connection) -> RunRecord | None:
-            row = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
-            ).fetchone()
-            return _record(row) if row else None
+            row = conn.execute(sql.GET_RUN, (run_id,)).fetchone()
+            return sql.record_of(row) if row else None
 
         return await self._read(work)
 
@@ -354,53 +318,32 @@ class SqliteLedgerStore:
         limit: int,
         parent_run_id: str | None = None,
     ) -> list[RunRecord]:
-        clauses, params = [], []
-        if tenant is not None:
-            clauses.append("tenant = ?")
-            params.append(tenant)
-        if parent_run_id is not None:
-            clauses.append("parent_run_id = ?")
-            params.append(parent_run_id)
-        if status is not None:
-            clauses.append("status = ?")
-            params.append(status)
-        if before is not None:
-            clauses.append("run_id < ?")
-            params.append(before)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY run_id DESC LIMIT ?"
+        query, params = sql.list_runs(
+            tenant=tenant, status=status, before=before, parent_run_id=parent_run_id
+        )
 
         def work(conn: sqlite3.Connection) -> list[RunRecord]:
-            return [_record(row) for row in conn.execute(sql, (*params, limit))]
+            return [sql.record_of(row) for row in conn.execute(query, (*params, limit))]
 
         return await self._read(work)
 
     async def runs_with_status(self, statuses: Sequence[str]) -> list[RunRecord]:
-        marks = ", ".join("?" for _ in statuses)
+        query = sql.runs_with_status(len(statuses))
 
         def work(conn: sqlite3.Connection) -> list[RunRecord]:
-            sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ({marks}) ORDER BY run_id"
-            return [_record(row) for row in conn.execute(sql, tuple(statuses))]
+            return [sql.record_of(row) for row in conn.execute(query, tuple(statuses))]
 
         return await self._read(work)
 
     async def runs_interrupted(self) -> list[RunRecord]:
         def work(conn: sqlite3.Connection) -> list[RunRecord]:
-            sql = (
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE status = 'failed' "
-                "AND json_extract(CAST(summary AS TEXT), '$.terminated_by') = 'interrupted' "
-                "ORDER BY run_id"
-            )
-            return [_record(row) for row in conn.execute(sql)]
+            return [sql.record_of(row) for row in conn.execute(sql.SQLITE_RUNS_INTERRUPTED)]
 
         return await self._read(work)
 
     async def read_rows(self, run_id: str, *, after_seq: int, limit: int) -> list[StoredRow]:
         def work(conn: sqlite3.Connection) -> list[StoredRow]:
-            cursor = conn.execute(
-                "SELECT seq, id, envelope FROM entries WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (run_id, after_seq, limit),
-            )
+            cursor = conn.execute(sql.READ_ROWS, (run_id, after_seq, limit))
             return [StoredRow(seq, ident, bytes(raw)) for seq, ident, raw in cursor]
 
         return await self._read(work)
@@ -409,42 +352,29 @@ class SqliteLedgerStore:
         self, run_id: str, *, after_seq: int, upto_seq: int
     ) -> list[StoredRow]:
         def work(conn: sqlite3.Connection) -> list[StoredRow]:
-            cursor = conn.execute(
-                "SELECT seq, id, envelope FROM entries WHERE run_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
-                (run_id, after_seq, upto_seq),
-            )
+            cursor = conn.execute(sql.READ_ROWS_RANGE, (run_id, after_seq, upto_seq))
             return [StoredRow(seq, ident, bytes(raw)) for seq, ident, raw in cursor]
 
         return await self._read(work)
 
     async def latest_checkpoint(self, run_id: str, *, at_or_before: int) -> Checkpoint | None:
         def work(conn: sqlite3.Connection) -> Checkpoint | None:
-            row = conn.execute(
-                "SELECT seq, world FROM checkpoints WHERE run_id = ? AND seq <= ? ORDER BY seq DESC LIMIT 1",
-                (run_id, at_or_before),
-            ).fetchone()
+            row = conn.execute(sql.LATEST_CHECKPOINT, (run_id, at_or_before)).fetchone()
             return Checkpoint(run_id, row[0], bytes(row[1])) if row else None
 
         return await self._read(work)
 
     async def find_entry(self, run_id: str, entry_id: str) -> StoredRow | None:
         def work(conn: sqlite3.Connection) -> StoredRow | None:
-            # Among the run's own rows (its primary key's range): no index on ids, which would
-            # cost every append; only branch creation looks an entry up by id.
-            row = conn.execute(
-                "SELECT seq, id, envelope FROM entries WHERE run_id = ? AND id = ?",
-                (run_id, entry_id),
-            ).fetchone()
+            row = conn.execute(sql.FIND_ENTRY, (run_id, entry_id)).fetchone()
             return StoredRow(row[0], row[1], bytes(row[2])) if row else None
 
         return await self._read(work)
 
     async def find_run_by_writ(self, writ_id: str) -> RunRecord | None:
         def work(conn: sqlite3.Connection) -> RunRecord | None:
-            row = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE writ_id = ?", (writ_id,)
-            ).fetchone()
-            return _record(row) if row else None
+            row = conn.execute(sql.RUN_BY_WRIT, (writ_id,)).fetchone()
+            return sql.record_of(row) if row else None
 
         return await self._read(work)
 
@@ -453,8 +383,7 @@ class SqliteLedgerStore:
     ) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
-                "INSERT OR IGNORE INTO revocations (writ_id, tenant, revoked_at, revoked_by, reason) VALUES (?, ?, ?, ?, ?)",
-                (writ_id, tenant, revoked_at, revoked_by, reason),
+                sql.INSERT_REVOCATION, (writ_id, tenant, revoked_at, revoked_by, reason)
             )
             return cursor.rowcount == 1
 
@@ -462,16 +391,13 @@ class SqliteLedgerStore:
 
     async def revocations(self) -> list[str]:
         def work(conn: sqlite3.Connection) -> list[str]:
-            return [row[0] for row in conn.execute("SELECT writ_id FROM revocations")]
+            return [row[0] for row in conn.execute(sql.REVOCATIONS)]
 
         return await self._read(work)
 
     async def put_documents(self, documents: Sequence[Document]) -> None:
         def work(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT OR IGNORE INTO documents (hash, kind, body) VALUES (?, ?, ?)",
-                [(d.hash, d.kind, d.body) for d in documents],
-            )
+            conn.executemany(sql.INSERT_DOCUMENT, [(d.hash, d.kind, d.body) for d in documents])
 
         await self._write(work)
 
@@ -480,12 +406,9 @@ class SqliteLedgerStore:
 
         def work(conn: sqlite3.Connection) -> dict[str, Document]:
             found: dict[str, Document] = {}
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
-                marks = ", ".join("?" for _ in chunk)
-                for ident, kind, body in conn.execute(
-                    f"SELECT hash, kind, body FROM documents WHERE hash IN ({marks})", chunk
-                ):
+            for start in range(0, len(wanted), sql.DOCUMENTS_CHUNK):
+                chunk = wanted[start : start + sql.DOCUMENTS_CHUNK]
+                for ident, kind, body in conn.execute(sql.documents_in(len(chunk)), chunk):
                     found[ident] = Document(ident, kind, bytes(body))
             return found
 
@@ -497,30 +420,107 @@ class SqliteLedgerStore:
         upto = _SEQ_MAX if upto_seq is None else upto_seq
 
         def work(conn: sqlite3.Connection) -> list[SignedHead]:
-            cursor = conn.execute(
-                "SELECT seq, entry_id, signed_at, signature FROM signed_heads WHERE run_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
-                (run_id, after_seq, upto),
-            )
+            cursor = conn.execute(sql.SIGNED_HEADS, (run_id, after_seq, upto))
             return [SignedHead(run_id, seq, ident, at, sig) for seq, ident, at, sig in cursor]
 
         return await self._read(work)
 
     async def find_idempotency(self, tenant: str, key: str) -> IdempotencyHit | None:
         def work(conn: sqlite3.Connection) -> IdempotencyHit | None:
-            row = conn.execute(
-                "SELECT body_hash, run_id FROM idempotency WHERE tenant = ? AND key = ?",
-                (tenant, key),
-            ).fetchone()
+            row = conn.execute(sql.FIND_IDEMPOTENCY, (tenant, key)).fetchone()
             return IdempotencyHit(row[0], row[1]) if row else None
 
         return await self._read(work)
+
+    # -- leases ------------------------------------------------------------------------------
+
+    async def claim_lease(self, run_id: str, node_id: str, *, now_us: int, ttl_us: int) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(sql.CLAIM_LEASE, (run_id, node_id, now_us + ttl_us, now_us))
+            return cursor.rowcount == 1
+
+        return await self._write(work)
+
+    async def renew_leases(self, node_id: str, *, now_us: int, ttl_us: int) -> set[str]:
+        def work(conn: sqlite3.Connection) -> set[str]:
+            conn.execute(sql.RENEW_LEASES, (now_us + ttl_us, node_id, now_us))
+            return {row[0] for row in conn.execute(sql.HELD_LEASES, (node_id, now_us))}
+
+        return await self._write(work)
+
+    async def release_lease(self, run_id: str, node_id: str) -> None:
+        await self._write(lambda conn: conn.execute(sql.RELEASE_LEASE, (run_id, node_id)))
+
+    async def claim_expired_leases(
+        self, node_id: str, *, now_us: int, ttl_us: int, limit: int
+    ) -> list[str]:
+        def work(conn: sqlite3.Connection) -> list[str]:
+            cursor = conn.execute(
+                sql.SQLITE_CLAIM_EXPIRED, (node_id, now_us + ttl_us, now_us, limit)
+            )
+            return sorted(row[0] for row in cursor)
+
+        return await self._write(work)
+
+    async def lease_owner(self, run_id: str, *, now_us: int) -> str | None:
+        def work(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(sql.LEASE_OWNER, (run_id, now_us)).fetchone()
+            return str(row[0]) if row else None
+
+        return await self._read(work)
+
+    # -- messages ----------------------------------------------------------------------------
+
+    async def send_message(
+        self, message_id: str, run_id: str, node_id: str, body: bytes, *, now_us: int
+    ) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                sql.INSERT_MESSAGE, (message_id, run_id, node_id, body, now_us)
+            )
+        )
+        self._notify(Notice("messages", node_id))
+
+    async def take_messages(self, node_id: str) -> list[Message]:
+        def work(conn: sqlite3.Connection) -> list[Message]:
+            rows = conn.execute(sql.TAKE_MESSAGES, (node_id,)).fetchall()
+            return [Message(ident, run_id, bytes(body)) for ident, run_id, body in rows]
+
+        return await self._write(work)
+
+    async def reply_message(self, message_id: str, body: bytes) -> None:
+        await self._write(lambda conn: conn.execute(sql.REPLY_MESSAGE, (body, message_id)))
+        self._notify(Notice("replies", message_id))
+
+    async def message_reply(self, message_id: str) -> bytes | None:
+        def work(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute(sql.MESSAGE_REPLY, (message_id,)).fetchone()
+            return None if row is None or row[0] is None else bytes(row[0])
+
+        return await self._read(work)
+
+    async def delete_message(self, message_id: str) -> None:
+        await self._write(lambda conn: conn.execute(sql.DELETE_MESSAGE, (message_id,)))
+
+    # -- notices -----------------------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[Notice], None]) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[Notice], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _notify(self, notice: Notice) -> None:
+        """One process owns a SQLite file: its notices are delivered in-process."""
+        for listener in list(self._listeners):
+            listener(notice)
 
 
 def _insert_entries(conn: sqlite3.Connection, run_id: str, entries: Sequence[Entry]) -> None:
     try:
         conn.executemany(
-            "INSERT INTO entries (run_id, seq, id, kind, created_at, envelope) VALUES (?, ?, ?, ?, ?, ?)",
-            [(run_id, e.seq, e.id, e.kind, e.time, e.raw) for e in entries],
+            sql.INSERT_ENTRY, [(run_id, e.seq, e.id, e.kind, e.time, e.raw) for e in entries]
         )
     except sqlite3.IntegrityError as exc:
         raise SeqConflict(run_id, entries[0].seq) from exc

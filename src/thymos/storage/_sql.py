@@ -1,0 +1,252 @@
+"""The SQL every backend runs, in one place.
+
+Statements use `?` placeholders (SQLite's); the PostgreSQL backend turns them into `%s` with
+`postgres_placeholders`. Both dialects accept everything here as written (`ON CONFLICT` upserts,
+`RETURNING`); what one dialect spells differently is a pair below (`SQLITE_*`, `POSTGRES_*`), and
+each backend module holds only how it runs statements, never their text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from ._contract import RunRecord
+
+# -- runs -----------------------------------------------------------------------------------
+
+RUN_COLUMNS = (
+    "run_id, tenant, status, created_at, updated_at, spec, summary, created_by, writ_id, "
+    "parent_run_id"
+)
+
+RUN_EXISTS = "SELECT 1 FROM runs WHERE run_id = ?"
+INSERT_RUN = f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+UPDATE_RUN = "UPDATE runs SET status = ?, updated_at = ?, summary = ? WHERE run_id = ?"
+GET_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
+RUN_BY_WRIT = f"SELECT {RUN_COLUMNS} FROM runs WHERE writ_id = ?"
+
+
+def runs_with_status(count: int) -> str:
+    marks = ", ".join("?" for _ in range(count))
+    return f"SELECT {RUN_COLUMNS} FROM runs WHERE status IN ({marks}) ORDER BY run_id"
+
+
+def list_runs(
+    *, tenant: str | None, status: str | None, before: str | None, parent_run_id: str | None
+) -> tuple[str, list[Any]]:
+    """The listing query (newest first) and its parameters, without the trailing LIMIT's."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value, operator in (
+        ("tenant", tenant, "="),
+        ("parent_run_id", parent_run_id, "="),
+        ("status", status, "="),
+        ("run_id", before, "<"),
+    ):
+        if value is not None:
+            clauses.append(f"{column} {operator} ?")
+            params.append(value)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    return f"SELECT {RUN_COLUMNS} FROM runs {where} ORDER BY run_id DESC LIMIT ?", params
+
+
+def run_params(record: RunRecord) -> tuple[Any, ...]:
+    """`INSERT_RUN`'s parameters: spec and summary as orjson bytes."""
+    return (
+        record.run_id,
+        record.tenant,
+        record.status,
+        record.created_at,
+        record.updated_at,
+        orjson.dumps(record.spec),
+        orjson.dumps(record.summary),
+        record.created_by,
+        record.writ_id,
+        record.parent_run_id,
+    )
+
+
+def record_of(row: Sequence[Any]) -> RunRecord:
+    """A `RUN_COLUMNS` row as a record."""
+    run_id, tenant, status, created_at, updated_at, spec, summary, created_by, writ_id = row[:9]
+    return RunRecord(
+        run_id,
+        tenant,
+        status,
+        created_at,
+        updated_at,
+        orjson.loads(spec),
+        orjson.loads(summary),
+        created_by,
+        writ_id,
+        parent_run_id=row[9],
+    )
+
+
+# The latest end of a run is `interrupted`: the summary's `terminated_by`. JSON is read
+# differently by each dialect (the column holds orjson bytes).
+SQLITE_RUNS_INTERRUPTED = (
+    f"SELECT {RUN_COLUMNS} FROM runs WHERE status = 'failed' "
+    "AND json_extract(CAST(summary AS TEXT), '$.terminated_by') = 'interrupted' "
+    "ORDER BY run_id"
+)
+POSTGRES_RUNS_INTERRUPTED = (
+    f"SELECT {RUN_COLUMNS} FROM runs WHERE status = 'failed' "
+    "AND convert_from(summary, 'UTF8')::jsonb ->> 'terminated_by' = 'interrupted' "
+    "ORDER BY run_id"
+)
+
+# -- entries, checkpoints, signed heads -----------------------------------------------------
+
+HEAD_SEQ = "SELECT MAX(seq) FROM entries WHERE run_id = ?"
+INSERT_ENTRY = (
+    "INSERT INTO entries (run_id, seq, id, kind, created_at, envelope) VALUES (?, ?, ?, ?, ?, ?)"
+)
+ENTRY_AT = "SELECT id FROM entries WHERE run_id = ? AND seq = ?"
+READ_ROWS = (
+    "SELECT seq, id, envelope FROM entries WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+READ_ROWS_RANGE = (
+    "SELECT seq, id, envelope FROM entries WHERE run_id = ? AND seq > ? AND seq <= ? ORDER BY seq"
+)
+# Among the run's own rows (its primary key's range): no index on ids, which would cost every
+# append; only branch creation looks an entry up by id.
+FIND_ENTRY = "SELECT seq, id, envelope FROM entries WHERE run_id = ? AND id = ?"
+
+INSERT_CHECKPOINT = "INSERT INTO checkpoints (run_id, seq, world) VALUES (?, ?, ?)"
+UPSERT_CHECKPOINT = (
+    "INSERT INTO checkpoints (run_id, seq, world) VALUES (?, ?, ?) "
+    "ON CONFLICT (run_id, seq) DO UPDATE SET world = excluded.world"
+)
+LATEST_CHECKPOINT = (
+    "SELECT seq, world FROM checkpoints WHERE run_id = ? AND seq <= ? ORDER BY seq DESC LIMIT 1"
+)
+
+INSERT_SIGNED_HEAD = (
+    "INSERT INTO signed_heads (run_id, seq, entry_id, signed_at, signature) VALUES (?, ?, ?, ?, ?)"
+)
+SIGNED_HEADS = (
+    "SELECT seq, entry_id, signed_at, signature FROM signed_heads "
+    "WHERE run_id = ? AND seq > ? AND seq <= ? ORDER BY seq"
+)
+
+# -- idempotency, revocations, documents ----------------------------------------------------
+
+INSERT_IDEMPOTENCY = "INSERT INTO idempotency (tenant, key, body_hash, run_id) VALUES (?, ?, ?, ?)"
+FIND_IDEMPOTENCY = "SELECT body_hash, run_id FROM idempotency WHERE tenant = ? AND key = ?"
+
+INSERT_REVOCATION = (
+    "INSERT INTO revocations (writ_id, tenant, revoked_at, revoked_by, reason) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (writ_id) DO NOTHING"
+)
+REVOCATIONS = "SELECT writ_id FROM revocations"
+
+INSERT_DOCUMENT = (
+    "INSERT INTO documents (hash, kind, body) VALUES (?, ?, ?) ON CONFLICT (hash) DO NOTHING"
+)
+
+
+def documents_in(count: int) -> str:
+    marks = ", ".join("?" for _ in range(count))
+    return f"SELECT hash, kind, body FROM documents WHERE hash IN ({marks})"
+
+
+DOCUMENTS_CHUNK = 500
+
+# -- API keys and their usage ---------------------------------------------------------------
+
+KEY_COLUMNS = "key_id, name, tenant, role, rpm, source, created_at"
+KEY_NAME_TAKEN = "SELECT 1 FROM api_keys WHERE name = ?"
+KEY_SECRET_TAKEN = "SELECT 1 FROM api_keys WHERE secret_hash = ?"
+INSERT_KEY = f"INSERT INTO api_keys ({KEY_COLUMNS}, secret_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+ENV_KEYS = "SELECT key_id, name FROM api_keys WHERE source = 'env'"
+DELETE_KEY_USAGE = "DELETE FROM key_usage WHERE key_id = ?"
+DELETE_KEY = "DELETE FROM api_keys WHERE key_id = ?"
+# Frees a secret hash about to be assigned to another key (the new value is unique per key).
+FREE_SECRET = (
+    "UPDATE api_keys SET secret_hash = 'replaced:' || key_id WHERE secret_hash = ? AND name != ?"
+)
+KEY_BY_NAME = "SELECT key_id FROM api_keys WHERE name = ?"
+UPDATE_SEEDED_KEY = (
+    "UPDATE api_keys SET tenant = ?, role = ?, secret_hash = ?, rpm = ?, source = 'env' "
+    "WHERE key_id = ?"
+)
+INSERT_SEEDED_KEY = (
+    f"INSERT INTO api_keys ({KEY_COLUMNS}, secret_hash) VALUES (?, ?, ?, ?, ?, 'env', ?, ?)"
+)
+KEYS_BY_SECRET = f"SELECT {KEY_COLUMNS}, secret_hash FROM api_keys"
+KEY_BY_SECRET = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = ?"
+ALL_KEYS = f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY name"
+TENANT_KEYS = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant = ? ORDER BY name"
+KEY_EXISTS = "SELECT 1 FROM api_keys WHERE key_id = ?"
+ADD_REQUESTS = (
+    "INSERT INTO key_usage (key_id, requests) VALUES (?, ?) "
+    "ON CONFLICT (key_id) DO UPDATE SET requests = key_usage.requests + excluded.requests"
+)
+REQUESTS = "SELECT key_id, requests FROM key_usage"
+
+_USAGE_FIELDS = ("input_tokens", "output_tokens", "tool_calls", "usd_millicents")
+SQLITE_RUN_TOTALS = (
+    "SELECT created_by, COUNT(*), "
+    + ", ".join(
+        f"TOTAL(COALESCE(json_extract(CAST(summary AS TEXT), '$.usage.{name}'), 0))"
+        for name in _USAGE_FIELDS
+    )
+    + " FROM runs WHERE created_by IS NOT NULL GROUP BY created_by"
+)
+POSTGRES_RUN_TOTALS = (
+    "SELECT created_by, COUNT(*), "
+    + ", ".join(
+        f"COALESCE(SUM((convert_from(summary, 'UTF8')::jsonb -> 'usage' ->> '{name}')::bigint), 0)"
+        for name in _USAGE_FIELDS
+    )
+    + " FROM runs WHERE created_by IS NOT NULL GROUP BY created_by"
+)
+
+# -- leases: which node writes a run --------------------------------------------------------
+
+# Taken when free, expired or already this node's: one statement, so two nodes racing for a run
+# can never both get it (the row is the arbiter; an upsert's WHERE sees the committed row).
+CLAIM_LEASE = (
+    "INSERT INTO leases (run_id, node_id, expires_us) VALUES (?, ?, ?) "
+    "ON CONFLICT (run_id) DO UPDATE SET node_id = excluded.node_id, "
+    "expires_us = excluded.expires_us "
+    "WHERE leases.node_id = excluded.node_id OR leases.expires_us <= ?"
+)
+RENEW_LEASES = "UPDATE leases SET expires_us = ? WHERE node_id = ? AND expires_us > ?"
+HELD_LEASES = "SELECT run_id FROM leases WHERE node_id = ? AND expires_us > ?"
+RELEASE_LEASE = "DELETE FROM leases WHERE run_id = ? AND node_id = ?"
+LEASE_OWNER = "SELECT node_id FROM leases WHERE run_id = ? AND expires_us > ?"
+# Expired leases, claimed for this node in one statement. PostgreSQL locks the rows it picks
+# and skips rows another node is claiming; SQLite has one writer, so its transaction is alone.
+SQLITE_CLAIM_EXPIRED = (
+    "UPDATE leases SET node_id = ?, expires_us = ? WHERE run_id IN ("
+    "SELECT run_id FROM leases WHERE expires_us <= ? ORDER BY run_id LIMIT ?) RETURNING run_id"
+)
+POSTGRES_CLAIM_EXPIRED = (
+    "UPDATE leases SET node_id = ?, expires_us = ? WHERE run_id IN ("
+    "SELECT run_id FROM leases WHERE expires_us <= ? ORDER BY run_id LIMIT ? "
+    "FOR UPDATE SKIP LOCKED) RETURNING run_id"
+)
+
+# -- messages: control actions carried to the node that owns a run --------------------------
+
+INSERT_MESSAGE = (
+    "INSERT INTO messages (message_id, run_id, node_id, body, created_us) VALUES (?, ?, ?, ?, ?)"
+)
+TAKE_MESSAGES = (
+    "UPDATE messages SET taken = 1 WHERE node_id = ? AND taken = 0 "
+    "RETURNING message_id, run_id, body"
+)
+REPLY_MESSAGE = "UPDATE messages SET reply = ? WHERE message_id = ?"
+MESSAGE_REPLY = "SELECT reply FROM messages WHERE message_id = ?"
+DELETE_MESSAGE = "DELETE FROM messages WHERE message_id = ?"
+
+
+def postgres_placeholders(sql: str) -> str:
+    """`?` placeholders as psycopg's `%s` (no statement here has a literal `?` or `%`)."""
+    assert "%" not in sql, sql
+    return sql.replace("?", "%s")
