@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shlex
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from thymos.cognition import (
 from thymos.governance import MAX_DELEGATION_DEPTH_DEFAULT, MAX_DELEGATION_DEPTH_LIMIT
 
 MODES = ("reference", "production")
+LEASE_TTL_S_DEFAULT = 15.0
+LEASE_TTL_S_RANGE = (1.0, 3600.0)
 DEFAULT_ADDR = "127.0.0.1:3001"
 SHUTDOWN_GRACE_S_DEFAULT = 10.0
 
@@ -211,6 +214,13 @@ class Settings:
     sandbox: bool = True
     auto_resume: bool = True
     """`THYMOS_AUTO_RESUME`: resume at start-up the runs a previous process stopped under."""
+    node_id: str | None = None
+    """`THYMOS_NODE_ID`: this process's name among the nodes sharing one PostgreSQL database
+    (default: host name and port). A node restarted under the same name takes its runs back at
+    once instead of waiting for their leases to expire."""
+    lease_ttl_s: float = LEASE_TTL_S_DEFAULT
+    """`THYMOS_LEASE_TTL_S`: how long a node's lease on a run lasts without a heartbeat (renewed
+    every third of it); a node that dies loses its runs to another node after this long."""
     test_command: tuple[str, ...] | None = None
     http_allow: frozenset[str] = frozenset()
     tool_manifest_dirs: tuple[Path, ...] = ()
@@ -242,6 +252,12 @@ class Settings:
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "ledger.sqlite3"
+
+    @property
+    def node(self) -> str:
+        """This process's name among nodes sharing a database (`THYMOS_NODE_ID`, else the host
+        name and port: unique on one machine, and the same after a restart)."""
+        return self.node_id or f"{socket.gethostname()}:{self.port}"
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -324,6 +340,14 @@ def _validated(settings: Settings) -> Settings:
     ):
         if not 1 <= count <= top:
             raise SettingsError(f"{label} must be a whole number from 1 to {top}")
+    low, high = LEASE_TTL_S_RANGE
+    if not low <= settings.lease_ttl_s <= high:
+        raise SettingsError(f"THYMOS_LEASE_TTL_S must be from {low:g} to {high:g} seconds")
+    if settings.postgres_url and settings.root_key is None and settings.root_key_file is None:
+        raise SettingsError(
+            "THYMOS_POSTGRES_URL is set: every node sharing the database must sign and verify "
+            "writs with the same root key; set THYMOS_ROOT_KEY or THYMOS_ROOT_KEY_FILE"
+        )
     if not 0 <= settings.max_delegation_depth <= MAX_DELEGATION_DEPTH_LIMIT:
         raise SettingsError(
             f"THYMOS_MAX_DELEGATION_DEPTH must be a whole number from 0 to "
@@ -398,6 +422,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         ("body_timeout_s", "THYMOS_BODY_TIMEOUT_S"),
         ("send_timeout_s", "THYMOS_SEND_TIMEOUT_S"),
         ("idle_timeout_s", "THYMOS_IDLE_TIMEOUT_S"),
+        ("lease_ttl_s", "THYMOS_LEASE_TTL_S"),
     ):
         if key in source:
             try:
@@ -434,6 +459,11 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         if choice not in ("on", "off"):
             raise SettingsError("THYMOS_SANDBOX must be on or off")
         values["sandbox"] = choice == "on"
+    if source.get("THYMOS_NODE_ID", "").strip():
+        node = source["THYMOS_NODE_ID"].strip()
+        if len(node) > 128 or not node.isprintable():
+            raise SettingsError("THYMOS_NODE_ID must be at most 128 printable characters")
+        values["node_id"] = node
     if "THYMOS_AUTO_RESUME" in source:
         choice = source["THYMOS_AUTO_RESUME"].strip().lower()
         if choice not in ("true", "false"):

@@ -4,7 +4,7 @@
 no handler holds business logic or writes the ledger.
 """
 
-from ._app import create_app
+from ._app import check_storage, create_app
 from ._body import parse_json
 from ._connections import ConnectionLimits, limited_protocol
 from ._errors import STATUS_OF
@@ -14,6 +14,7 @@ __all__ = [
     "BODY_BYTES_MAX",
     "STATUS_OF",
     "ConnectionLimits",
+    "check_storage",
     "create_app",
     "limited_protocol",
     "parse_json",

@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from thymos import __version__
-from thymos.runtime import Runtime, RuntimeConfig
+from thymos.runtime import ClusterConfig, Runtime, RuntimeConfig
 from thymos.settings import Settings
-from thymos.storage import KeySeed, LedgerStore, SqliteKeyStore, SqliteLedgerStore
+from thymos.storage import KeySeed, Storage, StorageError, StorageUnusable, storage_for
 from thymos.tools import McpHub, Sandbox, Workspace
 
 from . import _errors, _openapi
@@ -35,18 +35,43 @@ from ._setup import (
 log = logging.getLogger("thymos.api")
 
 
-def open_store(settings: Settings) -> LedgerStore:
-    if settings.postgres_url:
-        log.warning(
-            "THYMOS_POSTGRES_URL is set but this build has no PostgreSQL backend; using SQLite"
-        )
-    return SqliteLedgerStore(settings.sqlite_path, synchronous=settings.sqlite_synchronous)
+def open_storage(settings: Settings) -> Storage:
+    """PostgreSQL when `THYMOS_POSTGRES_URL` is set, else the SQLite file; `StorageUnusable`
+    when the URL is set but the extra is not installed (never a silent fallback)."""
+    return storage_for(
+        postgres_url=settings.postgres_url,
+        sqlite_path=settings.sqlite_path,
+        sqlite_synchronous=settings.sqlite_synchronous,
+    )
+
+
+async def check_storage(settings: Settings) -> None:
+    """Open the configured storage once before serving (connect, migrate) and check the
+    server's exposure against the keys it holds: `StorageUnusable` or `SettingsError` say
+    what is wrong before anything listens."""
+    storage = open_storage(settings)
+    try:
+        await storage.open()
+    except StorageUnusable:
+        raise
+    except StorageError as exc:
+        raise StorageUnusable(
+            f"the {storage.backend} ledger cannot be opened: {exc.message}"
+        ) from exc
+    try:
+        if storage.shared:
+            check_exposure(settings, stored_keys=len(await storage.keys.list_keys()))
+    finally:
+        await storage.close()
 
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the app. Raises `SettingsError` or `PolicyError` (before anything listens) when the
     root key or the policy set cannot be loaded."""
-    check_exposure(settings)
+    storage = open_storage(settings)
+    if not storage.shared:
+        # A shared database's keys are counted once it is open (`check_storage`).
+        check_exposure(settings)
     warn_about_workspace(settings)
     root = load_root_key(settings)
     policy = load_policy(settings)
@@ -55,8 +80,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = open_store(settings)
-        await store.open()
+        await storage.open()
+        store = storage.ledger
+        if storage.shared:
+            check_exposure(settings, stored_keys=len(await storage.keys.list_keys()))
         # MCP servers start first: their tools are registered before runs can scope them.
         mcp = None
         if mcp_servers:
@@ -89,13 +116,16 @@ def create_app(settings: Settings) -> FastAPI:
             root=root,
             policy=policy,
             mcp=mcp,
+            cluster=ClusterConfig(
+                node_id=settings.node, lease_ttl_s=settings.lease_ttl_s, shared=storage.shared
+            ),
         )
         recovered = await runtime.recover()
         if recovered:
             log.info("recorded %d runs interrupted by the previous stop", recovered)
         app.state.runtime = runtime
-        # API keys live beside the ledger; a backend without a key store serves an open server.
-        gateway = Gateway(SqliteKeyStore(store) if isinstance(store, SqliteLedgerStore) else None)
+        # API keys live beside the ledger: every backend has a key store.
+        gateway = Gateway(storage.keys)
         await gateway.start(
             tuple(KeySeed(k.name, k.tenant, k.role, k.secret, k.rpm) for k in settings.api_keys)
         )
@@ -108,7 +138,7 @@ def create_app(settings: Settings) -> FastAPI:
             await gateway.stop()
             if mcp is not None:
                 await mcp.stop()
-            await store.close()
+            await storage.close()
 
     app = FastAPI(
         title="Thymos",

@@ -25,7 +25,7 @@ from typing import Any
 from fastapi import Request
 
 from thymos.core import ErrorCode, ThymosError, Usage, rfc3339_from_us
-from thymos.storage import ApiKey, KeySeed, SqliteKeyStore, StorageError, hash_secret
+from thymos.storage import ApiKey, KeySeed, KeyStore, StorageError, hash_secret
 
 from ._caller import ANONYMOUS, Caller, Role
 
@@ -106,9 +106,9 @@ class Gateway:
     one window per rate-limited key, and the request counts not yet written.
     """
 
-    def __init__(
-        self, keys: SqliteKeyStore | None, *, monotonic: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, keys: KeyStore, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        # Every storage backend has a key store (the `Storage` contract): there is no way to
+        # build a gateway that skips authentication because its store cannot hold keys.
         self._keys = keys
         self._monotonic = monotonic
         self._by_hash: dict[str, _Known] = {}
@@ -127,8 +127,6 @@ class Gateway:
     # -- lifecycle (the app's lifespan owns the background task) -----------------------------
 
     async def start(self, seeds: tuple[KeySeed, ...]) -> None:
-        if self._keys is None:
-            return
         await self._keys.seed(seeds)
         await self._reload()
         log.info("API gateway %s (%d keys)", "on" if self.enabled else "off", len(self._by_hash))
@@ -150,7 +148,6 @@ class Gateway:
             await self._reload()
 
     async def _reload(self) -> None:
-        assert self._keys is not None
         try:
             table = await self._keys.by_secret_hashes()
         except StorageError as exc:
@@ -174,7 +171,7 @@ class Gateway:
                 window.rpm = rpm
 
     async def _flush(self) -> None:
-        if self._keys is None or not self._pending:
+        if not self._pending:
             return
         async with self._counts_lock:
             batch, self._pending = self._pending, {}
@@ -224,7 +221,7 @@ class Gateway:
     ) -> dict[str, Any]:
         """One row per key `caller` may see: every key for an admin, else only its own. `live`
         adds what active runs have used since their rows were last written."""
-        if self._keys is None or not self._by_hash:
+        if not self._by_hash:
             return {"gateway": False, "window_seconds": RATE_WINDOW_S, "keys": []}
         keys = await self._keys.list_keys()
         if caller.role is not Role.ADMIN:

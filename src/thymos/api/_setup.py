@@ -105,17 +105,20 @@ def _write_secret(path: Path, text: str) -> None:
         handle.write(text + "\n")
 
 
-def check_exposure(settings: Settings) -> None:
+def check_exposure(settings: Settings, *, stored_keys: int | None = None) -> None:
     """An open server (no API keys in the environment or the key store) binds only to loopback
-    unless `--insecure`; production refuses to start without API keys and a durable ledger."""
-    has_keys = bool(settings.api_keys) or _stored_key_count(settings.sqlite_path) > 0
+    unless `--insecure`; production refuses to start without API keys and a durable ledger.
+    `stored_keys`: how many keys the (shared) database holds; else the SQLite file is read."""
+    if stored_keys is None:
+        stored_keys = _stored_key_count(settings.sqlite_path)
+    has_keys = bool(settings.api_keys) or stored_keys > 0
     if not has_keys and not settings.insecure and not is_loopback(settings.host):
         raise SettingsError(
             f"refusing to bind an open server (no API keys) to {settings.host}; bind to loopback or pass --insecure"
         )
     if settings.mode != "production":
         return
-    if settings.sqlite_synchronous.upper() != "FULL":
+    if not settings.postgres_url and settings.sqlite_synchronous.upper() != "FULL":
         raise SettingsError(
             "production mode needs a durable ledger: set THYMOS_SQLITE_SYNCHRONOUS=full"
         )

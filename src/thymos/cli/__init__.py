@@ -56,6 +56,7 @@ def serve_command(
 
     redact_logs(settings.secret_values)
     from thymos.governance import PolicyError
+    from thymos.storage import StorageUnusable
     from thymos.tools import ManifestError
 
     from ._serve import serve
@@ -72,6 +73,9 @@ def serve_command(
         raise typer.Exit(2) from None
     except ManifestError as exc:
         typer.echo(f"thymos: invalid tool source {exc.file}: {exc.field}: {exc.reason}", err=True)
+        raise typer.Exit(2) from None
+    except StorageUnusable as exc:
+        typer.echo(f"thymos: {exc.message}", err=True)
         raise typer.Exit(2) from None
 
 

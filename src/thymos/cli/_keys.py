@@ -1,4 +1,6 @@
-"""`thymos keys create|list`: manage API keys in the ledger database of a data dir.
+"""`thymos keys create|list`: manage API keys in the server's storage: the PostgreSQL database
+of `THYMOS_POSTGRES_URL` when it is set (every node of a cluster sees them), else the ledger
+database of a data dir.
 
 Data (the new secret, the key list) goes to stdout; messages go to stderr. A secret is shown
 once, at creation, and is never stored: the database keeps only its hash.
@@ -17,7 +19,7 @@ from typing import Annotated, TypeVar
 import typer
 
 from thymos.settings import KEY_NAME, KEY_ROLES, KEY_RPM_MAX, Settings
-from thymos.storage import ApiKey, KeyNameTaken, SqliteKeyStore, SqliteLedgerStore, StorageError
+from thymos.storage import ApiKey, KeyNameTaken, KeyStore, StorageError, storage_for
 
 T = TypeVar("T")
 
@@ -52,13 +54,16 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-async def _with_keys(data_dir: Path, work: Callable[[SqliteKeyStore], Awaitable[T]]) -> T:
-    ledger = SqliteLedgerStore(Settings(data_dir=data_dir).sqlite_path)
-    await ledger.open()
+async def _with_keys(data_dir: Path, work: Callable[[KeyStore], Awaitable[T]]) -> T:
+    storage = storage_for(
+        postgres_url=os.environ.get("THYMOS_POSTGRES_URL") or None,
+        sqlite_path=Settings(data_dir=data_dir).sqlite_path,
+    )
+    await storage.open()
     try:
-        return await work(SqliteKeyStore(ledger))
+        return await work(storage.keys)
     finally:
-        await ledger.close()
+        await storage.close()
 
 
 @keys_app.command("create")
@@ -82,7 +87,7 @@ def create_command(
         raise _fail(f"--rpm must be from 1 to {KEY_RPM_MAX}")
     secret = new_secret()
 
-    async def work(keys: SqliteKeyStore) -> ApiKey:
+    async def work(keys: KeyStore) -> ApiKey:
         return await keys.create(
             name=name, tenant=tenant, role=role, secret=secret, rpm=rpm, source="cli"
         )
@@ -109,7 +114,7 @@ def list_command(
 ) -> None:
     """List API keys: name, tenant, role, rate limit (never secrets or hashes)."""
 
-    async def work(keys: SqliteKeyStore) -> list[ApiKey]:
+    async def work(keys: KeyStore) -> list[ApiKey]:
         return await keys.list_keys(tenant)
 
     where = _data_dir(data_dir)

@@ -15,7 +15,7 @@ from types import FrameType
 
 import uvicorn
 
-from thymos.api import ConnectionLimits, create_app, limited_protocol
+from thymos.api import ConnectionLimits, check_storage, create_app, limited_protocol
 from thymos.runtime import Runtime
 from thymos.settings import Settings
 
@@ -57,9 +57,11 @@ class GracefulServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> None:
-    """Run until stopped. `SettingsError` or `PolicyError` from building the app propagate to
-    the command, which reports them and exits 2."""
+    """Run until stopped. `SettingsError`, `PolicyError` or `StorageUnusable` (from building
+    the app, or from the storage check before serving) propagate to the command, which reports
+    them and exits 2."""
     app = create_app(settings)
+    asyncio.run(check_storage(settings))
     limits = ConnectionLimits(
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,

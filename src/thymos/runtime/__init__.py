@@ -6,6 +6,7 @@ only through `Trajectory.append`, which folds each entry into the run's state as
 
 from ._branch import BRANCH_DEPTH_MAX, BranchCognition, BranchRun
 from ._clock import Clock, SystemClock, system_random
+from ._cluster import Cluster, ClusterConfig
 from ._feeds import Cell, Feed, FellBehind
 from ._limits import (
     KEEPALIVE_S,
@@ -41,6 +42,8 @@ __all__ = [
     "BranchRun",
     "Cell",
     "Clock",
+    "Cluster",
+    "ClusterConfig",
     "Damaged",
     "Feed",
     "FellBehind",

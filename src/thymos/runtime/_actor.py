@@ -212,6 +212,11 @@ class RunActor:
         """Who cancelled the run (recorded with its end)."""
         self._wake = asyncio.Event()
         self._waiting = False
+        self.abandoned = False
+        """Another node took the run over: this actor stops and writes nothing more."""
+        self.parked = False
+        """The server stopped while the run waited for approval: it stays waiting in storage."""
+        self._task: asyncio.Task[None] | None = None
         # The wall-clock budget counts what the run spent before it was resumed.
         spent_ms = trajectory.state.wall_spent_us // 1000
         self._started_ms = deps.clock.monotonic_ms() - spent_ms
@@ -267,14 +272,23 @@ class RunActor:
         self.view.phase, self.view.active_tool = phase, active_tool
         self._on_change()
 
+    def abandon(self) -> None:
+        """Stop at once without recording anything: another node writes the run now (its lease
+        was taken over), and storage would refuse this actor's writes anyway."""
+        self.abandoned = True
+        if self._task is not None:
+            self._task.cancel()
+
     async def run(self) -> None:
         """The run's whole life from its current head to a recorded end (or a park)."""
         final_answer: str | None = None
         error: str | None = None
+        self._task = asyncio.current_task()
         try:
             final_answer = await self._loop()
             terminated_by = TerminatedBy.FINAL_ANSWER
         except Parked:
+            self.parked = True
             self._reject_votes(
                 ErrorCode.SHUTTING_DOWN, "the server is shutting down; vote again after it restarts"
             )
@@ -283,6 +297,10 @@ class RunActor:
         except StopRun as stop:
             terminated_by, error = stop.terminated_by, stop.message
         except asyncio.CancelledError:
+            if self.abandoned:
+                self._reject_votes(ErrorCode.RUN_NOT_ACTIVE, "another node drives the run now")
+                self._set_view("finished")
+                return
             # Shutdown's grace period ran out mid-step: record the interruption and finish.
             terminated_by, error = TerminatedBy.INTERRUPTED, "the server stopped during a step"
         except Exception as exc:

@@ -52,6 +52,18 @@ class Approvals(RuntimeBase):
                 "the proposal already has its approvals and is being executed",
                 {"proposal_id": chosen["proposal_id"]},
             )
+        if run_id not in self._active and (owner := await self.cluster.owner(run_id)):
+            # Another node drives the run: the vote goes to its actor there.
+            vote = {
+                "action": "vote",
+                "channel": channel,
+                "approve": approve,
+                "proposal_id": chosen["proposal_id"],
+                "reason": reason,
+                "approver": approver,
+                "key_id": key_id,
+            }
+            return await self.cluster.forward(owner, run_id, vote)
         active = self._running(record, "voted on")
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         active.actor.post(

@@ -52,12 +52,13 @@ from thymos.governance import (
     default_policy_files,
     new_root_key,
 )
-from thymos.storage import Document, LedgerStore, RunRecord
+from thymos.storage import ClusterStore, Document, RunRecord
 from thymos.tools import McpHub, Sandbox, ToolPool, ToolRegistry, Workspace
 
 from ._actor import RunActor
 from ._branch import starting_world
 from ._clock import Clock, SystemClock, system_random
+from ._cluster import Cluster, ClusterConfig
 from ._delegation import Delegations
 from ._feeds import Cell, Feed
 from ._limits import REPLAY_PAGE_ROWS, RUNS_ACTIVE_MAX
@@ -127,7 +128,7 @@ class RuntimeBase:
     def __init__(
         self,
         *,
-        store: LedgerStore,
+        store: ClusterStore,
         tools: ToolRegistry,
         config: RuntimeConfig,
         clock: Clock | None = None,
@@ -136,6 +137,7 @@ class RuntimeBase:
         random: Callable[[int], bytes] = system_random,
         provider_factory: Callable[[RunSpec], Cognition] | None = None,
         mcp: McpHub | None = None,
+        cluster: ClusterConfig | None = None,
     ) -> None:
         self.store = store
         # The root key signs every run's writ. Tests and the benchmark may let it be generated;
@@ -159,6 +161,8 @@ class RuntimeBase:
         self.sandbox = Sandbox(self.workspace, enforce=config.sandbox)
         self.redactor = Redactor((*config.secrets, bytes(self.root.private_key.to_bytes()).hex()))
         self.clock = clock or SystemClock()
+        self.cluster = Cluster(store, self.clock, cluster or ClusterConfig())
+        """This node among others on shared storage: leases, forwarded actions, notices."""
         self._random = random
         # How a run gets its cognition; tests and the benchmark substitute their own.
         self._model_http = model_http_client()
@@ -181,7 +185,25 @@ class RuntimeBase:
         record = await self.store.get_run(run_id) if is_run_id(run_id) else None
         if record is None or (tenant is not None and record.tenant != tenant):
             raise ThymosError(ErrorCode.RUN_NOT_FOUND, f"no run {run_id} is visible to this caller")
+        if (
+            self.cluster.shared
+            and record.run_id not in self._active
+            and not RunStatus(record.status).terminal
+        ):
+            return await self._remote(record)
         return self._live(record)
+
+    async def _remote(self, record: RunRecord) -> RunRecord:
+        """A run another node drives: its stored row is written only when its status changes,
+        so its summary is folded from the ledger as it stands now."""
+        try:
+            state = await self._load_state(record)
+        except ThymosError:
+            return record  # damaged: the stored row, and replay says where
+        summary = state.summary.as_dict()
+        log_lines = summary["log"]
+        updated_at = log_lines[-1]["at"] if log_lines else record.updated_at
+        return replace(record, status=summary["status"], updated_at=updated_at, summary=summary)
 
     def _live(self, record: RunRecord) -> RunRecord:
         """An active run's stored row carries its status as of its last change; its counters come

@@ -9,6 +9,10 @@ its trajectory and its feeds); finished runs are read from storage.
 
 from __future__ import annotations
 
+from typing import Any
+
+from thymos.core import ErrorCode, ThymosError
+
 from ._approvals import Approvals
 from ._base import (
     DEFAULT_TENANT,
@@ -32,3 +36,28 @@ __all__ = [
 
 class Runtime(Supervision, Approvals, Queries):
     """The one service every route calls (see the module's docstring for how it is split)."""
+
+    async def forwarded(self, run_id: str, action: dict[str, Any]) -> dict[str, Any]:
+        """Carry out a control action another node forwarded to this one, which drives the run
+        (the sender checked the caller's tenant and role)."""
+        match action.get("action"):
+            case "vote":
+                return await self.approve(
+                    run_id,
+                    None,
+                    channel=action["channel"],
+                    approve=action["approve"],
+                    proposal_id=action["proposal_id"],
+                    reason=action["reason"],
+                    approver=action["approver"],
+                    key_id=action["key_id"],
+                )
+            case "cancel":
+                return await self.cancel(
+                    run_id,
+                    None,
+                    requested_by=action["requested_by"],
+                    key_id=action["key_id"],
+                    reason=action["reason"],
+                )
+        raise ThymosError(ErrorCode.INVALID_REQUEST, "unknown forwarded action")

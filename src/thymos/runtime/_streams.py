@@ -8,12 +8,13 @@ stops.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from thymos.cognition import CognitionEvent
-from thymos.core import CorruptEntry, Entry, parse_envelope
+from thymos.core import CorruptEntry, Entry, RunStatus, parse_envelope
 
 from ._feeds import FellBehind
 
@@ -57,22 +58,32 @@ class Streams:
         subscriber catches up from storage), then live ones from the run's feed. A follower
         that falls out of the feed's window reads storage again."""
         runtime = self._runtime
+        cluster = runtime.cluster
         while True:
             active = runtime.active(run_id)
-            while True:
-                rows = await runtime.store.read_rows(run_id, after_seq=last, limit=PAGE_ROWS)
-                for row in rows:
-                    try:
-                        entry = parse_envelope(row.raw, run_id=run_id, seq=row.seq)
-                    except CorruptEntry as exc:
-                        yield Damaged(row.seq, exc.message)
+            with cluster.watch(run_id) as appended:
+                # Watched before reading: an append stored after the read is not missed.
+                while True:
+                    rows = await runtime.store.read_rows(run_id, after_seq=last, limit=PAGE_ROWS)
+                    for row in rows:
+                        try:
+                            entry = parse_envelope(row.raw, run_id=run_id, seq=row.seq)
+                        except CorruptEntry as exc:
+                            yield Damaged(row.seq, exc.message)
+                            return
+                        yield entry
+                        last = entry.seq
+                    if len(rows) < PAGE_ROWS:
+                        break
+                if runtime.closed.is_set():
+                    return
+                if active is None:
+                    if not cluster.shared or await self._ended(run_id, last):
                         return
-                    yield entry
-                    last = entry.seq
-                if len(rows) < PAGE_ROWS:
-                    break
-            if active is None or runtime.closed.is_set():
-                return
+                    # Another node drives the run: its appends are announced by notices.
+                    if not await _changed(appended, keepalive_s):
+                        yield KEEPALIVE
+                    continue
             try:
                 async for batch in active.entries.follow(last, timeout_s=keepalive_s, strict=True):
                     if not batch:
@@ -86,6 +97,15 @@ class Streams:
             except FellBehind:
                 continue
 
+    async def _ended(self, run_id: str, last: int) -> bool:
+        """True when the run (driven by another node, or by none) has ended and its last entry
+        is at or before `last`. Its row's status changes with its end, in one transaction."""
+        record = await self._runtime.store.get_run(run_id)
+        if record is None or not RunStatus(record.status).terminal:
+            return False
+        head = int(record.summary.get("head_seq", -1))
+        return last >= head
+
     async def snapshots(
         self, run_id: str, tenant: str | None, last_id: str | None, keepalive_s: float
     ) -> AsyncIterator[Snapshot | KeepAlive]:
@@ -95,11 +115,22 @@ class Streams:
         while True:
             active = runtime.active(run_id)
             if active is None:
-                session = await runtime.execution(run_id, tenant)
-                ident = f"{session['head_seq']}.final"
-                if ident != last_id:
-                    yield Snapshot(ident, session)
-                return
+                with runtime.cluster.watch(run_id) as appended:
+                    session = await runtime.execution(run_id, tenant)
+                    ended = session["status"] in ("completed", "failed", "cancelled")
+                    if ended or not runtime.cluster.shared or runtime.closed.is_set():
+                        ident = f"{session['head_seq']}.final"
+                        if ident != last_id:
+                            yield Snapshot(ident, session)
+                        return
+                    # Another node drives the run: a new session on each of its appends.
+                    ident = f"{session['head_seq']}.0"
+                    if ident != last_id:
+                        yield Snapshot(ident, session)
+                        last_id = ident
+                    if not await _changed(appended, keepalive_s):
+                        yield KEEPALIVE
+                continue
             cell = active.snapshot
             version = cell.version
             session = cell.value
@@ -135,3 +166,12 @@ class Streams:
                 continue
             for item in batch:
                 yield item
+
+
+async def _changed(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait for `event` up to `timeout_s`: False when the time ran out."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout_s)
+    except TimeoutError:
+        return False
+    return True

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from thymos.cognition import (
     PROVIDER_INFOS,
@@ -65,6 +65,9 @@ from ._requests import StartRun
 from ._state import RunState
 from ._trajectory import Trajectory
 
+if TYPE_CHECKING:
+    from ._service import Runtime
+
 
 class Supervision(RuntimeBase):
     """Starting, resuming, cancelling, recovering and stopping runs; each run's actor."""
@@ -88,6 +91,12 @@ class Supervision(RuntimeBase):
         `auto_resume` is off) resume every interrupted run. Returns how many were interrupted."""
         self._revocations = frozenset(await self.store.revocations())
         await self.keep_documents()
+        self.cluster.start(
+            handle=self._forwarded,
+            held=lambda: set(self._active),
+            lost=self._lost,
+            take_over=self._take_over,
+        )
         # Probed while runs are recovered (a jailed process takes a while to start); it is done
         # before the server serves.
         probe = asyncio.create_task(self.sandbox.probe())
@@ -107,38 +116,71 @@ class Supervision(RuntimeBase):
         for record in await self.store.runs_with_status(
             [RunStatus.RUNNING.value, RunStatus.WAITING_APPROVAL.value]
         ):
-            try:
-                state = await self._load_state(record)
-            except ThymosError as exc:
-                # Left as stored: neither continued nor ended, so nothing vouches for it.
-                self._unloadable.add(record.run_id)
-                log.error("run %s cannot be recovered: %s", record.run_id, exc.message)
-                continue
-            if state.summary.status is RunStatus.WAITING_APPROVAL:
-                try:
-                    self._launch(record, state)
-                except (ThymosError, WritError) as exc:
-                    self._unloadable.add(record.run_id)
-                    log.error(
-                        "run %s waits for approval but cannot be loaded: %s", record.run_id, exc
-                    )
-                continue
-            trajectory = self._unobserved(record.run_id, state)
-            body = {
-                "status": RunStatus.FAILED.value,
-                "terminated_by": TerminatedBy.INTERRUPTED.value,
-                "final_answer": None,
-                "error": "the server stopped while the run was active",
-            }
-            await trajectory.append([(EntryKind.RUN_ENDED, body)])
-            count += 1
-            if self.config.auto_resume:
-                # At once, with the state just folded: the first run is going again before the
-                # others are even read.
-                await self._auto_resume(record, state)
+            # On shared storage, a run another live node drives is left to it.
+            if await self.cluster.claim(record.run_id):
+                count += await self._recover_one(record)
         if self.config.auto_resume:
             await self._resume_interrupted()
         return count
+
+    async def _recover_one(self, record: RunRecord) -> int:
+        """Recover one run this node now holds the lease of, that was active when the node
+        driving it stopped: one waiting for approval waits again here; one that was running is
+        recorded interrupted and (unless `auto_resume` is off) resumed at once. 1 when it was
+        interrupted."""
+        try:
+            state = await self._load_state(record)
+        except ThymosError as exc:
+            # Left as stored: neither continued nor ended, so nothing vouches for it.
+            self._unloadable.add(record.run_id)
+            log.error("run %s cannot be recovered: %s", record.run_id, exc.message)
+            return 0
+        if state.summary.status is RunStatus.WAITING_APPROVAL:
+            try:
+                self._launch(record, state)
+            except (ThymosError, WritError) as exc:
+                self._unloadable.add(record.run_id)
+                log.error("run %s waits for approval but cannot be loaded: %s", record.run_id, exc)
+            return 0
+        if state.summary.status.terminal:
+            await self.cluster.release(record.run_id)  # it ended after all
+            return 0
+        trajectory = self._unobserved(record.run_id, state)
+        body = {
+            "status": RunStatus.FAILED.value,
+            "terminated_by": TerminatedBy.INTERRUPTED.value,
+            "final_answer": None,
+            "error": "the server stopped while the run was active",
+        }
+        await trajectory.append([(EntryKind.RUN_ENDED, body)])
+        if self.config.auto_resume:
+            # At once, with the state just folded: the first run is going again before the
+            # others are even read.
+            if not await self._auto_resume(record, state):
+                await self.cluster.release(record.run_id)
+        else:
+            await self.cluster.release(record.run_id)
+        return 1
+
+    async def _take_over(self, run_id: str) -> None:
+        """A run whose node stopped renewing its lease, now claimed by this one."""
+        record = await self.store.get_run(run_id)
+        if record is None or run_id in self._active or RunStatus(record.status).terminal:
+            if run_id not in self._active:
+                await self.cluster.release(run_id)
+            return
+        log.info("taking over run %s from a node that stopped", run_id)
+        await self._recover_one(record)
+
+    def _lost(self, run_id: str) -> None:
+        """Another node took the run over: stop driving it, writing nothing more."""
+        active = self._active.get(run_id)
+        if active is not None:
+            active.actor.abandon()
+
+    async def _forwarded(self, run_id: str, action: dict[str, Any]) -> dict[str, Any]:
+        forwarded = cast("Runtime", self).forwarded
+        return await forwarded(run_id, action)
 
     async def _auto_resume(self, record: RunRecord, state: RunState | None) -> bool:
         """Resume an interrupted run at start-up if a slot is free; False leaves it
@@ -182,6 +224,7 @@ class Supervision(RuntimeBase):
             if pending:
                 await asyncio.wait(pending, timeout=max(1.0, grace_s))
         self.closed.set()
+        await self.cluster.stop()
         for active in list(self._active.values()):
             self._close_feeds(active)
         self.tool_pool.close()
@@ -386,6 +429,7 @@ class Supervision(RuntimeBase):
             created_by,
             writ["id"],
         )
+        await self.cluster.claim(run_id)  # a new id: nobody else holds it
         await self.store.create_run(record, first, idempotency, checkpoint)
         self._launch(record, state, first)
         return record
@@ -460,6 +504,10 @@ class Supervision(RuntimeBase):
         self._resuming.add(record.run_id)
         self._starting += 1
         try:
+            if not await self.cluster.claim(record.run_id):
+                raise ThymosError(
+                    ErrorCode.RUN_NOT_RESUMABLE, "another node is driving or resuming the run"
+                )
             return await self._resume_claimed(record, max_steps, requested_by, key_id, state)
         finally:
             self._starting -= 1
@@ -477,6 +525,14 @@ class Supervision(RuntimeBase):
         """Ask an active run to stop now; its end (a `cancellation` entry with who asked, then
         `run_ended` cancelled) is recorded by its actor. Commits already made stay."""
         record = await self.visible_record(run_id, tenant)
+        if run_id not in self._active and (owner := await self.cluster.owner(run_id)):
+            cancel = {
+                "action": "cancel",
+                "requested_by": requested_by,
+                "key_id": key_id,
+                "reason": reason,
+            }
+            return await self.cluster.forward(owner, run_id, cancel)
         active = self._running(record, "cancelled")
         active.actor.post(Cancel(requested_by, key_id, reason))
         # Its children too, at once (each naming this run), not only when its wait ends.
@@ -636,6 +692,8 @@ class Supervision(RuntimeBase):
         finally:
             self._active.pop(active.run_id, None)
             self._close_feeds(active)
+            if not active.actor.abandoned and not active.actor.parked:
+                await self.cluster.release(active.run_id)
 
     @staticmethod
     def _close_feeds(active: ActiveRun) -> None:
