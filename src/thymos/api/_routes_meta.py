@@ -21,7 +21,7 @@ router = APIRouter(tags=["server"])
     "/health", summary="Liveness plus the runtime facts an operator should not have to infer"
 )
 async def health(request: Request) -> dict[str, Any]:
-    return runtime_of(request).health()
+    return await runtime_of(request).health()
 
 
 @router.get(

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -65,11 +65,12 @@ from thymos.runtime import (
     MAX_STEPS_MAX,
     REPLAY_PAGE_ROWS,
     BranchRun,
+    ClusterConfig,
     Runtime,
     RuntimeConfig,
     StartRun,
 )
-from thymos.storage import SqliteLedgerStore
+from thymos.storage import ClusterStore, SqliteLedgerStore, Storage, sqlite_storage
 from thymos.tools import Sandbox, Workspace, builtin_tools
 from thymos.tools._process import run_process
 
@@ -144,10 +145,16 @@ def _per_intent_us(samples: list[tuple[int, float, int]], turns: range) -> list[
     ]
 
 
-async def _governance_and_replay(entries_target: int, data_dir: Path) -> dict[str, Any]:
+async def _governance_and_replay(
+    entries_target: int, data_dir: Path, storage: Storage | None = None
+) -> dict[str, Any]:
     """One long run is filled to `entries_target` entries, then probed with small turns; a fresh
     run is probed just before and just after, so the seq ~100 and seq ~100k figures are taken
-    at the same time (the speed of a shared VM drifts over a minute)."""
+    at the same time (the speed of a shared VM drifts over a minute).
+
+    In `storage` (not opened yet; opened and closed here), else in a new SQLite file in
+    `data_dir`. On shared storage (PostgreSQL) the runtime is a cluster node, as a server is: it
+    claims each run's lease when it creates the run."""
     fill_turns = max(
         1, (entries_target - PROBE_TURNS * (2 * PROBE_INTENTS + 1)) // (2 * FILL_INTENTS + 1) + 1
     )
@@ -163,13 +170,16 @@ async def _governance_and_replay(entries_target: int, data_dir: Path) -> dict[st
     def factory(spec: RunSpec) -> _BenchCognition:
         return cognitions[spec.task]
 
-    store = SqliteLedgerStore(data_dir / "bench.sqlite3")
-    await store.open()
+    if storage is None:
+        storage = sqlite_storage(data_dir / "bench.sqlite3")
+    await storage.open()
+    store = storage.ledger
     runtime = Runtime(
         store=store,
         tools=builtin_tools(),
         config=RuntimeConfig(workspace=data_dir),
         provider_factory=factory,
+        cluster=ClusterConfig(node_id="bench", shared=True) if storage.shared else None,
     )
 
     async def run(task: str) -> str:
@@ -229,11 +239,11 @@ async def _governance_and_replay(entries_target: int, data_dir: Path) -> dict[st
         }
     finally:
         await runtime.shutdown(1.0)
-        await store.close()
+        await storage.close()
 
 
 async def _branch_creation(
-    runtime: Runtime, store: SqliteLedgerStore, run_id: str, head: int
+    runtime: Runtime, store: ClusterStore, run_id: str, head: int
 ) -> tuple[float, int]:
     """Time `POST /runs/:id/branch`'s work (find the commit, fold the world at it from the
     nearest checkpoint, mint, create and launch the branch) from the long run's last commit."""
@@ -255,7 +265,7 @@ async def _branch_creation(
     return round(seconds * 1000, 2), source.seq
 
 
-async def _chain_only(store: SqliteLedgerStore, run_id: str) -> float:
+async def _chain_only(store: ClusterStore, run_id: str) -> float:
     """Seconds to verify the run's hash chain alone (what replay did before it re-ran
     decisions): the same pages, hashed and parsed, nothing decided or folded."""
     verifier = ChainVerifier(run_id)
@@ -343,7 +353,9 @@ def _free_port() -> int:
         return port
 
 
-async def _wait_ready(client: httpx.AsyncClient, deadline_s: float) -> None:
+async def _wait_ready(
+    client: httpx.AsyncClient, deadline_s: float, alive: Callable[[], bool] = lambda: True
+) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         try:
@@ -351,6 +363,8 @@ async def _wait_ready(client: httpx.AsyncClient, deadline_s: float) -> None:
                 return
         except httpx.TransportError:
             pass
+        if not alive():
+            raise RuntimeError("the server exited before it became ready")
         await asyncio.sleep(0.05)
     raise RuntimeError("the server did not become ready")
 
@@ -375,10 +389,18 @@ async def _one_run(connection: BenchConnection, index: int) -> None:
         raise RuntimeError(f"run {run_id} stream ended with {last!r}")
 
 
-async def _drive_http(port: int, runs: int, clients: int) -> float:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-        await _wait_ready(client, 30)
-    connections = [BenchConnection("127.0.0.1", port) for _ in range(clients)]
+async def _drive_http(
+    ports: Sequence[int],
+    runs: int,
+    clients: int,
+    alive: Callable[[], bool] = lambda: True,
+) -> float:
+    """Seconds for `clients` concurrent clients to carry out `runs` runs, after one warm-up run
+    each; client i talks to the node at `ports[i % len(ports)]` (keep-alive, one connection)."""
+    for port in ports:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            await _wait_ready(client, 30, alive)
+    connections = [BenchConnection("127.0.0.1", ports[i % len(ports)]) for i in range(clients)]
     try:
         await asyncio.gather(*(_one_run(c, -i) for i, c in enumerate(connections)))  # warm-up
         queue: asyncio.Queue[int] = asyncio.Queue()
@@ -397,21 +419,54 @@ async def _drive_http(port: int, runs: int, clients: int) -> float:
             await connection.close()
 
 
-def _http_runs(runs: int, clients: int, data_dir: Path) -> dict[str, Any]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "THYMOS_DATA_DIR": str(data_dir / "http"),
-        "THYMOS_WORKSPACE": str(data_dir),
-        "THYMOS_LOG_LEVEL": "warning",
-    }
-    command = [sys.executable, "-m", "thymos", "serve", "--addr", f"127.0.0.1:{port}"]
-    server = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+SERVER_LOG_TAIL = 2000
+"""Characters of a failed server's log quoted in the error."""
+
+
+def _serve_and_drive(
+    runs: int, clients: int, nodes: Sequence[Mapping[str, str]], log_dir: Path
+) -> float:
+    """Start one `thymos serve` process per entry of `nodes` (its extra environment: at least
+    its own `THYMOS_DATA_DIR` and `THYMOS_WORKSPACE`), drive them with `_drive_http` and stop
+    them; the seconds it took. A node is on SQLite unless its environment names
+    `THYMOS_POSTGRES_URL` (one inherited from this process is not passed on). Each node's
+    stderr goes to `log_dir`; a failure quotes the end of it."""
+    base = {key: value for key, value in os.environ.items() if key != "THYMOS_POSTGRES_URL"}
+    ports: list[int] = []
+    while len(ports) < len(nodes):
+        if (port := _free_port()) not in ports:
+            ports.append(port)
+    logs = [log_dir / f"server-{port}.log" for port in ports]
+    servers: list[subprocess.Popen[bytes]] = []
     try:
-        seconds = asyncio.run(_drive_http(port, runs, clients))
+        for port, extra, log_path in zip(ports, nodes, logs, strict=True):
+            env = {**base, "THYMOS_LOG_LEVEL": "warning", **extra}
+            command = [sys.executable, "-m", "thymos", "serve", "--addr", f"127.0.0.1:{port}"]
+            with log_path.open("wb") as log:
+                servers.append(subprocess.Popen(command, env=env, stderr=log))
+
+        def alive() -> bool:
+            return all(server.poll() is None for server in servers)
+
+        try:
+            return asyncio.run(_drive_http(ports, runs, clients, alive))
+        except (RuntimeError, OSError, httpx.HTTPError) as exc:
+            tails = []
+            for server, log_path in zip(servers, logs, strict=False):
+                text = log_path.read_text(errors="replace")[-SERVER_LOG_TAIL:].strip()
+                state = "running" if server.poll() is None else f"exited {server.returncode}"
+                tails.append(f"--- {log_path.name} ({state}) ---\n{text or '(empty)'}")
+            raise RuntimeError(f"{exc}\n" + "\n".join(tails)) from exc
     finally:
-        server.terminate()
-        server.wait(30)
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            server.wait(30)
+
+
+def _http_runs(runs: int, clients: int, data_dir: Path) -> dict[str, Any]:
+    node = {"THYMOS_DATA_DIR": str(data_dir / "http"), "THYMOS_WORKSPACE": str(data_dir)}
+    seconds = _serve_and_drive(runs, clients, [node], data_dir)
     return {"http_runs": runs, "http_clients": clients, "http_runs_per_s": round(runs / seconds, 1)}
 
 

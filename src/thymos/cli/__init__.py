@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -79,6 +81,14 @@ def serve_command(
         raise typer.Exit(2) from None
 
 
+class BenchBackend(StrEnum):
+    SQLITE = "sqlite"
+    POSTGRES = "postgres"
+
+
+BENCH_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
 @app.command("bench")
 def bench_command(
     entries: Annotated[
@@ -86,11 +96,54 @@ def bench_command(
     ] = 100_000,
     runs: Annotated[int, typer.Option(help="End-to-end mock runs over HTTP")] = 400,
     clients: Annotated[int, typer.Option(help="Concurrent HTTP clients")] = 16,
+    backend: Annotated[
+        BenchBackend,
+        typer.Option(
+            case_sensitive=False,
+            help="sqlite: the default bench; postgres: PostgreSQL next to SQLite "
+            "(storage appends, governance overhead, replay, HTTP runs on one and two nodes)",
+        ),
+    ] = BenchBackend.SQLITE,
+    postgres_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The PostgreSQL server for --backend postgres (the bench creates a database "
+            f"there and drops it); default THYMOS_POSTGRES_URL, else {BENCH_POSTGRES_URL}",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Measure replay rate, governance overhead per intent and end-to-end runs per second."""
-    from thymos.bench import main as bench_main
+    if backend is BenchBackend.SQLITE:
+        from thymos.bench import main as bench_main
 
-    bench_main(entries=entries, runs=runs, clients=clients)
+        bench_main(entries=entries, runs=runs, clients=clients)
+        return
+    for name, value, low in (
+        ("--entries", entries, 1000),
+        ("--runs", runs, 0),
+        ("--clients", clients, 1),
+    ):
+        if value < low:
+            typer.echo(f"thymos: {name} must be at least {low} with --backend postgres", err=True)
+            raise typer.Exit(2)
+    url = postgres_url or os.environ.get("THYMOS_POSTGRES_URL") or BENCH_POSTGRES_URL
+    try:
+        from thymos.bench._backends import BenchSetupError, check_url
+        from thymos.bench._backends import main as backends_main
+    except ImportError as exc:
+        typer.echo(
+            f"thymos: --backend postgres needs the PostgreSQL driver ({exc.name or exc}): "
+            "install the postgres extra (pip install 'thymos[postgres]')",
+            err=True,
+        )
+        raise typer.Exit(2) from None
+    try:
+        check_url(url)
+        backends_main(entries=entries, runs=runs, clients=clients, postgres_url=url)
+    except BenchSetupError as exc:
+        typer.echo(f"thymos: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 app.add_typer(keys_app, name="keys")

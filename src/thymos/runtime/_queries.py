@@ -190,7 +190,10 @@ class Queries(RuntimeBase):
             yield b"".join(out)
             after_seq = rows[-1].seq
 
-    def health(self) -> dict[str, Any]:
+    async def health(self) -> dict[str, Any]:
+        """`ledger` names the backend while it answers, else says `unavailable`; `node` is this
+        server's name among those sharing a database (None on unshared storage)."""
+        live = await self.store.ping()
         return {
             "status": "ok",
             "mode": self.config.mode,
@@ -198,7 +201,8 @@ class Queries(RuntimeBase):
             "cognition_live": bool(
                 (info := provider_info(self.config.default_provider)) and info.live
             ),
-            "ledger": self.store.backend,
+            "ledger": self.store.backend if live else "unavailable",
+            "node": self.cluster.node_id if self.cluster.shared else None,
             "sandbox": None if self.sandbox.support is None else self.sandbox.support.as_dict(),
             "mcp": {} if self.mcp is None else self.mcp.state(),
             "shutdown": not self.accepting,

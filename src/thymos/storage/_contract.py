@@ -92,7 +92,8 @@ class IdempotencyHit:
 
 
 class LedgerStore(Protocol):
-    """The one async storage interface (SQLite today; PostgreSQL slots in with the same contract)."""
+    """Runs and their ledgers, with what proves them (documents, signed heads), idempotency keys
+    and revocations: the same contract on every backend."""
 
     backend: str
 
@@ -298,7 +299,8 @@ class Leases(Protocol):
         ...
 
     async def renew_leases(self, node_id: str, *, now_us: int, ttl_us: int) -> set[str]:
-        """Extend every unexpired lease `node_id` holds; the run ids it holds afterwards."""
+        """Extend every lease still naming `node_id` (one that expired but that no other node
+        claimed is still its own); the run ids it holds afterwards."""
         ...
 
     async def release_lease(self, run_id: str, node_id: str) -> None:

@@ -129,3 +129,124 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX messages_by_node ON messages (node_id, taken)",
     ),
 )
+
+# PostgreSQL's list, kept in step with SQLite's: the same version numbers, tables, columns and
+# indexes. BYTEA for BLOB, BIGINT for INTEGER (seqs and microsecond times pass 2**31), no
+# WITHOUT ROWID (a PostgreSQL table is a heap beside its primary key's index).
+POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # Version 1: runs, their ledger entries, world checkpoints, idempotency keys.
+        """CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            spec BYTEA NOT NULL,
+            summary BYTEA NOT NULL
+        )""",
+        "CREATE INDEX runs_by_tenant ON runs (tenant, run_id)",
+        "CREATE INDEX runs_by_status ON runs (status)",
+        """CREATE TABLE entries (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            seq BIGINT NOT NULL,
+            id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            envelope BYTEA NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        )""",
+        """CREATE TABLE checkpoints (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            seq BIGINT NOT NULL,
+            world BYTEA NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        )""",
+        """CREATE TABLE idempotency (
+            tenant TEXT NOT NULL,
+            key TEXT NOT NULL,
+            body_hash TEXT NOT NULL,
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            PRIMARY KEY (tenant, key)
+        )""",
+    ),
+    (
+        # Version 2: API keys, per-key request counters, writ revocations, run creators.
+        """CREATE TABLE api_keys (
+            key_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            tenant TEXT NOT NULL,
+            role TEXT NOT NULL,
+            secret_hash TEXT NOT NULL UNIQUE,
+            rpm BIGINT,
+            source TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE key_usage (
+            key_id TEXT PRIMARY KEY REFERENCES api_keys (key_id),
+            requests BIGINT NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE revocations (
+            writ_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            revoked_at TEXT NOT NULL,
+            revoked_by TEXT NOT NULL,
+            reason TEXT
+        )""",
+        "ALTER TABLE runs ADD COLUMN created_by TEXT",
+        "ALTER TABLE runs ADD COLUMN writ_id TEXT",
+        "CREATE INDEX runs_by_writ ON runs (writ_id)",
+        "CREATE INDEX runs_by_creator ON runs (created_by)",
+    ),
+    (
+        # Version 3: documents kept by hash, and the server's signatures over run heads.
+        """CREATE TABLE documents (
+            hash TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            body BYTEA NOT NULL
+        )""",
+        """CREATE TABLE signed_heads (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            seq BIGINT NOT NULL,
+            entry_id TEXT NOT NULL,
+            signed_at TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        )""",
+    ),
+    (
+        # Version 4: entries found by id (dropped again by version 6; kept so the numbers match).
+        "CREATE INDEX entries_by_id ON entries (id)",
+    ),
+    (
+        # Version 5: delegation: a run's parent, and a run's children listed by it.
+        "ALTER TABLE runs ADD COLUMN parent_run_id TEXT",
+        "CREATE INDEX runs_by_parent ON runs (parent_run_id, run_id)",
+    ),
+    (
+        # Version 6: `entries_by_id` dropped (it cost every append; see SQLite's version 6).
+        "DROP INDEX IF EXISTS entries_by_id",
+    ),
+    (
+        # Version 7: several nodes on one store: run leases, and control actions left for the
+        # node that owns a run, with its reply. `taken` is 0 until a node takes the message
+        # (PostgreSQL's backend writes a nonzero token there; see `_postgres.take_messages`).
+        """CREATE TABLE leases (
+            run_id TEXT PRIMARY KEY,
+            node_id TEXT NOT NULL,
+            expires_us BIGINT NOT NULL
+        )""",
+        "CREATE INDEX leases_by_node ON leases (node_id)",
+        "CREATE INDEX leases_by_expiry ON leases (expires_us)",
+        """CREATE TABLE messages (
+            message_id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            node_id TEXT NOT NULL,
+            body BYTEA NOT NULL,
+            created_us BIGINT NOT NULL,
+            taken BIGINT NOT NULL DEFAULT 0,
+            reply BYTEA
+        )""",
+        "CREATE INDEX messages_by_node ON messages (node_id, taken)",
+    ),
+)

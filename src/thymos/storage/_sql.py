@@ -216,8 +216,10 @@ CLAIM_LEASE = (
     "expires_us = excluded.expires_us "
     "WHERE leases.node_id = excluded.node_id OR leases.expires_us <= ?"
 )
-RENEW_LEASES = "UPDATE leases SET expires_us = ? WHERE node_id = ? AND expires_us > ?"
-HELD_LEASES = "SELECT run_id FROM leases WHERE node_id = ? AND expires_us > ?"
+# Every lease still naming the node, expired or not: one that expired while the node could not
+# reach the database is still its own unless another node claimed it (a claim renames the row).
+RENEW_LEASES = "UPDATE leases SET expires_us = ? WHERE node_id = ?"
+HELD_LEASES = "SELECT run_id FROM leases WHERE node_id = ?"
 RELEASE_LEASE = "DELETE FROM leases WHERE run_id = ? AND node_id = ?"
 LEASE_OWNER = "SELECT node_id FROM leases WHERE run_id = ? AND expires_us > ?"
 # Expired leases, claimed for this node in one statement. PostgreSQL locks the rows it picks
@@ -244,6 +246,21 @@ TAKE_MESSAGES = (
 REPLY_MESSAGE = "UPDATE messages SET reply = ? WHERE message_id = ?"
 MESSAGE_REPLY = "SELECT reply FROM messages WHERE message_id = ?"
 DELETE_MESSAGE = "DELETE FROM messages WHERE message_id = ?"
+
+# -- what a write retried after a lost connection reads back --------------------------------
+# A connection lost while its COMMIT was in flight leaves the outcome unknown; the PostgreSQL
+# backend retries the write, and these let the retry find what the first attempt committed.
+
+REVOCATION_OF = "SELECT tenant, revoked_at, revoked_by, reason FROM revocations WHERE writ_id = ?"
+# The leases a node's claim set to exactly this expiry (what an earlier attempt claimed).
+LEASES_EXPIRING_AT = "SELECT run_id FROM leases WHERE node_id = ? AND expires_us = ?"
+# Messages taken under a token (nonzero, one per take), so a retried take returns what an
+# earlier attempt of the same take marked taken.
+TAKE_MESSAGES_AS = (
+    "UPDATE messages SET taken = ? WHERE node_id = ? AND taken = 0 "
+    "RETURNING message_id, run_id, body"
+)
+MESSAGES_TAKEN_AS = "SELECT message_id, run_id, body FROM messages WHERE node_id = ? AND taken = ?"
 
 
 def postgres_placeholders(sql: str) -> str:

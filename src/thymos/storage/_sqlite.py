@@ -443,8 +443,8 @@ class SqliteLedgerStore:
 
     async def renew_leases(self, node_id: str, *, now_us: int, ttl_us: int) -> set[str]:
         def work(conn: sqlite3.Connection) -> set[str]:
-            conn.execute(sql.RENEW_LEASES, (now_us + ttl_us, node_id, now_us))
-            return {row[0] for row in conn.execute(sql.HELD_LEASES, (node_id, now_us))}
+            conn.execute(sql.RENEW_LEASES, (now_us + ttl_us, node_id))
+            return {row[0] for row in conn.execute(sql.HELD_LEASES, (node_id,))}
 
         return await self._write(work)
 
