@@ -328,3 +328,15 @@ async def test_a_float_written_as_an_unsafe_integer_never_reaches_the_ledger(
         await runtime.world(run_id, None, seq)
     world = await runtime.world(run_id, None, None)
     assert world["resources"] == [{"kind": "kv", "id": "ok", "version": 1, "value": 1e21}]
+
+
+@pytest.mark.anyio
+async def test_health_names_the_ledger_only_while_it_answers(
+    runtime: Runtime, store: SqliteLedgerStore
+) -> None:
+    """`/health`'s `ledger` is the backend while the store answers and `unavailable` once it
+    does not; `node` is None on storage no other process shares."""
+    health = await runtime.health()
+    assert (health["ledger"], health["node"]) == ("sqlite", None)
+    await store.close()
+    assert (await runtime.health())["ledger"] == "unavailable"

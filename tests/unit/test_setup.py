@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -167,6 +168,13 @@ def test_the_servers_own_files_are_the_protected_paths(tmp_path: Path) -> None:
         ({"THYMOS_RUNS_ACTIVE_MAX": "0"}, "THYMOS_RUNS_ACTIVE_MAX"),
         ({"THYMOS_CONNECTIONS_MAX": "many"}, "THYMOS_CONNECTIONS_MAX"),
         ({"THYMOS_CONNECTIONS_PER_CLIENT_MAX": "-3"}, "THYMOS_CONNECTIONS_PER_CLIENT_MAX"),
+        ({"THYMOS_LEASE_TTL_S": "0.5"}, "THYMOS_LEASE_TTL_S"),
+        ({"THYMOS_LEASE_TTL_S": "soon"}, "THYMOS_LEASE_TTL_S"),
+        ({"THYMOS_NODE_ID": "x" * 129}, "THYMOS_NODE_ID"),
+        (
+            {"THYMOS_POSTGRES_URL": "postgresql://postgres@127.0.0.1/thymos"},
+            "same root key",
+        ),
     ],
 )
 def test_bad_edge_settings_stop_start_up_naming_the_setting(
@@ -193,3 +201,72 @@ def test_edge_settings_are_read_as_given(tmp_path: Path) -> None:
     assert settings.cors_origins == ("https://console.example.com", "http://localhost:5173")
     assert (settings.runs_active_max, settings.header_timeout_s) == (8, 2.5)
     assert settings.connections_per_client_max == 9
+
+
+def test_cluster_settings_are_read_and_the_node_defaults_to_host_and_port(tmp_path: Path) -> None:
+    """A node's name is `THYMOS_NODE_ID`, else the host name and port (the same after a
+    restart); the lease time to live is read in seconds."""
+    named = _settings(
+        tmp_path,
+        THYMOS_NODE_ID="node-7",
+        THYMOS_LEASE_TTL_S="4.5",
+        THYMOS_POSTGRES_URL="postgresql://postgres@127.0.0.1/thymos",
+        THYMOS_ROOT_KEY=bytes(new_root_key().private_key.to_bytes()).hex(),
+    )
+    assert (named.node, named.lease_ttl_s) == ("node-7", 4.5)
+    default = _settings(tmp_path)
+    assert default.node.endswith(f":{default.port}")
+    assert default.node.split(":")[0]
+
+
+def _serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "thymos", "serve"],
+        env={
+            **os.environ,
+            "THYMOS_DATA_DIR": str(tmp_path / "data"),
+            "THYMOS_WORKSPACE": str(tmp_path),
+            "THYMOS_ADDR": "127.0.0.1:0",
+            "THYMOS_ROOT_KEY": bytes(new_root_key().private_key.to_bytes()).hex(),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_an_unusable_postgres_url_stops_start_up_saying_why_and_never_falls_back(
+    tmp_path: Path,
+) -> None:
+    """A URL naming a port where no database listens: exit 2, a message naming the database
+    and without the password; no SQLite file is created behind the operator's back."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, not listening: connections are refused
+        done = _serve(
+            tmp_path, THYMOS_POSTGRES_URL=f"postgresql://thymos:hunter2@127.0.0.1:{port}/ledger"
+        )
+    assert done.returncode == 2, done.stderr
+    assert "ledger" in done.stderr and str(port) in done.stderr, done.stderr
+    assert "hunter2" not in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "data" / "ledger.sqlite3").exists()
+
+
+def test_a_postgres_url_without_the_driver_installed_stops_start_up_naming_the_extra(
+    tmp_path: Path,
+) -> None:
+    """As when the `postgres` extra is not installed: `import psycopg` fails (a stand-in
+    package on the path raises ImportError). Exit 2 and a message saying what to install."""
+    shadow = tmp_path / "shadow" / "psycopg"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('no psycopg here', name='psycopg')\n")
+    done = _serve(
+        tmp_path,
+        THYMOS_POSTGRES_URL="postgresql://postgres@127.0.0.1:5432/postgres",
+        PYTHONPATH=str(tmp_path / "shadow"),
+    )
+    assert done.returncode == 2, done.stderr
+    assert "thymos[postgres]" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
