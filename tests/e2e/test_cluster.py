@@ -189,7 +189,27 @@ def test_runs_streams_votes_and_cancels_work_on_either_node(
     assert record["status"] == "cancelled", record
     assert_error(on_b.post(f"/runs/{cancelled}/cancel"), 409, "run_not_active")
 
-    for run_id in [*runs, followed, voted, cancelled]:
+    # A delegating run outlives several heartbeats: its child is leased like any run, so
+    # the node that drives both never mistakes the child for a run another node took.
+    child_script = [{"text": f"child {i}", "sleep_ms": 500} for i in range(4)]
+    child_script.append({"final": "child done"})
+    delegate = {
+        "tool": "delegate",
+        "args": {
+            "task": "slow child",
+            "tool_scopes": ["kv_set"],
+            "cognition": {"script": child_script},
+        },
+    }
+    parent = _script_run(on_a, [delegate, {"final": "parent done"}], ["kv_*", "delegate"])
+    record = wait_terminal(on_b, parent, timeout_s=60)
+    assert (record["status"], record["summary"]["final_answer"]) == ("completed", "parent done")
+    (child,) = [
+        c["child_run_id"] for c in on_b.get(f"/runs/{parent}/delegations").json()["delegations"]
+    ]
+    assert wait_terminal(on_b, child)["summary"]["final_answer"] == "child done"
+
+    for run_id in [*runs, followed, voted, cancelled, parent, child]:
         _verified(on_b, run_id)
 
 

@@ -231,6 +231,7 @@ class Delegations:
             spec.extra["writ"]["id"],
             parent_run_id=actor.trajectory.run_id,
         )
+        await runtime.cluster.claim(child_id)  # a new id: nobody else holds it
         await runtime.store.create_run(record, first)
         return runtime._launch(record, state, first)
 
@@ -238,6 +239,9 @@ class Delegations:
         """Wait for the child's end (cancelling it if the wait is cancelled) and return it."""
         runtime = self._runtime
         active = runtime.active(child_id) or await self._resumed(parent_id, child_id)
+        if active is None:
+            # Another node may drive the child (it took it over from a node that died).
+            active = await self._driven_elsewhere(parent_id, child_id)
         if active is not None and active.task is not None:
             try:
                 await asyncio.shield(active.task)
@@ -267,6 +271,39 @@ class Delegations:
         }
         return ToolOutcome(output, delegated_usage=usage)
 
+    async def _driven_elsewhere(self, parent_id: str, child_id: str) -> ActiveRun | None:
+        """On shared storage, wait while another node drives the child (or while none does
+        yet: its node died and a heartbeat will take it over): until it ends (None), or until
+        this node drives it (its active run). Cancelling the wait asks the child's node to
+        cancel it."""
+        runtime = self._runtime
+        cluster = runtime.cluster
+        if not cluster.shared:
+            return None
+        while True:
+            with cluster.watch(child_id) as changed:
+                active = runtime.active(child_id)
+                if active is not None:
+                    return active
+                record = await runtime.store.get_run(child_id)
+                if record is None or RunStatus(record.status).terminal:
+                    return None
+                owner = await cluster.owner(child_id)
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), cluster.config.lease_ttl_s / 3)
+                except asyncio.CancelledError:
+                    if owner is not None:
+                        cancel = {
+                            "action": "cancel",
+                            "requested_by": f"parent run {parent_id}",
+                            "key_id": None,
+                            "reason": "its parent was cancelled",
+                        }
+                        with contextlib.suppress(Exception):
+                            await asyncio.shield(cluster.forward(owner, child_id, cancel))
+                    raise
+
     async def _resumed(self, parent_id: str, child_id: str) -> ActiveRun | None:
         """A child the server stopped under, resumed for its resumed parent (or being resumed
         by crash recovery), so the parent follows it to a real end; None when the child is not
@@ -292,6 +329,8 @@ class Delegations:
                         key_id=None,
                     )
                 except ThymosError as exc:
+                    if await runtime.cluster.owner(child_id) is not None:
+                        return None  # another node resumed it: `_driven_elsewhere` follows it
                     if child_id not in runtime._resuming and runtime.active(child_id) is None:
                         raise ToolFailure(
                             ToolFailureCode.CHILD_UNAVAILABLE,

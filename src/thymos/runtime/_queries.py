@@ -45,8 +45,12 @@ class Queries(RuntimeBase):
         if active is not None:
             return active.snapshot.value
         summary = RunSummary.from_dict(record.summary)
-        # Not active and not finished: parked at shutdown (or not loadable); it resumes on start.
-        phase = "finished" if summary.status.terminal else "parked"
+        # Not active here and not finished: driven by another node (on shared storage), else
+        # parked at shutdown (or not loadable) and resumed on start.
+        if summary.status.terminal:
+            phase = "finished"
+        else:
+            phase = "elsewhere" if self.cluster.shared else "parked"
         return execution_view(record, summary, phase=phase, active_tool=None, step=None)
 
     def subscribe(self, run_id: str) -> _Subscription:
