@@ -23,7 +23,8 @@ PostgreSQL runs with the server's own settings (`synchronous_commit` and `fsync`
    (`_main._governance_and_replay`: compile with writ and policy, execute the mock `kv_set`,
    append, projection update) on fresh runs (seq ~100) and at the end of one long run of
    `--entries` entries (seq ~N), the runtime holding each run's lease on PostgreSQL as a server
-   node does.
+   node does. Kept from the same run as the default bench has them: intents/s while the long
+   run is filled (500-intent turns), and the time to branch from its last commit.
 3. Replay rate (entries/s): `runtime.replay` of that long run (verify every hash and link,
    re-run every decision, fold every commit), and the hash chain alone.
    2 and 3 are taken in four passes, SQLite, PG, PG, SQLite; each figure is the mean of a
@@ -69,7 +70,6 @@ from thymos.storage._postgres import postgres_storage
 
 from ._main import _governance_and_replay, _serve_and_drive
 
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 BACKENDS = ("sqlite", "postgres")
 NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 LABEL = 62
@@ -117,7 +117,6 @@ GOVERNANCE_KEYS = {
 """The default bench's governance figures kept here, and their names (`seq_n`: the long run's
 end, `ledger_entries` says where). Its peak-RSS figure is left out: the process's peak is
 shared by both backends' replays."""
-
 
 GOVERNANCE_ORDER = ("sqlite", "postgres", "postgres", "sqlite")
 GOVERNANCE_PASSES_LISTED = frozenset(
@@ -502,4 +501,4 @@ def _compare(*, entries: int, runs: int, clients: int, postgres_url: str) -> Non
         print(json.dumps({"bench": "thymos-backends", **figures}, sort_keys=True))
 
 
-__all__ = ["DEFAULT_POSTGRES_URL", "BenchSetupError", "check_url", "main"]
+__all__ = ["BenchSetupError", "check_url", "main"]

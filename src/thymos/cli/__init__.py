@@ -113,7 +113,8 @@ def bench_command(
         ),
     ] = None,
 ) -> None:
-    """Measure replay rate, governance overhead per intent and end-to-end runs per second."""
+    """Measure replay rate, governance overhead per intent and end-to-end runs per second
+    (with --backend postgres: PostgreSQL next to SQLite, one and two nodes)."""
     if backend is BenchBackend.SQLITE:
         from thymos.bench import main as bench_main
 
