@@ -226,3 +226,30 @@ async def test_messages_taken_by_two_instances_at_once_are_taken_once_each(
         assert not set(one) & set(two)
         assert sorted(one + two) == sorted(ids)
     assert await storage.ledger.take_messages("node-a") == []
+
+
+@pytest.mark.anyio
+async def test_a_writer_that_lost_its_run_to_another_gets_seq_conflict_never_a_gap(
+    storage: Storage, other_storage: Storage
+) -> None:
+    """Instance one appends to a run, then instance two (a node that took the run over) appends
+    after it; one's next append continues where one left off, not the stored head: it is
+    SeqConflict and nothing is stored, whatever one remembers of the head."""
+    one, two = storage.ledger, other_storage.ledger
+    chain = Chain(run_id_at(0))
+    await create(one, chain)
+    mine = chain.next(2)
+    await one.append(chain.run_id, mine, None)
+    chain.accept(mine)
+    stale = Chain(chain.run_id)
+    stale.accept(list(chain.entries))
+    taken_over = chain.next(3, body={"node": 2})
+    await two.append(chain.run_id, taken_over, None)
+    chain.accept(taken_over)
+    for size in (1, 3):
+        late = stale.next(size, body={"node": 1})
+        with pytest.raises(SeqConflict):
+            await one.append(chain.run_id, late, None)
+    rows = await rows_of(one, chain.run_id)
+    assert rows == expected_rows(chain)
+    assert verifies(chain.run_id, rows)

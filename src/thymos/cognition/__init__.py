@@ -5,11 +5,10 @@ usage. It cannot act: it has no handle on tools, the ledger or the world.
 """
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from ._anthropic import AnthropicCognition
 from ._context import (
     CHARS_PER_TOKEN,
     OUTPUT_RESERVE_TOKENS,
@@ -26,7 +25,6 @@ from ._mock import (
     script_element_schema,
     validate_script,
 )
-from ._openai import OpenAICognition
 from ._prices import DEFAULT_PRICES, Prices, PricesError
 from ._protocol import (
     AssistantTurn,
@@ -50,6 +48,24 @@ from ._providers import (
     provider_info,
     provider_variables,
 )
+
+if TYPE_CHECKING:
+    from ._anthropic import AnthropicCognition
+    from ._openai import OpenAICognition
+
+
+def __getattr__(name: str) -> Any:
+    """The vendor adapters are imported on first use: their SDKs take seconds to import, which
+    every `thymos` command (and every server that runs only the mock) would pay at start."""
+    if name == "AnthropicCognition":
+        from ._anthropic import AnthropicCognition
+
+        return AnthropicCognition
+    if name == "OpenAICognition":
+        from ._openai import OpenAICognition
+
+        return OpenAICognition
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def create_provider(
@@ -76,6 +92,8 @@ def create_provider(
     key = env.key(info) if endpoint == configured else None
     window = context_tokens or info.context_window
     if info.kind == "anthropic":
+        from ._anthropic import AnthropicCognition
+
         return AnthropicCognition(
             model=model or info.default_model or "default",
             base_url=endpoint,
@@ -84,6 +102,8 @@ def create_provider(
             stream=stream,
             http_client=http_client,
         )
+    from ._openai import OpenAICognition
+
     return OpenAICognition(
         provider=provider,
         model=model or info.default_model or "default",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import re
@@ -154,6 +155,9 @@ class PostgresLedgerStore:
         self._closing = False
         self._wake = asyncio.Event()
         self._away_at_close = False
+        self._heads: dict[str, int] = {}
+        """The last seq of each run this store's writers committed: an append that continues
+        it skips the head query (see `append`)."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -393,6 +397,18 @@ class PostgresLedgerStore:
         connection. A transient failure anywhere raises `_Transient` (the group is tried
         again); any other fails only its job."""
         conn = await self._writer_conn(index)
+        try:
+            # First without savepoints (two round trips fewer per job): a job that fails rolls
+            # the whole transaction back, and the group runs again with a savepoint per job.
+            return await self._transact(index, conn, group, retry, isolate=False)
+        except _Isolate as isolate:
+            if len(group) == 1:
+                return [(group[0], None, isolate.failure)]
+        return await self._transact(index, conn, group, retry, isolate=True)
+
+    async def _transact(
+        self, index: int, conn: Conn, group: list[_Job], retry: bool, *, isolate: bool
+    ) -> _Results:
         results: _Results = []
         xid: str | None = None
         committing = False
@@ -400,28 +416,56 @@ class PostgresLedgerStore:
             async with conn.transaction():
                 row = await _one(conn, "SELECT pg_current_xact_id()::text")
                 xid = None if row is None else str(row[0])
+                notices: list[str] = []
+                heads: dict[str, int] = {}
                 for job in group:
+                    job_notices: list[str] = []
+                    job_heads: dict[str, int] = {}
+                    token = _NOTICES.set(job_notices)
+                    heads_token = _HEADS.set(_JobHeads(heads, job_heads))
                     try:
-                        async with conn.transaction():
+                        if isolate:
+                            async with conn.transaction():
+                                value = await job.work(conn, retry)
+                        else:
                             value = await job.work(conn, retry)
                     except psycopg.Error as exc:
                         if conn.broken or _transient(exc):
                             raise
                         failure = StorageError(f"PostgreSQL refused a write: {exc}")
                         failure.__cause__ = exc
+                        if not isolate:
+                            raise _Isolate(failure) from exc
                         results.append((job, None, failure))
                     except Exception as exc:
+                        if not isolate:
+                            raise _Isolate(exc) from exc
                         results.append((job, None, exc))
                     else:
                         results.append((job, value, None))
+                        notices.extend(job_notices)
+                        heads.update(job_heads)
+                    finally:
+                        _NOTICES.reset(token)
+                        _HEADS.reset(heads_token)
+                if notices:
+                    # Every notice of the group in one statement, delivered at COMMIT.
+                    await conn.execute(
+                        "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
+                        (CHANNEL, list(dict.fromkeys(notices))),
+                    )
                 committing = True  # leaving the block sends COMMIT
         except psycopg.Error as exc:
+            self._heads.clear()  # whatever landed, the next appends ask the database
             if conn.broken or _transient(exc):
                 # The next attempt starts on a fresh connection, whatever state this one is in.
                 self._writer_conns[index] = None
                 await conn.close()
                 raise _Transient(exc, xid if committing else None, results) from exc
             raise
+        if len(self._heads) > HEADS_KEPT:
+            self._heads.clear()
+        self._heads.update(heads)
         return results
 
     async def _outcome(self, index: int, xid: str) -> str | None:
@@ -561,9 +605,16 @@ class PostgresLedgerStore:
                 if row is not None and row[0] == entries[0].id:
                     return
             # Continuity: the batch must start right after the stored head, so a writer that
-            # lost an earlier append can never leave a gap.
-            row = await _one(conn, sql.HEAD_SEQ, (run_id,))
-            stored = -1 if row is None or row[0] is None else int(row[0])
+            # lost an earlier append can never leave a gap. When it continues what this store
+            # last committed (or staged earlier in this transaction) the head is known: a row
+            # another node stored beyond it would make the insert below conflict, never gap.
+            known = _HEADS.get()
+            expected = None if known is None else known.head(run_id, self._heads)
+            if expected is not None and entries[0].seq == expected + 1:
+                stored = expected
+            else:
+                row = await _one(conn, sql.HEAD_SEQ, (run_id,))
+                stored = -1 if row is None or row[0] is None else int(row[0])
             if entries[0].seq != stored + 1:
                 raise SeqConflict(run_id, entries[0].seq)
             # Consecutive within the batch too: a gap inside it would pass the head check.
@@ -588,6 +639,8 @@ class PostgresLedgerStore:
                     (run_id, head.seq, head.entry_id, head.signed_at, head.signature),
                 )
             await _notify(conn, _payload(Notice("entries", run_id, entries[-1].seq)))
+            if known is not None:
+                known.job[run_id] = entries[-1].seq
 
         return self._submit(run_id, work)
 
@@ -1097,9 +1150,21 @@ async def _insert_entries(conn: Conn, run_id: str, entries: Sequence[Entry]) -> 
         raise SeqConflict(run_id, entries[0].seq) from exc
 
 
+_NOTICES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "thymos_notices", default=None
+)
+"""The notices of the writer's job in progress: sent together with its group's last statement
+(`_transact`), so a group of appends costs one `pg_notify` round trip, not one per job."""
+
+
 async def _notify(conn: Conn, payload: str) -> None:
     """Send a notice with the current transaction: PostgreSQL delivers it when (and only if)
-    the transaction commits, and drops it if the job's savepoint rolls back."""
+    the transaction commits. Inside a writer's group it is collected and sent once the job has
+    succeeded (a job that fails sends none)."""
+    pending = _NOTICES.get()
+    if pending is not None:
+        pending.append(payload)
+        return
     await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
 
@@ -1161,6 +1226,36 @@ def _scrub(text: str, password: str | None) -> str:
         text = text.replace(password, "***")
     text = _URL_PASSWORD.sub(r"\1***@", text)
     return _PARAM_PASSWORD.sub(r"\1***", text)
+
+
+@dataclass(slots=True)
+class _JobHeads:
+    """Heads for the writer's job in progress: the group's (staged by earlier jobs of this
+    transaction) over the store's committed ones; the job's own land in `job`, kept only if
+    it succeeds."""
+
+    group: dict[str, int]
+    job: dict[str, int]
+
+    def head(self, run_id: str, committed: Mapping[str, int]) -> int | None:
+        found = self.group.get(run_id)
+        return committed.get(run_id) if found is None else found
+
+
+_HEADS: contextvars.ContextVar[_JobHeads | None] = contextvars.ContextVar(
+    "thymos_heads", default=None
+)
+HEADS_KEPT = 100_000
+"""Runs whose head the store remembers (forgotten all at once past this; they are asked again)."""
+
+
+class _Isolate(Exception):
+    """A job failed in a group run without savepoints: the transaction is rolled back and the
+    group runs again with a savepoint per job (`failure` is the job's own error)."""
+
+    def __init__(self, failure: BaseException) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
 
 
 class _Transient(Exception):

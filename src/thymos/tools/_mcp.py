@@ -29,15 +29,16 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from mcp import ClientSession, StdioServerParameters
-from mcp.client.stdio import stdio_client
-from mcp.client.streamable_http import streamable_http_client
+from typing import TYPE_CHECKING, Any
 
 from thymos.core import Effect, Risk, ToolFailureCode, ToolSource, ToolSpec
 
 from ._contract import ToolContext, ToolFailure, ToolOutcome
+
+if TYPE_CHECKING:
+    # The SDK is imported when a server is started (it costs every `thymos` start about half
+    # a second, and most servers configure no MCP server).
+    from mcp import ClientSession
 from ._manifests import ManifestError
 from ._sandbox import Sandbox
 
@@ -158,6 +159,8 @@ class McpServer:
         }
 
     async def _supervise(self) -> None:
+        from mcp import ClientSession
+
         attempt = 0
         while not self._stopping.is_set():
             scratch = tempfile.mkdtemp(prefix="thymos-mcp-")
@@ -200,6 +203,10 @@ class McpServer:
             await asyncio.wait_for(session.send_ping(), self.config.timeout_s)
 
     def _transport(self, scratch: str) -> Any:
+        from mcp import StdioServerParameters
+        from mcp.client.stdio import stdio_client
+        from mcp.client.streamable_http import streamable_http_client
+
         config = self.config
         if config.url is not None:
             return streamable_http_client(config.url)
