@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,18 @@ def test_runs_streams_votes_and_cancels_work_on_either_node(
             assert record["summary"]["final_answer"] == "done"
     listed = {r["run_id"] for r in on_b.get("/runs", params={"limit": 50}).json()["runs"]}
     assert set(runs) <= listed
+
+    # One Idempotency-Key sent to both nodes at once: one run, the same answer from both.
+    body = {"task": "once", "tool_scopes": ["kv_*"], "cognition": {"script": simple}}
+    headers = {"Idempotency-Key": "cluster-once"}
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(
+            pool.map(lambda c: c.post("/runs", json=body, headers=headers), (on_a, on_b))
+        )
+    assert all(a.status_code in (200, 202) for a in answers), [a.text for a in answers]
+    assert len({a.json()["run_id"] for a in answers}) == 1, [a.text for a in answers]
+    conflict = on_b.post("/runs", json={**body, "task": "another"}, headers=headers)
+    assert_error(conflict, 409, "idempotency_conflict")
 
     # Node B follows a run node A drives: its entries arrive while the run is still going.
     slow: list[dict[str, Any]] = [{"text": f"thinking {i}", "sleep_ms": 400} for i in range(4)]

@@ -277,7 +277,19 @@ class Supervision(RuntimeBase):
                 record = await self.store.get_run(hit.run_id)
                 assert record is not None, "an idempotency row always names a stored run"
                 return record, False
-            return await self._create(spec, (idempotency_key, body_hash), created_by), True
+            try:
+                return await self._create(spec, (idempotency_key, body_hash), created_by), True
+            except ThymosError as exc:
+                # Another node stored a run under this key between the lookup and the insert
+                # (the lock above is this process's): the same request is answered with it.
+                if exc.code is not ErrorCode.IDEMPOTENCY_CONFLICT:
+                    raise
+                hit = await self.store.find_idempotency(tenant, idempotency_key)
+                if hit is None or hit.body_hash != body_hash:
+                    raise
+                record = await self.store.get_run(hit.run_id)
+                assert record is not None, "an idempotency row always names a stored run"
+                return record, False
 
     def _spec(self, request: StartRun, tenant: str) -> RunSpec:
         if not request.task.strip():
