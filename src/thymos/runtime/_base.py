@@ -37,6 +37,7 @@ from thymos.core import (
     Redactor,
     RunSpec,
     RunStatus,
+    RunSummary,
     ThymosError,
     World,
     apply_to_world,
@@ -195,12 +196,21 @@ class RuntimeBase:
 
     async def _remote(self, record: RunRecord) -> RunRecord:
         """A run another node drives: its stored row is written only when its status changes,
-        so its summary is folded from the ledger as it stands now."""
-        try:
-            state = await self._load_state(record)
-        except ThymosError:
-            return record  # damaged: the stored row, and replay says where
-        summary = state.summary.as_dict()
+        so the entries stored since are folded onto the row's summary (a few, typically: the
+        cost follows what happened since the last status change, not the run's length)."""
+        folded = RunSummary.from_dict(record.summary)
+        while True:
+            rows = await self.store.read_rows(
+                record.run_id, after_seq=folded.head_seq, limit=REPLAY_PAGE_ROWS
+            )
+            for row in rows:
+                try:
+                    folded.fold(parse_envelope(row.raw, run_id=record.run_id, seq=row.seq))
+                except (CorruptEntry, ValueError):
+                    return record  # damaged: the stored row, and replay says where
+            if len(rows) < REPLAY_PAGE_ROWS:
+                break
+        summary = folded.as_dict()
         log_lines = summary["log"]
         updated_at = log_lines[-1]["at"] if log_lines else record.updated_at
         return replace(record, status=summary["status"], updated_at=updated_at, summary=summary)
