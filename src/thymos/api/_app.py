@@ -18,6 +18,7 @@ from . import _errors, _openapi
 from ._auth import Gateway
 from ._guard import GuardPolicy, RequestGuard
 from ._limits import BodyLimit
+from ._routes_audit import router as audit_router
 from ._routes_authority import router as authority_router
 from ._routes_meta import router as meta_router
 from ._routes_runs import router as runs_router
@@ -165,5 +166,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(streams_router)
     app.include_router(authority_router)
     app.include_router(usage_router)
+    app.include_router(audit_router)
     _openapi.install(app)
     return app

@@ -74,6 +74,7 @@ from thymos.storage import ClusterStore, SqliteLedgerStore, Storage, sqlite_stor
 from thymos.tools import Sandbox, Workspace, builtin_tools
 from thymos.tools._process import run_process
 
+from ._audit import audit_figures
 from ._http import BenchConnection
 from ._model_turns import TURNS as MODEL_TURNS
 from ._model_turns import model_turn_costs
@@ -529,7 +530,7 @@ def _authority_costs() -> dict[str, Any]:
     }
 
 
-def main(*, entries: int, runs: int, clients: int) -> None:
+def main(*, entries: int, runs: int, clients: int, audit_entries: int = 0) -> None:
     with tempfile.TemporaryDirectory(prefix="thymos-bench-") as tmp:
         data_dir = Path(tmp)
         figures = _authority_costs()
@@ -591,6 +592,20 @@ def main(*, entries: int, runs: int, clients: int) -> None:
             f"interrupted): {figures['recovery_first_step_ms']} / "
             f"{figures['recovery_all_steps_ms']} ms"
         )
+        if audit_entries > 0:
+            figures.update(asyncio.run(audit_figures(data_dir, audit_entries)))
+            print(
+                f"audit, a ledger of {figures['audit_ledger_entries']} entries "
+                f"({figures['audit_tenant_entries']} the tenant's): first / middle page "
+                f"{figures['audit_first_page_ms']} / {figures['audit_middle_page_ms']} ms; "
+                f"count all / one kind / a window {figures['audit_count_ms']} / "
+                f"{figures['audit_count_kind_ms']} / {figures['audit_count_window_ms']} ms"
+            )
+            print(
+                f"audit CSV export of the tenant's entries:  {figures['audit_csv_s']} s "
+                f"({figures['audit_csv_rows_per_s']} rows/s, {figures['audit_csv_mib']} MiB), "
+                f"peak Python memory {figures['audit_csv_peak_mib']} MiB"
+            )
         if runs > 0:
             figures.update(_http_runs(runs, clients, data_dir))
             print(

@@ -15,6 +15,7 @@ from thymos import __version__
 from thymos.settings import SettingsError, load_settings, parse_addr
 
 from ._keys import keys_app
+from ._package import package_app
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Thymos: a governed agent runtime."
@@ -96,6 +97,10 @@ def bench_command(
     ] = 100_000,
     runs: Annotated[int, typer.Option(help="End-to-end mock runs over HTTP")] = 400,
     clients: Annotated[int, typer.Option(help="Concurrent HTTP clients")] = 16,
+    audit_entries: Annotated[
+        int,
+        typer.Option(help="Ledger length for the audit figures (listing, count, CSV); 0 skips"),
+    ] = 1_000_000,
     backend: Annotated[
         BenchBackend,
         typer.Option(
@@ -118,7 +123,10 @@ def bench_command(
     if backend is BenchBackend.SQLITE:
         from thymos.bench import main as bench_main
 
-        bench_main(entries=entries, runs=runs, clients=clients)
+        if audit_entries < 0:
+            typer.echo("thymos: --audit-entries must be 0 or more", err=True)
+            raise typer.Exit(2)
+        bench_main(entries=entries, runs=runs, clients=clients, audit_entries=audit_entries)
         return
     for name, value, low in (
         ("--entries", entries, 1000),
@@ -148,6 +156,7 @@ def bench_command(
 
 
 app.add_typer(keys_app, name="keys")
+app.add_typer(package_app, name="package")
 
 
 @app.command("providers")

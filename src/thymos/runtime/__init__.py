@@ -4,6 +4,7 @@
 only through `Trajectory.append`, which folds each entry into the run's state as it writes it.
 """
 
+from ._audit import Audit, AuditFilters
 from ._branch import BRANCH_DEPTH_MAX, BranchCognition, BranchRun
 from ._clock import Clock, SystemClock, system_random
 from ._cluster import Cluster, ClusterConfig
@@ -38,6 +39,8 @@ __all__ = [
     "SUBSCRIBERS_PER_RUN_MAX",
     "TASK_CHARS_MAX",
     "ActiveRun",
+    "Audit",
+    "AuditFilters",
     "BranchCognition",
     "BranchRun",
     "Cell",

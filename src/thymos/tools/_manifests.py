@@ -177,6 +177,13 @@ def load_manifest(file: Path, http: HttpFetch) -> ManifestTool:
         data = json.loads(raw)
     except ValueError as exc:
         raise ManifestError(file, "(file)", f"is not JSON: {exc}") from None
+    spec, executor = parse_manifest(data, file)
+    return ManifestTool(spec, executor, http)
+
+
+def parse_manifest(data: Any, file: Path) -> tuple[ToolSpec, Executor]:
+    """Validate one manifest already read as JSON (a file's, or a marketplace package's
+    content); `file` only names the source in a `ManifestError`. No IO."""
     if not isinstance(data, dict):
         raise ManifestError(file, "(file)", "must hold a JSON object")
     name = _field(data, "name", file, str)
@@ -213,7 +220,7 @@ def load_manifest(file: Path, http: HttpFetch) -> ManifestTool:
         compensable=False,
         source=ToolSource.MANIFEST,
     )
-    return ManifestTool(spec, executor, http)
+    return spec, executor
 
 
 def load_manifests(

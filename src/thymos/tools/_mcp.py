@@ -75,47 +75,52 @@ def load_mcp_config(path: Path) -> list[McpServerConfig]:
     servers = data.get("mcpServers", data.get("servers"))
     if not isinstance(servers, dict):
         raise ManifestError(path, "mcpServers", "must be an object of servers by name")
-    configs = []
-    for name, raw in sorted(servers.items()):
-        where = f"mcpServers.{name}"
-        if not _NAME.fullmatch(name):
-            raise ManifestError(path, where, "a server name is 1 to 64 of A-Z a-z 0-9 _ -")
-        if isinstance(raw, list):  # OpenThymos's form: the command and its arguments
-            raw = {"command": raw[0] if raw else None, "args": raw[1:]}
-        if not isinstance(raw, dict):
-            raise ManifestError(path, where, "must be an object")
-        command: tuple[str, ...] = ()
-        url = raw.get("url")
-        if url is not None:
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise ManifestError(path, f"{where}.url", "must be an http(s) URL")
-        else:
-            program, args = raw.get("command"), raw.get("args", [])
-            if not isinstance(program, str) or not program:
-                raise ManifestError(path, f"{where}.command", "is missing (or give a url)")
-            if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-                raise ManifestError(path, f"{where}.args", "must be a list of strings")
-            command = (program, *args)
-        env = raw.get("env", {})
-        if not isinstance(env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-        ):
-            raise ManifestError(path, f"{where}.env", "must be an object of strings")
-        try:
-            effect = Effect(raw.get("effect", Effect.EXTERNAL.value))
-        except ValueError:
-            raise ManifestError(path, f"{where}.effect", "is not an effect class") from None
-        try:
-            risk = Risk(raw.get("risk", Risk.MEDIUM.value))
-        except ValueError:
-            raise ManifestError(path, f"{where}.risk", "is not a risk class") from None
-        timeout = raw.get("timeout_secs", MCP_TIMEOUT_S_DEFAULT)
-        if not isinstance(timeout, int | float) or not 0 < timeout <= MCP_TIMEOUT_S_MAX:
-            raise ManifestError(
-                path, f"{where}.timeout_secs", f"must be a number from 1 to {MCP_TIMEOUT_S_MAX:g}"
-            )
-        configs.append(McpServerConfig(name, command, url, env, effect, risk, float(timeout)))
-    return configs
+    return [
+        parse_mcp_server(name, raw, path, f"mcpServers.{name}")
+        for name, raw in sorted(servers.items())
+    ]
+
+
+def parse_mcp_server(name: str, raw: Any, file: Path, where: str) -> McpServerConfig:
+    """Validate one `mcpServers` entry already read as JSON (a config file's, or a marketplace
+    package's content); `file` and `where` only name it in a `ManifestError`. No IO."""
+    if not _NAME.fullmatch(name):
+        raise ManifestError(file, where, "a server name is 1 to 64 of A-Z a-z 0-9 _ -")
+    if isinstance(raw, list):  # OpenThymos's form: the command and its arguments
+        raw = {"command": raw[0] if raw else None, "args": raw[1:]}
+    if not isinstance(raw, dict):
+        raise ManifestError(file, where, "must be an object")
+    command: tuple[str, ...] = ()
+    url = raw.get("url")
+    if url is not None:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ManifestError(file, f"{where}.url", "must be an http(s) URL")
+    else:
+        program, args = raw.get("command"), raw.get("args", [])
+        if not isinstance(program, str) or not program:
+            raise ManifestError(file, f"{where}.command", "is missing (or give a url)")
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise ManifestError(file, f"{where}.args", "must be a list of strings")
+        command = (program, *args)
+    env = raw.get("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise ManifestError(file, f"{where}.env", "must be an object of strings")
+    try:
+        effect = Effect(raw.get("effect", Effect.EXTERNAL.value))
+    except ValueError:
+        raise ManifestError(file, f"{where}.effect", "is not an effect class") from None
+    try:
+        risk = Risk(raw.get("risk", Risk.MEDIUM.value))
+    except ValueError:
+        raise ManifestError(file, f"{where}.risk", "is not a risk class") from None
+    timeout = raw.get("timeout_secs", MCP_TIMEOUT_S_DEFAULT)
+    if not isinstance(timeout, int | float) or not 0 < timeout <= MCP_TIMEOUT_S_MAX:
+        raise ManifestError(
+            file, f"{where}.timeout_secs", f"must be a number from 1 to {MCP_TIMEOUT_S_MAX:g}"
+        )
+    return McpServerConfig(name, command, url, env, effect, risk, float(timeout))
 
 
 class McpServer:
