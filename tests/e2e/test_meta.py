@@ -43,13 +43,8 @@ CONTRACT_ROUTES: tuple[tuple[str, str], ...] = (
     ("get", "/marketplace/packages/{name}"),
 )
 NOT_BUILT_YET = {
-    # Roadmap items (STATUS.md): run control, audit, marketplace, metrics.
+    # Roadmap items (STATUS.md): metrics.
     ("get", "/metrics"),
-    ("get", "/audit/entries"),
-    ("get", "/audit/entries/count"),
-    ("get", "/marketplace/packages"),
-    ("post", "/marketplace/packages"),
-    ("get", "/marketplace/packages/{name}"),
 }
 IMPLEMENTED_NOW = set(CONTRACT_ROUTES) - NOT_BUILT_YET
 NOT_API = {"/", "/docs", "/docs/oauth2-redirect", "/openapi.json"}

@@ -20,6 +20,7 @@ from ._guard import GuardPolicy, RequestGuard
 from ._limits import BodyLimit
 from ._routes_audit import router as audit_router
 from ._routes_authority import router as authority_router
+from ._routes_marketplace import router as marketplace_router
 from ._routes_meta import router as meta_router
 from ._routes_runs import router as runs_router
 from ._routes_streams import router as streams_router
@@ -167,5 +168,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(authority_router)
     app.include_router(usage_router)
     app.include_router(audit_router)
+    app.include_router(marketplace_router)
     _openapi.install(app)
     return app

@@ -28,11 +28,13 @@ class ErrorCode(StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+    PUBLISHER_NOT_TRUSTED = "publisher_not_trusted"
     # 404/405.
     NOT_FOUND = "not_found"
     RUN_NOT_FOUND = "run_not_found"
     APPROVAL_NOT_FOUND = "approval_not_found"
     WRIT_NOT_FOUND = "writ_not_found"
+    PACKAGE_NOT_FOUND = "package_not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     # 408: the client was too slow to send its request.
     REQUEST_TIMEOUT = "request_timeout"
@@ -45,6 +47,8 @@ class ErrorCode(StrEnum):
     DUPLICATE_APPROVAL = "duplicate_approval"
     PROPOSAL_AMBIGUOUS = "proposal_ambiguous"
     PROPOSAL_DECIDED = "proposal_decided"
+    PUBLISHER_EXISTS = "publisher_exists"
+    PACKAGE_VERSION_EXISTS = "package_version_exists"
     # 413, 415.
     BODY_TOO_LARGE = "body_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
@@ -58,6 +62,15 @@ class ErrorCode(StrEnum):
     COMMIT_NOT_IN_RUN = "commit_not_in_run"
     JSON_TOO_DEEP = "json_too_deep"
     NUMBER_OUT_OF_RANGE = "number_out_of_range"
+    # 422 from the marketplace's checks (`thymos.marketplace.PackageErrorCode`, same values).
+    INVALID_PUBLISH_BODY = "invalid_publish_body"
+    INVALID_PACKAGE_NAME = "invalid_package_name"
+    INVALID_VERSION = "invalid_version"
+    INVALID_PACKAGE_KIND = "invalid_package_kind"
+    INVALID_PACKAGE_CONTENT = "invalid_package_content"
+    CONTENT_HASH_MISMATCH = "content_hash_mismatch"
+    INVALID_PUBLISHER_KEY = "invalid_publisher_key"
+    INVALID_SIGNATURE = "invalid_signature"
     # 429.
     RATE_LIMITED = "rate_limited"
     CAPACITY_EXHAUSTED = "capacity_exhausted"

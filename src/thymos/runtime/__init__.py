@@ -17,6 +17,7 @@ from ._limits import (
     RUNS_ACTIVE_MAX,
     SUBSCRIBERS_PER_RUN_MAX,
 )
+from ._marketplace import Marketplace
 from ._requests import MAX_STEPS_DEFAULT, MAX_STEPS_MAX, TASK_CHARS_MAX, StartRun
 from ._service import DEFAULT_TENANT, ActiveRun, Runtime, RuntimeConfig
 from ._state import CHECKPOINT_INTERVAL, CONTEXT_HISTORY_MAX, RunState
@@ -51,6 +52,7 @@ __all__ = [
     "Feed",
     "FellBehind",
     "KeepAlive",
+    "Marketplace",
     "RunState",
     "Runtime",
     "RuntimeConfig",

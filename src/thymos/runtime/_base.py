@@ -64,6 +64,7 @@ from ._cluster import Cluster, ClusterConfig
 from ._delegation import Delegations
 from ._feeds import Cell, Feed
 from ._limits import REPLAY_PAGE_ROWS, RUNS_ACTIVE_MAX
+from ._marketplace import Marketplace
 from ._state import RunState
 from ._streams import Streams
 from ._trajectory import Trajectory
@@ -181,6 +182,8 @@ class RuntimeBase:
         self.closed = asyncio.Event()
         self.audit = Audit(store)
         """Entries across a tenant's runs: listed, counted, exported as CSV."""
+        self.marketplace = Marketplace(store, self.clock)
+        """The package registry: trusted publishers, published packages."""
         self.delegations = Delegations(cast("Runtime", self))
         """Child runs started by `delegate`: started, followed, cancelled and listed there."""
 

@@ -408,8 +408,93 @@ class Notices(Protocol):
     def remove_listener(self, listener: Callable[[Notice], None]) -> None: ...
 
 
-class ClusterStore(LedgerStore, Leases, Mailbox, Notices, Protocol):
-    """A ledger store that also holds leases, messages and notices (every backend's is)."""
+# -- the package registry -----------------------------------------------------------------------
+
+
+class PublisherExists(ThymosError):
+    """A publisher with this name, or with this public key, is already trusted."""
+
+    def __init__(self, field: str, value: str) -> None:
+        super().__init__(
+            ErrorCode.PUBLISHER_EXISTS,
+            f"a publisher with this {field.replace('_', ' ')} is already trusted",
+            {"field": field},
+        )
+        self.field, self.value = field, value
+
+
+class PackageExists(ThymosError):
+    """This version of this package is already published (published versions never change)."""
+
+    def __init__(self, name: str, version: str) -> None:
+        super().__init__(
+            ErrorCode.PACKAGE_VERSION_EXISTS,
+            f"{name}@{version} is already published; publish a new version",
+            {"name": name, "version": version},
+        )
+        self.name, self.version = name, version
+
+
+@dataclass(frozen=True, slots=True)
+class Publisher:
+    """A publisher an admin trusted: its name and hex Ed25519 public key."""
+
+    name: str
+    public_key: str
+    trusted_by: str | None
+    """The API key id of the admin who trusted it (None on an open server)."""
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class PackageRow:
+    """One published version as stored. Storage keeps plain data: what a version means and how
+    versions order is the marketplace's (`thymos.marketplace`), never storage's."""
+
+    name: str
+    version: str
+    """The version exactly as published (build metadata included)."""
+    kind: str
+    description: str | None
+    content: bytes
+    """The RFC 8785 bytes of the content (their BLAKE3 is `content_hash`)."""
+    content_hash: str
+    publisher_key: str
+    signature: str
+    published_by: str | None
+    """The API key id that published it (None on an open server)."""
+    published_at: str
+
+
+class MarketplaceStore(Protocol):
+    """Trusted publishers and published package versions: written once, never changed."""
+
+    async def add_publisher(self, publisher: Publisher) -> None:
+        """Trust a publisher; a taken name or key raises `PublisherExists` (naming which)."""
+        ...
+
+    async def publishers(self) -> list[Publisher]:
+        """Every trusted publisher, by name."""
+        ...
+
+    async def publisher_by_key(self, public_key: str) -> Publisher | None: ...
+
+    async def put_package(self, package: PackageRow) -> None:
+        """Store a version; a `(name, version)` already stored raises `PackageExists`."""
+        ...
+
+    async def package_versions(self, name: str) -> list[PackageRow]:
+        """Every stored version of the package (in no particular order; none when unknown)."""
+        ...
+
+    async def packages(self) -> list[PackageRow]:
+        """Every stored version of every package, by name."""
+        ...
+
+
+class ClusterStore(LedgerStore, Leases, Mailbox, Notices, MarketplaceStore, Protocol):
+    """A ledger store that also holds leases, messages, notices and the package registry (every
+    backend's is)."""
 
 
 @dataclass(frozen=True, slots=True)

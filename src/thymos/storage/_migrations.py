@@ -139,6 +139,32 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # (about 12 us an entry here) for kind-only queries.
         "CREATE INDEX entries_audit ON entries (tenant, created_at, run_id, seq, kind)",
     ),
+    (
+        # Version 9: the package registry. Publishers an admin trusted (by name, and by key:
+        # one key is one publisher), and published package versions, each written once: the
+        # content as its RFC 8785 bytes, with its hash, the publisher's key and signature, and
+        # the API key that published it. The version is the exact text published; which
+        # versions are equal (build metadata aside) and newest is the marketplace's to say.
+        """CREATE TABLE publishers (
+            name TEXT PRIMARY KEY,
+            public_key TEXT NOT NULL UNIQUE,
+            trusted_by TEXT,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE packages (
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            description TEXT,
+            content BLOB NOT NULL,
+            content_hash TEXT NOT NULL,
+            publisher_key TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            published_by TEXT,
+            published_at TEXT NOT NULL,
+            PRIMARY KEY (name, version)
+        )""",
+    ),
 )
 
 # PostgreSQL's list, kept in step with SQLite's: the same version numbers, tables, columns and
@@ -270,5 +296,28 @@ POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # measured, a second index led by (tenant, kind) cost every append as much again
         # (about 12 us an entry here) for kind-only queries.
         "CREATE INDEX entries_audit ON entries (tenant, created_at, run_id, seq, kind)",
+    ),
+    (
+        # Version 9: the package registry (as SQLite's version 9): trusted publishers, and
+        # published package versions with their content's RFC 8785 bytes.
+        """CREATE TABLE publishers (
+            name TEXT PRIMARY KEY,
+            public_key TEXT NOT NULL UNIQUE,
+            trusted_by TEXT,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE packages (
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            description TEXT,
+            content BYTEA NOT NULL,
+            content_hash TEXT NOT NULL,
+            publisher_key TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            published_by TEXT,
+            published_at TEXT NOT NULL,
+            PRIMARY KEY (name, version)
+        )""",
     ),
 )

@@ -55,6 +55,10 @@ from ._contract import (
     KeySeed,
     Message,
     Notice,
+    PackageExists,
+    PackageRow,
+    Publisher,
+    PublisherExists,
     RunRecord,
     RunTotals,
     RunUpdate,
@@ -923,6 +927,67 @@ class PostgresLedgerStore:
             await _execute(conn, sql.DELETE_MESSAGE, (message_id,))
 
         await self._write(message_id, work)
+
+    # -- the package registry ----------------------------------------------------------------
+
+    async def add_publisher(self, publisher: Publisher) -> None:
+        params = sql.publisher_params(publisher)
+
+        async def work(conn: Conn, retry: bool) -> None:
+            cursor = await _execute(conn, sql.INSERT_PUBLISHER, params)
+            if cursor.rowcount == 1:
+                return
+            row = await _one(conn, sql.PUBLISHER_BY_NAME, (publisher.name,))
+            # Retried: a row holding exactly these values (the time included) is the one an
+            # earlier attempt committed.
+            if retry and row is not None and tuple(row) == params:
+                return
+            if row is not None:
+                raise PublisherExists("name", publisher.name)
+            raise PublisherExists("public_key", publisher.public_key)
+
+        await self._write("publishers", work)
+
+    async def publishers(self) -> list[Publisher]:
+        async def work(conn: Conn) -> list[Publisher]:
+            return [sql.publisher_of(row) for row in await _all(conn, sql.PUBLISHERS)]
+
+        return await self._read(work)
+
+    async def publisher_by_key(self, public_key: str) -> Publisher | None:
+        async def work(conn: Conn) -> Publisher | None:
+            row = await _one(conn, sql.PUBLISHER_BY_KEY, (public_key,))
+            return sql.publisher_of(row) if row else None
+
+        return await self._read(work)
+
+    async def put_package(self, package: PackageRow) -> None:
+        params = sql.package_params(package)
+
+        async def work(conn: Conn, retry: bool) -> None:
+            cursor = await _execute(conn, sql.INSERT_PACKAGE, params)
+            if cursor.rowcount == 1:
+                return
+            # Retried: the very row an earlier attempt stored (its time included) is ours.
+            if retry:
+                row = await _one(conn, sql.PACKAGE_AT, (package.name, package.version))
+                if row is not None and sql.package_of(row) == package:
+                    return
+            raise PackageExists(package.name, package.version)
+
+        await self._write(f"package:{package.name}", work)
+
+    async def package_versions(self, name: str) -> list[PackageRow]:
+        async def work(conn: Conn) -> list[PackageRow]:
+            return [sql.package_of(row) for row in await _all(conn, sql.PACKAGE_VERSIONS, (name,))]
+
+        return await self._read(work)
+
+    async def packages(self) -> list[PackageRow]:
+        async def work(conn: Conn) -> list[PackageRow]:
+            return [sql.package_of(row) for row in await _all(conn, sql.PACKAGES)]
+
+        return await self._read(work)
 
     # -- notices -----------------------------------------------------------------------------
 

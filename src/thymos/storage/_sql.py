@@ -15,7 +15,7 @@ import orjson
 
 from thymos.core import Entry
 
-from ._contract import AuditQuery, RunRecord
+from ._contract import AuditQuery, PackageRow, Publisher, RunRecord
 
 # -- runs -----------------------------------------------------------------------------------
 
@@ -294,6 +294,69 @@ TAKE_MESSAGES = (
 REPLY_MESSAGE = "UPDATE messages SET reply = ? WHERE message_id = ?"
 MESSAGE_REPLY = "SELECT reply FROM messages WHERE message_id = ?"
 DELETE_MESSAGE = "DELETE FROM messages WHERE message_id = ?"
+
+# -- the package registry: trusted publishers, published versions ----------------------------
+
+PUBLISHER_COLUMNS = "name, public_key, trusted_by, created_at"
+# A taken name or key inserts nothing (either unique constraint); the caller then asks which.
+INSERT_PUBLISHER = (
+    f"INSERT INTO publishers ({PUBLISHER_COLUMNS}) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+PUBLISHER_BY_NAME = f"SELECT {PUBLISHER_COLUMNS} FROM publishers WHERE name = ?"
+PUBLISHER_BY_KEY = f"SELECT {PUBLISHER_COLUMNS} FROM publishers WHERE public_key = ?"
+PUBLISHERS = f"SELECT {PUBLISHER_COLUMNS} FROM publishers ORDER BY name"
+
+PACKAGE_COLUMNS = (
+    "name, version, kind, description, content, content_hash, publisher_key, signature, "
+    "published_by, published_at"
+)
+INSERT_PACKAGE = (
+    f"INSERT INTO packages ({PACKAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (name, version) DO NOTHING"
+)
+PACKAGE_AT = f"SELECT {PACKAGE_COLUMNS} FROM packages WHERE name = ? AND version = ?"
+PACKAGE_VERSIONS = f"SELECT {PACKAGE_COLUMNS} FROM packages WHERE name = ? ORDER BY version"
+PACKAGES = f"SELECT {PACKAGE_COLUMNS} FROM packages ORDER BY name, version"
+
+
+def publisher_params(publisher: Publisher) -> tuple[Any, ...]:
+    return (publisher.name, publisher.public_key, publisher.trusted_by, publisher.created_at)
+
+
+def publisher_of(row: Sequence[Any]) -> Publisher:
+    return Publisher(str(row[0]), str(row[1]), row[2], str(row[3]))
+
+
+def package_params(package: PackageRow) -> tuple[Any, ...]:
+    return (
+        package.name,
+        package.version,
+        package.kind,
+        package.description,
+        package.content,
+        package.content_hash,
+        package.publisher_key,
+        package.signature,
+        package.published_by,
+        package.published_at,
+    )
+
+
+def package_of(row: Sequence[Any]) -> PackageRow:
+    name, version, kind, description, content, digest, key, signature, by, at = row
+    return PackageRow(
+        str(name),
+        str(version),
+        str(kind),
+        description,
+        bytes(content),
+        str(digest),
+        str(key),
+        str(signature),
+        by,
+        str(at),
+    )
+
 
 # -- what a write retried after a lost connection reads back --------------------------------
 # A connection lost while its COMMIT was in flight leaves the outcome unknown; the PostgreSQL

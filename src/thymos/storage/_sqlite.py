@@ -31,6 +31,10 @@ from ._contract import (
     IdempotencyHit,
     Message,
     Notice,
+    PackageExists,
+    PackageRow,
+    Publisher,
+    PublisherExists,
     RunRecord,
     RunUpdate,
     SeqConflict,
@@ -522,6 +526,50 @@ class SqliteLedgerStore:
 
     async def delete_message(self, message_id: str) -> None:
         await self._write(lambda conn: conn.execute(sql.DELETE_MESSAGE, (message_id,)))
+
+    # -- the package registry ----------------------------------------------------------------
+
+    async def add_publisher(self, publisher: Publisher) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            if conn.execute(sql.INSERT_PUBLISHER, sql.publisher_params(publisher)).rowcount == 1:
+                return
+            if conn.execute(sql.PUBLISHER_BY_NAME, (publisher.name,)).fetchone():
+                raise PublisherExists("name", publisher.name)
+            raise PublisherExists("public_key", publisher.public_key)
+
+        await self._write(work)
+
+    async def publishers(self) -> list[Publisher]:
+        def work(conn: sqlite3.Connection) -> list[Publisher]:
+            return [sql.publisher_of(row) for row in conn.execute(sql.PUBLISHERS)]
+
+        return await self._read(work)
+
+    async def publisher_by_key(self, public_key: str) -> Publisher | None:
+        def work(conn: sqlite3.Connection) -> Publisher | None:
+            row = conn.execute(sql.PUBLISHER_BY_KEY, (public_key,)).fetchone()
+            return sql.publisher_of(row) if row else None
+
+        return await self._read(work)
+
+    async def put_package(self, package: PackageRow) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            if conn.execute(sql.INSERT_PACKAGE, sql.package_params(package)).rowcount != 1:
+                raise PackageExists(package.name, package.version)
+
+        await self._write(work)
+
+    async def package_versions(self, name: str) -> list[PackageRow]:
+        def work(conn: sqlite3.Connection) -> list[PackageRow]:
+            return [sql.package_of(row) for row in conn.execute(sql.PACKAGE_VERSIONS, (name,))]
+
+        return await self._read(work)
+
+    async def packages(self) -> list[PackageRow]:
+        def work(conn: sqlite3.Connection) -> list[PackageRow]:
+            return [sql.package_of(row) for row in conn.execute(sql.PACKAGES)]
+
+        return await self._read(work)
 
     # -- notices -----------------------------------------------------------------------------
 

@@ -1,0 +1,155 @@
+"""The package registry: trusted publishers, publishing, listing and reading packages.
+
+The marketplace's pure checks (`thymos.marketplace.verify_publish`) decide whether a publish
+body is a valid, signed package; this module adds what needs storage: whether its key is a
+trusted publisher's (403 `publisher_not_trusted`), whether the version is already published
+(409 `package_version_exists`; versions equal but for build metadata are one version), and
+which version of each package is the newest (SemVer precedence, so `1.10.0` is newer than
+`1.9.0` and a prerelease older than its release).
+
+Storage keeps plain rows (`PackageRow`); versions are parsed here, never compared as text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from thymos.core import ErrorCode, ThymosError, canonical_bytes, rfc3339_from_us
+from thymos.marketplace import Package, PackageError, Version, verify_publish
+from thymos.marketplace._keys import public_key
+from thymos.storage import MarketplaceStore, PackageRow, Publisher
+
+from ._clock import Clock
+
+_REACHABLE = frozenset(code.value for code in ErrorCode)
+
+
+def _refusal(exc: PackageError) -> ThymosError:
+    """A marketplace refusal as the HTTP error: its own code (422), the field in `details`."""
+    code = ErrorCode(exc.code.value) if exc.code.value in _REACHABLE else ErrorCode.INVALID_REQUEST
+    return ThymosError(code, f"{exc.field}: {exc.message}", {"field": exc.field})
+
+
+def publisher_view(publisher: Publisher) -> dict[str, Any]:
+    return {
+        "name": publisher.name,
+        "public_key": publisher.public_key,
+        "trusted_by": publisher.trusted_by,
+        "created_at": publisher.created_at,
+    }
+
+
+def _version_of(row: PackageRow) -> Version:
+    return Version.parse(row.version)
+
+
+def version_view(row: PackageRow) -> dict[str, Any]:
+    """One stored version: its publish body (which verifies again) and who published it when."""
+    view: dict[str, Any] = {"name": row.name, "version": row.version, "kind": row.kind}
+    if row.description is not None:
+        view["description"] = row.description
+    view["content"] = orjson.loads(row.content)
+    view["content_hash"] = row.content_hash
+    view["publisher_key"] = row.publisher_key
+    view["signature"] = row.signature
+    view["published_by"] = row.published_by
+    view["published_at"] = row.published_at
+    return view
+
+
+class Marketplace:
+    """The registry over a `MarketplaceStore`; every write and read of `/marketplace/*`."""
+
+    def __init__(self, store: MarketplaceStore, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+        self._publishing = asyncio.Lock()
+        """Serialises this node's publishes, so two versions equal but for build metadata
+        cannot both pass the check below (the store's key refuses exact duplicates from any
+        node)."""
+
+    def _now(self) -> str:
+        return rfc3339_from_us(self._clock.now_us())
+
+    async def trust(self, name: str, key: str, *, by: str | None) -> dict[str, Any]:
+        """Trust a publisher's key (422 `invalid_publisher_key` for a key that is not a usable
+        Ed25519 public key; 409 `publisher_exists` for a taken name or key)."""
+        try:
+            public_key(key, "public_key")
+        except PackageError as exc:
+            raise _refusal(exc) from None
+        publisher = Publisher(name, key, by, self._now())
+        await self._store.add_publisher(publisher)
+        return publisher_view(publisher)
+
+    async def publishers(self) -> list[dict[str, Any]]:
+        return [publisher_view(p) for p in await self._store.publishers()]
+
+    async def publish(self, body: Any, *, by: str | None) -> dict[str, Any]:
+        """Verify and store a publish body: each `PackageError` is 422 with its code; a key no
+        admin trusted is 403 `publisher_not_trusted`; a version already published (build
+        metadata aside) is 409 `package_version_exists`."""
+        try:
+            package = verify_publish(body)
+        except PackageError as exc:
+            raise _refusal(exc) from None
+        if await self._store.publisher_by_key(package.publisher_key) is None:
+            raise ThymosError(
+                ErrorCode.PUBLISHER_NOT_TRUSTED,
+                "publisher_key is not the key of a publisher an admin trusted "
+                "(POST /marketplace/publishers)",
+                {"field": "publisher_key"},
+            )
+        row = _row(package, by=by, at=self._now())
+        async with self._publishing:
+            for stored in await self._store.package_versions(package.name):
+                if _version_of(stored) == package.version:
+                    raise ThymosError(
+                        ErrorCode.PACKAGE_VERSION_EXISTS,
+                        f"{package.name}@{stored.version} is already published; "
+                        "publish a new version",
+                        {"name": package.name, "version": stored.version},
+                    )
+            await self._store.put_package(row)
+        return version_view(row)
+
+    async def latest(self) -> list[dict[str, Any]]:
+        """The newest version of each package (SemVer precedence), by name."""
+        newest: dict[str, PackageRow] = {}
+        for row in await self._store.packages():
+            kept = newest.get(row.name)
+            if kept is None or _version_of(row) > _version_of(kept):
+                newest[row.name] = row
+        return [version_view(newest[name]) for name in sorted(newest)]
+
+    async def package(self, name: str) -> dict[str, Any]:
+        """The package's newest version with every version, newest first; 404
+        `package_not_found` for a name nothing was published under."""
+        rows = await self._store.package_versions(name)
+        if not rows:
+            raise ThymosError(
+                ErrorCode.PACKAGE_NOT_FOUND,
+                "no package of this name is published",
+                {"name": name[:200]},
+            )
+        ordered = sorted(rows, key=_version_of, reverse=True)
+        latest = version_view(ordered[0])
+        return {**latest, "versions": [version_view(row) for row in ordered]}
+
+
+def _row(package: Package, *, by: str | None, at: str) -> PackageRow:
+    return PackageRow(
+        name=package.name,
+        version=str(package.version),
+        kind=package.kind.value,
+        description=package.description,
+        content=canonical_bytes(package.content),
+        content_hash=package.content_hash,
+        publisher_key=package.publisher_key,
+        signature=package.signature,
+        published_by=by,
+        published_at=at,
+    )
