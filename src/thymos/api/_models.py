@@ -17,6 +17,7 @@ from thymos.core import Budget, RunStatus
 from thymos.runtime import (
     MAX_STEPS_DEFAULT,
     MAX_STEPS_MAX,
+    SKILLS_PER_RUN_MAX,
     TASK_CHARS_MAX,
     BranchCognition,
     BranchRun,
@@ -24,6 +25,7 @@ from thymos.runtime import (
 )
 
 TOOL_SCOPES_MAX = 256
+SKILL_REFERENCE_CHARS_MAX = 200
 
 
 class _Strict(BaseModel):
@@ -82,6 +84,13 @@ class CreateRunBody(_Strict):
     cognition: CognitionBody = Field(default_factory=lambda: CognitionBody())
     budget: BudgetBody | None = None
     effect_ceiling: Literal["read", "write", "external", "irreversible"] | None = None
+    skills: list[Annotated[str, Field(max_length=SKILL_REFERENCE_CHARS_MAX)]] | None = Field(
+        None,
+        max_length=SKILLS_PER_RUN_MAX,
+        description="Published skills to bind, `name@version` each, none twice: their "
+        "instructions follow the task, their scopes and ceiling narrow the run's writ. 422 "
+        "`invalid_package_reference`, `skill_not_found`, `not_a_skill`.",
+    )
 
     def to_request(self) -> StartRun:
         budget = self.budget or BudgetBody()
@@ -99,6 +108,7 @@ class CreateRunBody(_Strict):
                 budget.tokens, budget.tool_calls, budget.usd_millicents, budget.wall_clock_ms
             ),
             effect_ceiling=self.effect_ceiling,
+            skills=tuple(self.skills or ()),
         )
 
 

@@ -71,6 +71,10 @@ class ErrorCode(StrEnum):
     CONTENT_HASH_MISMATCH = "content_hash_mismatch"
     INVALID_PUBLISHER_KEY = "invalid_publisher_key"
     INVALID_SIGNATURE = "invalid_signature"
+    INVALID_PACKAGE_REFERENCE = "invalid_package_reference"
+    # 422 from binding a run's skills (`POST /runs` `skills`).
+    SKILL_NOT_FOUND = "skill_not_found"
+    NOT_A_SKILL = "not_a_skill"
     # 429.
     RATE_LIMITED = "rate_limited"
     CAPACITY_EXHAUSTED = "capacity_exhausted"

@@ -41,6 +41,7 @@ BODY_FIELDS: Mapping[EntryKind, frozenset[str]] = {
             "branch_of",
             "parent",
             "max_delegation_depth",
+            "skills",
         }
     ),
     EntryKind.TURN: frozenset({"step", "text", "usage", "intents", "final"}),

@@ -18,7 +18,13 @@ from ._limits import (
     SUBSCRIBERS_PER_RUN_MAX,
 )
 from ._marketplace import Marketplace
-from ._requests import MAX_STEPS_DEFAULT, MAX_STEPS_MAX, TASK_CHARS_MAX, StartRun
+from ._requests import (
+    MAX_STEPS_DEFAULT,
+    MAX_STEPS_MAX,
+    SKILLS_PER_RUN_MAX,
+    TASK_CHARS_MAX,
+    StartRun,
+)
 from ._service import DEFAULT_TENANT, ActiveRun, Runtime, RuntimeConfig
 from ._state import CHECKPOINT_INTERVAL, CONTEXT_HISTORY_MAX, RunState
 from ._streams import KEEPALIVE, Damaged, KeepAlive, Snapshot, Streams
@@ -37,6 +43,7 @@ __all__ = [
     "PAGE_LIMIT_MAX",
     "REPLAY_PAGE_ROWS",
     "RUNS_ACTIVE_MAX",
+    "SKILLS_PER_RUN_MAX",
     "SUBSCRIBERS_PER_RUN_MAX",
     "TASK_CHARS_MAX",
     "ActiveRun",

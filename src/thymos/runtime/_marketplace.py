@@ -13,16 +13,27 @@ Storage keeps plain rows (`PackageRow`); versions are parsed here, never compare
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from thymos.core import ErrorCode, ThymosError, canonical_bytes, rfc3339_from_us
-from thymos.marketplace import Package, PackageError, Version, verify_publish
+from thymos.marketplace import (
+    Package,
+    PackageError,
+    PackageKind,
+    PackageRef,
+    Version,
+    parse_reference,
+    verify_publish,
+)
 from thymos.marketplace._keys import public_key
 from thymos.storage import MarketplaceStore, PackageRow, Publisher
 
 from ._clock import Clock
+from ._requests import SKILLS_PER_RUN_MAX
 
 _REACHABLE = frozenset(code.value for code in ErrorCode)
 
@@ -58,6 +69,41 @@ def version_view(row: PackageRow) -> dict[str, Any]:
     view["published_by"] = row.published_by
     view["published_at"] = row.published_at
     return view
+
+
+@dataclass(frozen=True, slots=True)
+class Skill:
+    """A published skill version a run binds: who it is (name, version, content hash) and what
+    it brings (instructions for the task; scopes and a ceiling that narrow the run's writ)."""
+
+    name: str
+    version: str
+    content_hash: str
+    instructions: str
+    tool_scopes: tuple[str, ...]
+    effect_ceiling: str | None
+    """As published: `pure` included (a run reads it as `read`)."""
+
+    @property
+    def reference(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def record(self) -> dict[str, Any]:
+        """What the run's first entry records of it (`skills`)."""
+        return {"name": self.name, "version": self.version, "content_hash": self.content_hash}
+
+
+def _skill_of(row: PackageRow) -> Skill:
+    content = orjson.loads(row.content)
+    ceiling = content.get("effect_ceiling")
+    return Skill(
+        name=row.name,
+        version=row.version,
+        content_hash=row.content_hash,
+        instructions=str(content["instructions"]),
+        tool_scopes=tuple(str(scope) for scope in content["tool_scopes"]),
+        effect_ceiling=ceiling if isinstance(ceiling, str) else None,
+    )
 
 
 class Marketplace:
@@ -138,6 +184,59 @@ class Marketplace:
         ordered = sorted(rows, key=_version_of, reverse=True)
         latest = version_view(ordered[0])
         return {**latest, "versions": [version_view(row) for row in ordered]}
+
+    async def skills(self, references: Sequence[str]) -> list[Skill]:
+        """The skills a run names (`name@version` each, in order): 422
+        `invalid_package_reference` for one that does not parse, `invalid_request` for one
+        named twice or too many, `skill_not_found` for a version nothing was published as,
+        `not_a_skill` for a package of another kind."""
+        if len(references) > SKILLS_PER_RUN_MAX:
+            raise ThymosError(
+                ErrorCode.INVALID_REQUEST,
+                f"a run binds at most {SKILLS_PER_RUN_MAX} skills",
+                {"field": "skills"},
+            )
+        refs: list[PackageRef] = []
+        for index, text in enumerate(references):
+            try:
+                ref = parse_reference(text)
+            except PackageError as exc:
+                raise ThymosError(
+                    ErrorCode.INVALID_PACKAGE_REFERENCE,
+                    f"skills.{index}: {exc.message}",
+                    {"field": f"skills.{index}"},
+                ) from None
+            if any(seen.name == ref.name and seen.version == ref.version for seen in refs):
+                raise ThymosError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"skills.{index}: {ref} is named twice",
+                    {"field": f"skills.{index}"},
+                )
+            refs.append(ref)
+        bound: list[Skill] = []
+        for index, ref in enumerate(refs):
+            row = next(
+                (
+                    r
+                    for r in await self._store.package_versions(ref.name)
+                    if _version_of(r) == ref.version
+                ),
+                None,
+            )
+            if row is None:
+                raise ThymosError(
+                    ErrorCode.SKILL_NOT_FOUND,
+                    f"skills.{index}: no package version {ref} is published",
+                    {"field": f"skills.{index}", "name": ref.name, "version": str(ref.version)},
+                )
+            if row.kind != PackageKind.SKILL.value:
+                raise ThymosError(
+                    ErrorCode.NOT_A_SKILL,
+                    f"skills.{index}: {ref} is a {row.kind} package, not a skill",
+                    {"field": f"skills.{index}", "name": ref.name, "kind": row.kind},
+                )
+            bound.append(_skill_of(row))
+        return bound
 
 
 def _row(package: Package, *, by: str | None, at: str) -> PackageRow:

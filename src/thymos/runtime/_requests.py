@@ -16,6 +16,9 @@ MAX_STEPS_MAX = 1000
 
 MAX_STEPS_DEFAULT = 24
 
+SKILLS_PER_RUN_MAX = 16
+"""How many skills one run may bind (each narrows it further)."""
+
 
 @dataclass(frozen=True, slots=True)
 class StartRun:
@@ -31,3 +34,6 @@ class StartRun:
     script: Sequence[Mapping[str, Any]] | None = None
     budget: Budget = field(default_factory=Budget)
     effect_ceiling: str | None = None
+    skills: Sequence[str] = ()
+    """Skills to bind (`name@version` each): their instructions join the task, their scopes and
+    ceilings narrow the run's writ."""

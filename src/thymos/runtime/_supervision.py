@@ -5,6 +5,7 @@ actor and driven to their end, resumed, cancelled, recovered at start-up and sto
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -33,6 +34,7 @@ from thymos.core import (
     World,
     blake3_hex,
     canonical_bytes,
+    match_scope,
     rfc3339_from_us,
     seal,
     uuid7,
@@ -61,6 +63,7 @@ from ._base import (
 )
 from ._branch import BranchOrigin, BranchRun, branch_start, check_depth, find_commit
 from ._feeds import Cell, Feed
+from ._marketplace import Skill
 from ._requests import StartRun
 from ._state import RunState
 from ._trajectory import Trajectory
@@ -261,7 +264,8 @@ class Supervision(RuntimeBase):
             raise ThymosError(
                 ErrorCode.SHUTTING_DOWN, "the server is shutting down and accepts no new runs"
             )
-        spec = self._spec(request, tenant)
+        skills = await self.marketplace.skills(request.skills) if request.skills else []
+        spec = self._spec(request, tenant, skills)
         if idempotency_key is None:
             return await self._create(spec, None, created_by), True
         body_hash = blake3_hex(canonical_bytes(spec.as_body()))
@@ -291,7 +295,11 @@ class Supervision(RuntimeBase):
                 assert record is not None, "an idempotency row always names a stored run"
                 return record, False
 
-    def _spec(self, request: StartRun, tenant: str) -> RunSpec:
+    def _spec(self, request: StartRun, tenant: str, skills: Sequence[Skill] = ()) -> RunSpec:
+        """The run's spec from a request; `skills` (already looked up) narrow it: the run keeps
+        only the tools its own scopes give that every skill's scopes also cover (recorded as
+        its scopes, so its writ holds exactly those), its ceiling is the lowest of its own and
+        every skill's (`pure` read as `read`), and each skill's instructions follow the task."""
         if not request.task.strip():
             raise ThymosError(
                 ErrorCode.INVALID_REQUEST, "task must not be empty", {"field": "task"}
@@ -299,6 +307,17 @@ class Supervision(RuntimeBase):
         scopes, tools = self.resolve_scopes(
             None if request.tool_scopes is None else list(request.tool_scopes)
         )
+        task = request.task
+        if skills:
+            tools = [
+                name
+                for name in tools
+                if all(any(match_scope([name], s) for s in skill.tool_scopes) for skill in skills)
+            ]
+            scopes = list(tools)
+            task += "".join(
+                f"\n\nSkill {skill.reference}:\n{skill.instructions}" for skill in skills
+            )
         # A mock script names its provider: a run with a script and no provider is the mock's.
         provider = request.provider or (
             "mock" if request.script is not None else self.config.default_provider
@@ -353,8 +372,19 @@ class Supervision(RuntimeBase):
                     ErrorCode.INVALID_EFFECT_CEILING,
                     f"effect_ceiling must be one of {', '.join(e.value for e in Effect)}",
                 ) from None
+        for skill in skills:
+            if skill.effect_ceiling is not None:
+                bound = Effect("read" if skill.effect_ceiling == "pure" else skill.effect_ceiling)
+                ceiling = min(ceiling, bound, key=lambda e: e.rank)
+        extra: dict[str, Any] = {
+            "format": LEDGER_FORMAT,
+            "effect_ceiling": ceiling.value,
+            "max_delegation_depth": self.config.max_delegation_depth,
+        }
+        if skills:
+            extra["skills"] = [skill.record() for skill in skills]
         spec = RunSpec(
-            task=request.task,
+            task=task,
             max_steps=request.max_steps,
             tool_scopes=tuple(scopes),
             tools=tuple(tools),
@@ -368,11 +398,7 @@ class Supervision(RuntimeBase):
             script=script,
             budget=request.budget,
             tenant=tenant,
-            extra={
-                "format": LEDGER_FORMAT,
-                "effect_ceiling": ceiling.value,
-                "max_delegation_depth": self.config.max_delegation_depth,
-            },
+            extra=extra,
         )
         try:
             canonical_bytes(spec.as_body())
@@ -468,7 +494,11 @@ class Supervision(RuntimeBase):
         await check_depth(self.store, source)
         world = await self.world_at(run_id, seq)
         origin = BranchOrigin(run_id, request.commit_id, seq, world.hash, requested_by, created_by)
-        spec = replace(spec, extra={**spec.extra, "branch_of": origin.as_body()})
+        extra = {**spec.extra, "branch_of": origin.as_body()}
+        if "skills" in source.spec:
+            # Its scopes and ceiling are the source's, which the source's skills narrowed.
+            extra["skills"] = source.spec["skills"]
+        spec = replace(spec, extra=extra)
         return await self._create(spec, None, created_by, inherited=world)
 
     async def resume(
