@@ -46,7 +46,6 @@ from thymos.core import (
     ToolFailureCode,
     Usage,
     rfc3339_from_us,
-    seal,
     uuid7,
 )
 from thymos.governance import (
@@ -63,7 +62,6 @@ from thymos.tools import ToolFailure, ToolOutcome
 
 from ._actor import Cancel
 from ._requests import MAX_STEPS_DEFAULT, StartRun
-from ._state import RunState
 
 if TYPE_CHECKING:
     from ._actor import RunActor
@@ -204,36 +202,17 @@ class Delegations:
     async def _create(self, actor: RunActor, spec: RunSpec, child_id: str) -> ActiveRun:
         """Store the child's run row and first entry, then launch its actor."""
         runtime = self._runtime
-        now = rfc3339_from_us(runtime.clock.now_us())
-        first = seal(
-            run_id=child_id,
-            seq=0,
-            parent=None,
-            kind=EntryKind.RUN_STARTED,
-            time=now,
-            body=spec.as_body(),
-        )
-        state = RunState(spec)
-        state.fold(first)
         # The child is the parent's creator's run too (per-key usage counts it).
         parent_active = runtime.active(actor.trajectory.run_id)
         parent_record = parent_active.record if parent_active is not None else None
-        created_by = parent_record.created_by if parent_record is not None else None
-        record = RunRecord(
+        _, active = await runtime._begin(
+            spec,
             child_id,
-            spec.tenant,
-            RunStatus.RUNNING.value,
-            now,
-            now,
-            spec.as_body(),
-            state.summary.as_dict(),
-            created_by,
-            spec.extra["writ"]["id"],
+            rfc3339_from_us(runtime.clock.now_us()),
+            created_by=parent_record.created_by if parent_record is not None else None,
             parent_run_id=actor.trajectory.run_id,
         )
-        await runtime.cluster.claim(child_id)  # a new id: nobody else holds it
-        await runtime.store.create_run(record, first)
-        return runtime._launch(record, state, first)
+        return active
 
     async def _follow(self, parent_id: str, child_id: str) -> ToolOutcome:
         """Wait for the child's end (cancelling it if the wait is cancelled) and return it."""

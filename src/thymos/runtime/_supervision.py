@@ -442,6 +442,26 @@ class Supervision(RuntimeBase):
         now = rfc3339_from_us(now_us)
         writ = self._mint(spec, now_us)
         spec = replace(spec, extra={**spec.extra, "writ": writ})
+        record, _ = await self._begin(
+            spec, run_id, now, created_by=created_by, idempotency=idempotency, inherited=inherited
+        )
+        return record
+
+    async def _begin(
+        self,
+        spec: RunSpec,
+        run_id: str,
+        now: str,
+        *,
+        created_by: str | None,
+        parent_run_id: str | None = None,
+        idempotency: tuple[str, str] | None = None,
+        inherited: World | None = None,
+    ) -> tuple[RunRecord, ActiveRun]:
+        """The one way a run begins (a request, a branch, a delegation): seal its first entry
+        from its spec (its writ already in it), store it with the run row under this node's
+        lease, and launch its actor. `inherited` is a branch's world: its state starts from it
+        and it is stored as the run's checkpoint at seq 0."""
         first = seal(
             run_id=run_id,
             seq=0,
@@ -465,12 +485,12 @@ class Supervision(RuntimeBase):
             spec.as_body(),
             state.summary.as_dict(),
             created_by,
-            writ["id"],
+            spec.extra["writ"]["id"],
+            parent_run_id=parent_run_id,
         )
         await self.cluster.claim(run_id)  # a new id: nobody else holds it
         await self.store.create_run(record, first, idempotency, checkpoint)
-        self._launch(record, state, first)
-        return record
+        return record, self._launch(record, state, first)
 
     async def branch(
         self,
