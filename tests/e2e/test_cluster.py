@@ -31,6 +31,7 @@ from tests.e2e._harness import (
 )
 from tests.e2e._postgres import fresh_database, terminate_connections
 from tests.e2e.conftest import ServerFactory, make_workspace
+from thymos.marketplace import public_key_of, publish_body, sign
 
 pytestmark = pytest.mark.blackbox
 
@@ -326,3 +327,63 @@ def test_dropped_database_connections_pause_runs_and_lose_nothing(
         _verified(client, run_id)
         kv = client.get(f"/runs/{run_id}/world").json()
         assert len([r for r in kv["resources"] if r["kind"] == "kv"]) == 6
+
+
+def test_a_package_installed_or_activated_on_one_node_governs_runs_on_the_other(
+    server_factory: ServerFactory, cluster_env: dict[str, str]
+) -> None:
+    """Node A trusts a publisher, takes its packages, installs a manifest tool and activates a
+    policy; node B's runs scope the tool and are governed by the policy (its decisions name the
+    package), and B's audit lists what A recorded, on one registry ledger."""
+    a = _node(server_factory, cluster_env, "node-a")
+    b = _node(server_factory, cluster_env, "node-b")
+    on_a, on_b = a.client(), b.client()
+    private = secrets.token_hex(32)
+    trusted = on_a.post(
+        "/marketplace/publishers", json={"name": "co", "public_key": public_key_of(private)}
+    )
+    assert trusted.status_code == 201, trusted.text
+    greet = {**APPEND_ONCE, "name": "greet", "effect_class": "read", "executor": {"kind": "noop"}}
+    packages = [
+        ("greeter", "tool_manifest", greet),
+        (
+            "no-kv-get",
+            "policy",
+            {"cedar": 'forbid(principal, action, resource == Thymos::Tool::"kv_get");'},
+        ),
+    ]
+    for name, kind, content in packages:
+        body = sign(publish_body(name=name, version="1.0.0", kind=kind, content=content), private)
+        assert on_b.post("/marketplace/packages", json=body).status_code == 201
+    assert on_a.post("/marketplace/packages/greeter/install").status_code == 200
+    used = _script_run(on_b, [{"tool": "greet", "args": {"line": "x"}}, {"final": "ok"}], ["greet"])
+    record = wait_terminal(on_b, used, timeout_s=30)
+    assert record["status"] == "completed", record
+    assert "commit" in _kinds(on_b, used)
+
+    activated = on_a.post("/marketplace/packages/no-kv-get/activate")
+    assert activated.status_code == 200, activated.text
+    assert on_b.get("/policy").json()["policy_hash"] == activated.json()["policy_hash"]
+    denied = _script_run(
+        on_b, [{"tool": "kv_get", "args": {"key": "k"}}, {"final": "ok"}], ["kv_*"]
+    )
+    wait_terminal(on_b, denied, timeout_s=30)
+    head = on_b.get(f"/runs/{denied}").json()["summary"]["head_seq"]
+    events = read_events(on_b, f"/runs/{denied}/events", limit=head + 1)
+    (rejection,) = [e.json() for e in events if e.event == "rejection"]
+    assert rejection["payload"]["policies"] == ["package:no-kv-get@1.0.0#1"]
+    for run_id in (used, denied):
+        _verified(on_a, run_id)
+
+    listed = on_b.get(
+        "/audit/entries",
+        params={"kind": "publisher_trusted,package_published,package_installed,policy_activated"},
+    ).json()["entries"]
+    assert [e["kind"] for e in listed] == [
+        "publisher_trusted",
+        "package_published",
+        "package_published",
+        "package_installed",
+        "policy_activated",
+    ]
+    assert [e["seq"] for e in listed] == [0, 1, 2, 3, 4]

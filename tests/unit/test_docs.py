@@ -12,6 +12,7 @@ from thymos.core import (
     DocumentKind,
     EntryKind,
     ErrorCode,
+    RegistryKind,
     ReplayFailure,
     RunStatus,
     TerminatedBy,
@@ -70,6 +71,8 @@ def test_every_ledger_value_is_documented() -> None:
     ):
         section = _section(title)
         missing += [f"{title}: {v}" for v in values if f"`{v}`" not in section]
+    registry = _section("Registry ledgers")
+    missing += [f"registry: {k.value}" for k in RegistryKind if f"| `{k.value}` |" not in registry]
     replay = _section("Replay failure codes")
     missing += [f"replay: {c.value}" for c in ReplayFailure if f"| `{c.value}` |" not in replay]
     assert f"format `{LEDGER_FORMAT}`" in _section("Body format")

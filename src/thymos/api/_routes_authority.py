@@ -67,9 +67,13 @@ async def root_key(request: Request, caller: CallerDep) -> dict[str, Any]:
     return runtime_of(request).root_key()
 
 
-@router.get("/policy", summary="The active policy set: its files and hash")
+@router.get(
+    "/policy",
+    summary="The caller's tenant's active policy set: its files (the server's and the policy "
+    "packages the tenant activated) and hash",
+)
 async def policy(request: Request, caller: CallerDep) -> dict[str, Any]:
-    active = runtime_of(request).policy
+    active = (await runtime_of(request).views.view(caller.tenant)).policy
     return {"policy_hash": active.hash, "files": list(active.files)}
 
 

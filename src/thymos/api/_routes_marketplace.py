@@ -1,8 +1,11 @@
 """`/marketplace/*`: the package registry. Admins trust publishers' keys; operators publish
-packages signed by a trusted key; every caller lists and reads them.
+packages signed by a trusted key; every caller lists and reads them; admins install tool
+packages and activate policy packages for their tenant.
 
 The registry is one per server (not per tenant): a package is code and policy anyone may choose
-to install, and who may publish is decided by an admin's trust in a key.
+to install, and who may publish is decided by an admin's trust in a key. Installing and
+activating are per tenant. Every action is recorded in the acting key's tenant's registry
+ledger, with the key (`/audit/entries` lists it).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from thymos.marketplace import (
     VERSION_CHARS_MAX,
     PackageKind,
 )
+from thymos.runtime import KeyRef
 
 from ._body import parse_body, parse_json, read_body
 from ._caller import Caller, Role, current_caller
@@ -28,6 +32,34 @@ router = APIRouter(tags=["marketplace"], responses=ERROR_RESPONSES)
 CallerDep = Annotated[Caller, Depends(current_caller)]
 
 PUBLISHER_NAME_PATTERN = "^[a-z0-9]+(-[a-z0-9]+)*$"
+
+
+def _who(caller: Caller) -> KeyRef:
+    return KeyRef(caller.tenant, caller.key_id, caller.name)
+
+
+class VersionBody(_Strict):
+    version: str | None = Field(
+        None,
+        max_length=VERSION_CHARS_MAX,
+        description="The version to install or activate (SemVer); the newest when omitted",
+    )
+
+
+async def _version_body(request: Request) -> str | None:
+    """The optional `{"version"}` body (an empty body means the newest version)."""
+    raw = await read_body(request)
+    if not raw.strip():
+        return None
+    return (await parse_body(request, VersionBody)).version
+
+
+_VERSION_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {"application/json": {"schema": VersionBody.model_json_schema()}},
+    }
+}
 
 
 class PublisherBody(_Strict):
@@ -104,7 +136,7 @@ PUBLISH_SCHEMA: dict[str, Any] = {
 async def trust_publisher(request: Request, caller: CallerDep) -> dict[str, Any]:
     caller.require(Role.ADMIN)
     body = await parse_body(request, PublisherBody)
-    return await runtime_of(request).marketplace.trust(body.name, body.public_key, by=caller.key_id)
+    return await runtime_of(request).marketplace.trust(body.name, body.public_key, who=_who(caller))
 
 
 @router.get("/marketplace/publishers", summary="The trusted publishers (admin)")
@@ -130,7 +162,7 @@ async def publish(request: Request, caller: CallerDep) -> dict[str, Any]:
     if not raw.strip():
         raise ThymosError(ErrorCode.MALFORMED_JSON, "the request needs a JSON body")
     body = parse_json(raw)
-    return await runtime_of(request).marketplace.publish(body, by=caller.key_id)
+    return await runtime_of(request).marketplace.publish(body, who=_who(caller))
 
 
 @router.get(
@@ -139,6 +171,60 @@ async def publish(request: Request, caller: CallerDep) -> dict[str, Any]:
 )
 async def packages(request: Request, caller: CallerDep) -> dict[str, Any]:
     return {"packages": await runtime_of(request).marketplace.latest()}
+
+
+@router.get(
+    "/marketplace/installed",
+    summary="The caller's tenant's installed tool packages and active policy packages",
+)
+async def installed(request: Request, caller: CallerDep) -> dict[str, Any]:
+    return await runtime_of(request).marketplace.installed(caller.tenant)
+
+
+@router.post(
+    "/marketplace/packages/{name:path}/install",
+    summary="Install a tool_manifest or mcp_server package for the tenant's runs (admin)",
+    description="Its tools join what the tenant's runs may scope. Recorded in the tenant's "
+    "registry ledger with the package's hash and the key. The newest version unless "
+    "`version` is given; installing the installed version again changes nothing.",
+    openapi_extra=_VERSION_BODY,
+)
+async def install(name: str, request: Request, caller: CallerDep) -> dict[str, Any]:
+    caller.require(Role.ADMIN)
+    version = await _version_body(request)
+    return await runtime_of(request).marketplace.install(name, version, who=_who(caller))
+
+
+@router.post(
+    "/marketplace/packages/{name:path}/uninstall",
+    summary="Take an installed package's tools away from the tenant's runs (admin)",
+)
+async def uninstall(name: str, request: Request, caller: CallerDep) -> dict[str, Any]:
+    caller.require(Role.ADMIN)
+    return await runtime_of(request).marketplace.uninstall(name, who=_who(caller))
+
+
+@router.post(
+    "/marketplace/packages/{name:path}/activate",
+    summary="Add a policy package to the tenant's active policy set (admin)",
+    description="Its policies govern the next decision of every run of the tenant, and every "
+    "decision they take part in names them (`package:NAME@VERSION#ID`). Recorded in the "
+    "tenant's registry ledger with the package's hash and the key.",
+    openapi_extra=_VERSION_BODY,
+)
+async def activate(name: str, request: Request, caller: CallerDep) -> dict[str, Any]:
+    caller.require(Role.ADMIN)
+    version = await _version_body(request)
+    return await runtime_of(request).marketplace.activate(name, version, who=_who(caller))
+
+
+@router.post(
+    "/marketplace/packages/{name:path}/deactivate",
+    summary="Take a policy package out of the tenant's active policy set (admin)",
+)
+async def deactivate(name: str, request: Request, caller: CallerDep) -> dict[str, Any]:
+    caller.require(Role.ADMIN)
+    return await runtime_of(request).marketplace.deactivate(name, who=_who(caller))
 
 
 @router.get(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from thymos.core import ErrorCode
 
-from ._caller import current_caller
+from ._caller import Caller, current_caller
 from ._deps import runtime_of
 from ._errors import error_response
 from ._models import ErrorEnvelope
@@ -58,7 +58,13 @@ async def providers(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/tools", summary="Every registered capability", dependencies=[Depends(current_caller)])
-async def tools(request: Request) -> dict[str, Any]:
-    specs = runtime_of(request).tools.specs()
-    return {"tools": [spec.as_dict() for spec in specs.values()]}
+@router.get(
+    "/tools",
+    summary="Every capability the caller's runs may scope: the server's and the packages its "
+    "tenant installed",
+)
+async def tools(
+    request: Request, caller: Annotated[Caller, Depends(current_caller)]
+) -> dict[str, Any]:
+    view = await runtime_of(request).views.view(caller.tenant)
+    return {"tools": [spec.as_dict() for spec in view.tools.specs().values()]}

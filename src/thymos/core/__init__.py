@@ -19,7 +19,7 @@ from ._heads import (
     SignedHead,
     signed_head_message,
 )
-from ._ids import blake3_hex, is_hex64, is_run_id, uuid7
+from ._ids import blake3_hex, is_hex64, is_run_id, registry_ledger_id, uuid7
 from ._ledger import (
     ENVELOPE_FIELDS,
     ChainFailure,
@@ -27,6 +27,7 @@ from ._ledger import (
     CorruptEntry,
     Entry,
     EntryKind,
+    RegistryKind,
     StoredRow,
     parse_envelope,
     seal,
@@ -89,6 +90,7 @@ __all__ = [
     "NotCanonicalizable",
     "Pending",
     "Redactor",
+    "RegistryKind",
     "ReplayFailure",
     "Resource",
     "Risk",
@@ -115,6 +117,7 @@ __all__ = [
     "match_scope",
     "parse_envelope",
     "reference_canonical_bytes",
+    "registry_ledger_id",
     "rfc3339_from_us",
     "seal",
     "signed_head_message",

@@ -49,6 +49,9 @@ class ErrorCode(StrEnum):
     PROPOSAL_DECIDED = "proposal_decided"
     PUBLISHER_EXISTS = "publisher_exists"
     PACKAGE_VERSION_EXISTS = "package_version_exists"
+    PACKAGE_NOT_INSTALLED = "package_not_installed"
+    TOOL_NAME_TAKEN = "tool_name_taken"
+    POLICY_CONFLICT = "policy_conflict"
     # 413, 415.
     BODY_TOO_LARGE = "body_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
@@ -75,6 +78,9 @@ class ErrorCode(StrEnum):
     # 422 from binding a run's skills (`POST /runs` `skills`).
     SKILL_NOT_FOUND = "skill_not_found"
     NOT_A_SKILL = "not_a_skill"
+    # 422 from installing or activating a package.
+    WRONG_PACKAGE_KIND = "wrong_package_kind"
+    MCP_SERVER_UNAVAILABLE = "mcp_server_unavailable"
     # 429.
     RATE_LIMITED = "rate_limited"
     CAPACITY_EXHAUSTED = "capacity_exhausted"

@@ -37,6 +37,16 @@ def uuid7(unix_ms: int, random_bytes: bytes) -> str:
     return str(uuid.UUID(int=value))
 
 
+def registry_ledger_id(tenant: str) -> str:
+    """The id of a tenant's registry ledger: a UUID (version 8, RFC 9562) derived from the
+    tenant, so every node names the same ledger without asking the store, and it reads as a run
+    id wherever entries are listed (`/audit/entries?run_id=`)."""
+    digest = bytearray(blake3.blake3(b"thymos registry ledger\0" + tenant.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x80
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    return str(uuid.UUID(bytes=bytes(digest)))
+
+
 def is_run_id(value: str) -> bool:
     """True for the canonical lowercase UUID form we issue."""
     return _UUID.fullmatch(value) is not None

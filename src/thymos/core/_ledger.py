@@ -44,6 +44,19 @@ class EntryKind(StrEnum):
     RUN_ENDED = "run_ended"
 
 
+class RegistryKind(StrEnum):
+    """What a tenant's registry ledger records: the marketplace actions of its keys, each with
+    the key that did it (never in a run's ledger; a run's folds refuse these kinds). Never
+    renamed once written."""
+
+    PUBLISHER_TRUSTED = "publisher_trusted"
+    PACKAGE_PUBLISHED = "package_published"
+    PACKAGE_INSTALLED = "package_installed"
+    PACKAGE_UNINSTALLED = "package_uninstalled"
+    POLICY_ACTIVATED = "policy_activated"
+    POLICY_DEACTIVATED = "policy_deactivated"
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One sealed ledger entry: its canonical bytes and the fields parsed from them."""
@@ -75,7 +88,7 @@ def seal(
     run_id: str,
     seq: int,
     parent: str | None,
-    kind: EntryKind,
+    kind: EntryKind | RegistryKind,
     time: str,
     body: Mapping[str, Any],
 ) -> Entry:

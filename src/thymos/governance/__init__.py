@@ -34,6 +34,7 @@ from ._delegation import (
 )
 from ._policy import (
     DEFAULT_POLICIES,
+    PACKAGE_POLICY_PREFIX,
     SCHEMA,
     PolicyCall,
     PolicyDecision,
@@ -73,6 +74,7 @@ __all__ = [
     "DELEGATE_TOOL",
     "MAX_DELEGATION_DEPTH_DEFAULT",
     "MAX_DELEGATION_DEPTH_LIMIT",
+    "PACKAGE_POLICY_PREFIX",
     "SCHEMA",
     "WRIT_FORMAT",
     "Authority",

@@ -74,6 +74,11 @@ _RISK_RANK = {Risk.LOW: 0, Risk.MEDIUM: 1, Risk.HIGH: 2, Risk.CRITICAL: 3}
 _CHANNEL = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
 
 
+PACKAGE_POLICY_PREFIX = "package:"
+"""The file name of an activated marketplace package in a policy set is `package:NAME@VERSION`;
+its policies' ids are that name, `#`, and the policy's @id or its position in the file."""
+
+
 class PolicyError(ValueError):
     """A policy file that does not parse or validate: names the file, the position, the reason."""
 
@@ -235,7 +240,13 @@ class PolicySet:
             body = next(iter(policies.values()))
             counters[statement.file] = counters.get(statement.file, 0) + 1
             annotations = body.get("annotations") or {}
-            name = annotations.get("id") or f"{statement.file}#{counters[statement.file]}"
+            if statement.file.startswith(PACKAGE_POLICY_PREFIX):
+                # A package's policies are named by the package, whatever their @id, so every
+                # decision they take part in names it (and no id collides with the server's).
+                own = annotations.get("id") or str(counters[statement.file])
+                name = f"{statement.file}#{own}"
+            else:
+                name = annotations.get("id") or f"{statement.file}#{counters[statement.file]}"
             self._meta[f"policy{index}"] = self._meta_of(
                 statement, name, body["effect"], annotations
             )
@@ -261,6 +272,11 @@ class PolicySet:
         self._files = tuple(sorted(files, key=lambda f: f.name))
         self.hash = document_hash(self.document())
         self.files = tuple(f.name for f in files)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """Every policy's id, in the order of the set."""
+        return tuple(meta.name for meta in self._meta.values())
 
     def document(self) -> list[list[str]]:
         """The policy set as stored and exported: `[[file name, text], ...]` sorted by name.

@@ -17,7 +17,7 @@ from ._limits import (
     RUNS_ACTIVE_MAX,
     SUBSCRIBERS_PER_RUN_MAX,
 )
-from ._marketplace import Marketplace
+from ._marketplace import KeyRef, Marketplace
 from ._requests import (
     MAX_STEPS_DEFAULT,
     MAX_STEPS_MAX,
@@ -59,6 +59,7 @@ __all__ = [
     "Feed",
     "FellBehind",
     "KeepAlive",
+    "KeyRef",
     "Marketplace",
     "RunState",
     "Runtime",

@@ -18,7 +18,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -75,6 +75,7 @@ from thymos.tools import (
 
 from ._clock import Clock
 from ._feeds import Feed
+from ._registry import TenantView, run_entities
 from ._trajectory import EntryTooLarge, Trajectory
 
 log = logging.getLogger("thymos.runtime")
@@ -150,6 +151,10 @@ class ActorDeps:
     delegate: Callable[[RunActor, str, Mapping[str, Any]], Awaitable[ToolOutcome]] | None = None
     """How a staged `delegate` call starts its child run (`Runtime.delegations.delegate`),
     given the actor and the intent's id; None: delegation is not offered."""
+    tenant_view: Callable[[], TenantView] | None = None
+    """The tools and policies the run's tenant may use now (`TenantViews.current`): asked at
+    every decision, so a policy activated or a package uninstalled meanwhile governs the next
+    one. None: the catalog and authority the run started with, always."""
 
 
 @dataclass(slots=True)
@@ -226,11 +231,32 @@ class RunActor:
             self._expires_us: int | None = int(expires_at.timestamp()) * 1_000_000
         except ValueError:
             self._expires_us = None  # no writ: every call is refused by the compiler anyway
-        self._tool_views = tuple(
+        self._view = deps.tenant_view() if deps.tenant_view is not None else None
+        self._tool_views = self._views_of_tools()
+
+    def _views_of_tools(self) -> tuple[ToolView, ...]:
+        return tuple(
             ToolView(s.name, s.description, s.input_schema)
-            for s in (deps.catalog.get(name) for name in spec.tools)
+            for s in (self.deps.catalog.get(name) for name in self.trajectory.state.spec.tools)
             if s is not None
         )
+
+    def _follow_tenant(self) -> None:
+        """Adopt the tenant's current tools and policy set when they changed since the last
+        decision (an identity check otherwise)."""
+        if self.deps.tenant_view is None:
+            return
+        view = self.deps.tenant_view()
+        if view is self._view:
+            return
+        self._view = view
+        self.deps.catalog, self.deps.tools = view.catalog, view.tools
+        self.authority = replace(
+            self.authority,
+            policy=view.policy,
+            entities=run_entities(view, self.trajectory.run_id, self.trajectory.state.spec),
+        )
+        self._tool_views = self._views_of_tools()
 
     @property
     def view(self) -> LiveView:
@@ -495,6 +521,7 @@ class RunActor:
 
     def _compile(self, intent: Intent) -> Decision:
         self._set_view("compiling")
+        self._follow_tenant()
         return compile_intent(
             intent,
             catalog=self.deps.catalog,

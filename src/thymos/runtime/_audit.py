@@ -21,6 +21,7 @@ import orjson
 from thymos.core import (
     EntryKind,
     ErrorCode,
+    RegistryKind,
     ThymosError,
     is_run_id,
     rfc3339_from_us,
@@ -68,7 +69,7 @@ def query(tenant: str | None, filters: AuditFilters) -> AuditQuery:
     kinds: tuple[str, ...] = ()
     if filters.kind is not None:
         kinds = tuple(dict.fromkeys(k.strip() for k in filters.kind.split(",")))
-        known = {k.value for k in EntryKind}
+        known = {k.value for k in (*EntryKind, *RegistryKind)}
         unknown = [k for k in kinds if k not in known]
         if unknown:
             raise _bad(

@@ -53,7 +53,7 @@ from thymos.governance import (
     default_policy_files,
     new_root_key,
 )
-from thymos.storage import ClusterStore, Document, RunRecord
+from thymos.storage import REGISTRY_STATUS, ClusterStore, Document, RunRecord
 from thymos.tools import McpHub, Sandbox, ToolPool, ToolRegistry, Workspace
 
 from ._actor import RunActor
@@ -65,6 +65,7 @@ from ._delegation import Delegations
 from ._feeds import Cell, Feed
 from ._limits import REPLAY_PAGE_ROWS, RUNS_ACTIVE_MAX
 from ._marketplace import Marketplace
+from ._registry import TenantViews
 from ._state import RunState
 from ._streams import Streams
 from ._trajectory import Trajectory
@@ -182,15 +183,39 @@ class RuntimeBase:
         self.closed = asyncio.Event()
         self.audit = Audit(store)
         """Entries across a tenant's runs: listed, counted, exported as CSV."""
-        self.marketplace = Marketplace(store, self.clock)
+        self.views = TenantViews(
+            store,
+            self.clock,
+            tools=tools,
+            policy=self.policy,
+            sandbox=self.sandbox,
+            keep=self._keep_view,
+        )
+        """What each tenant's runs may use: the server's tools and policies, and the packages
+        the tenant installed and activated (its registry ledger)."""
+        self.marketplace = Marketplace(store, self.clock, self.views)
         """The package registry: trusted publishers, published packages."""
         self.delegations = Delegations(cast("Runtime", self))
         """Child runs started by `delegate`: started, followed, cancelled and listed there."""
 
+    async def _keep_view(self, policy: PolicySet, catalog: ToolCatalog) -> None:
+        """Store a tenant view's policy set and tool catalog by hash, before a decision names
+        them."""
+        await self.store.put_documents(
+            [
+                _document(DocumentKind.POLICY_SET, policy.document()),
+                _document(DocumentKind.TOOL_CATALOG, catalog.document()),
+            ]
+        )
+
     async def visible_record(self, run_id: str, tenant: str | None) -> RunRecord:
         """The run's record if this caller may see it; otherwise 404 exactly as for no run."""
         record = await self.store.get_run(run_id) if is_run_id(run_id) else None
-        if record is None or (tenant is not None and record.tenant != tenant):
+        if (
+            record is None
+            or record.status == REGISTRY_STATUS  # a tenant's registry ledger, not a run
+            or (tenant is not None and record.tenant != tenant)
+        ):
             raise ThymosError(ErrorCode.RUN_NOT_FOUND, f"no run {run_id} is visible to this caller")
         if (
             self.cluster.shared
@@ -289,7 +314,9 @@ class RuntimeBase:
         return world
 
     async def _load_state(self, record: RunRecord) -> RunState:
-        """Fold a stored run's whole ledger into its state, verifying the chain as it goes."""
+        """Fold a stored run's whole ledger into its state, verifying the chain as it goes (and
+        read what its tenant installed, which its actor will use)."""
+        await self.views.view(record.tenant)
         spec = RunSpec.from_body(record.spec)
         # A branch's world starts from what it inherited; its entries hold only its own commits.
         state = RunState(spec, world=await starting_world(self.store, record))

@@ -111,11 +111,12 @@ class Delegations:
                 raise ThymosError(
                     ErrorCode.SHUTTING_DOWN, "the server is shutting down and starts no runs"
                 )
-            scopes, tools = runtime.resolve_scopes(list(ask.tool_scopes))
+            scopes, tools = runtime.resolve_scopes(list(ask.tool_scopes), parent.tenant)
             # The compiler refused any scope beyond the parent's tools; asserted again here,
             # where the child's writ is made (invariants are checked in pairs).
             assert set(tools) <= bounds.tools, "a delegated tool is not the parent's"
-            effects = [s.effect for s in map(runtime.catalog.get, tools) if s is not None]
+            catalog = runtime.views.current(parent.tenant).catalog
+            effects = [s.effect for s in map(catalog.get, tools) if s is not None]
             ceiling = child_ceiling((Effect(e) for e in effects), bounds.effect_ceiling)
             spec = runtime._spec(_request(ask, scopes, budget, ceiling, parent), parent.tenant)
         except ThymosError as exc:

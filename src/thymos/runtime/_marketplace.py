@@ -8,6 +8,13 @@ which version of each package is the newest (SemVer precedence, so `1.10.0` is n
 `1.9.0` and a prerelease older than its release).
 
 Storage keeps plain rows (`PackageRow`); versions are parsed here, never compared as text.
+
+What a key does here is recorded in its tenant's registry ledger with the key (`_registry.py`):
+trusting a publisher, publishing, installing or uninstalling a tool package (`tool_manifest`,
+`mcp_server`: its tools join what the tenant's runs may scope), activating or deactivating a
+policy package (its policies join the tenant's policy set and govern the next decision of every
+run of the tenant). Installs and activations are per tenant: one tenant's admin changes nothing
+another tenant's runs may do.
 """
 
 from __future__ import annotations
@@ -19,7 +26,15 @@ from typing import Any
 
 import orjson
 
-from thymos.core import ErrorCode, ThymosError, canonical_bytes, rfc3339_from_us
+from thymos.core import (
+    Entry,
+    ErrorCode,
+    RegistryKind,
+    ThymosError,
+    canonical_bytes,
+    rfc3339_from_us,
+)
+from thymos.governance import PolicySet
 from thymos.marketplace import (
     Package,
     PackageError,
@@ -33,7 +48,10 @@ from thymos.marketplace._keys import public_key
 from thymos.storage import MarketplaceStore, PackageRow, Publisher
 
 from ._clock import Clock
+from ._registry import Activated, Installed, RegistryState, TenantViews, policy_file
 from ._requests import SKILLS_PER_RUN_MAX
+
+TOOL_KINDS = (PackageKind.TOOL_MANIFEST.value, PackageKind.MCP_SERVER.value)
 
 _REACHABLE = frozenset(code.value for code in ErrorCode)
 
@@ -42,6 +60,24 @@ def _refusal(exc: PackageError) -> ThymosError:
     """A marketplace refusal as the HTTP error: its own code (422), the field in `details`."""
     code = ErrorCode(exc.code.value) if exc.code.value in _REACHABLE else ErrorCode.INVALID_REQUEST
     return ThymosError(code, f"{exc.field}: {exc.message}", {"field": exc.field})
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRef:
+    """Who acts: the API key (None on an open server), its name and its tenant."""
+
+    tenant: str
+    key_id: str | None
+    name: str
+
+    def record(self) -> dict[str, Any]:
+        """How a registry entry names the key (never its secret)."""
+        return {"key_id": self.key_id, "name": self.name}
+
+
+def entry_ref(entry: Entry) -> dict[str, Any]:
+    """Where an action was recorded: the registry ledger, the entry's seq and id."""
+    return {"ledger": entry.run_id, "seq": entry.seq, "id": entry.id, "kind": entry.kind}
 
 
 def publisher_view(publisher: Publisher) -> dict[str, Any]:
@@ -109,9 +145,10 @@ def _skill_of(row: PackageRow) -> Skill:
 class Marketplace:
     """The registry over a `MarketplaceStore`; every write and read of `/marketplace/*`."""
 
-    def __init__(self, store: MarketplaceStore, clock: Clock) -> None:
+    def __init__(self, store: MarketplaceStore, clock: Clock, views: TenantViews) -> None:
         self._store = store
         self._clock = clock
+        self._views = views
         self._publishing = asyncio.Lock()
         """Serialises this node's publishes, so two versions equal but for build metadata
         cannot both pass the check below (the store's key refuses exact duplicates from any
@@ -120,21 +157,27 @@ class Marketplace:
     def _now(self) -> str:
         return rfc3339_from_us(self._clock.now_us())
 
-    async def trust(self, name: str, key: str, *, by: str | None) -> dict[str, Any]:
+    async def trust(self, name: str, key: str, *, who: KeyRef) -> dict[str, Any]:
         """Trust a publisher's key (422 `invalid_publisher_key` for a key that is not a usable
-        Ed25519 public key; 409 `publisher_exists` for a taken name or key)."""
+        Ed25519 public key; 409 `publisher_exists` for a taken name or key), recorded in the
+        admin's tenant's registry ledger."""
         try:
             public_key(key, "public_key")
         except PackageError as exc:
             raise _refusal(exc) from None
-        publisher = Publisher(name, key, by, self._now())
+        publisher = Publisher(name, key, who.key_id, self._now())
         await self._store.add_publisher(publisher)
-        return publisher_view(publisher)
+        entry = await self._views.record(
+            who.tenant,
+            RegistryKind.PUBLISHER_TRUSTED,
+            {"name": name, "public_key": key, "by": who.record()},
+        )
+        return {**publisher_view(publisher), "recorded": entry_ref(entry)}
 
     async def publishers(self) -> list[dict[str, Any]]:
         return [publisher_view(p) for p in await self._store.publishers()]
 
-    async def publish(self, body: Any, *, by: str | None) -> dict[str, Any]:
+    async def publish(self, body: Any, *, who: KeyRef) -> dict[str, Any]:
         """Verify and store a publish body: each `PackageError` is 422 with its code; a key no
         admin trusted is 403 `publisher_not_trusted`; a version already published (build
         metadata aside) is 409 `package_version_exists`."""
@@ -149,7 +192,7 @@ class Marketplace:
                 "(POST /marketplace/publishers)",
                 {"field": "publisher_key"},
             )
-        row = _row(package, by=by, at=self._now())
+        row = _row(package, by=who.key_id, at=self._now())
         async with self._publishing:
             for stored in await self._store.package_versions(package.name):
                 if _version_of(stored) == package.version:
@@ -160,7 +203,19 @@ class Marketplace:
                         {"name": package.name, "version": stored.version},
                     )
             await self._store.put_package(row)
-        return version_view(row)
+        entry = await self._views.record(
+            who.tenant,
+            RegistryKind.PACKAGE_PUBLISHED,
+            {
+                "name": row.name,
+                "version": row.version,
+                "kind": row.kind,
+                "content_hash": row.content_hash,
+                "publisher_key": row.publisher_key,
+                "by": who.record(),
+            },
+        )
+        return {**version_view(row), "recorded": entry_ref(entry)}
 
     async def latest(self) -> list[dict[str, Any]]:
         """The newest version of each package (SemVer precedence), by name."""
@@ -237,6 +292,172 @@ class Marketplace:
                 )
             bound.append(_skill_of(row))
         return bound
+
+    async def _version(self, name: str, version: str | None) -> PackageRow:
+        """The published version named (the newest when None): 404 `package_not_found` when
+        there is none, 422 `invalid_version` for a version that does not parse."""
+        rows = await self._store.package_versions(name)
+        if not rows:
+            raise ThymosError(
+                ErrorCode.PACKAGE_NOT_FOUND,
+                "no package of this name is published",
+                {"name": name[:200]},
+            )
+        if version is None:
+            return max(rows, key=_version_of)
+        try:
+            wanted = Version.parse(version)
+        except PackageError as exc:
+            raise _refusal(exc) from None
+        for row in rows:
+            if _version_of(row) == wanted:
+                return row
+        raise ThymosError(
+            ErrorCode.PACKAGE_NOT_FOUND,
+            f"{name} has no published version {version}",
+            {"name": name[:200], "version": version},
+        )
+
+    @staticmethod
+    def _kind(row: PackageRow, kinds: tuple[str, ...], action: str) -> None:
+        if row.kind not in kinds:
+            raise ThymosError(
+                ErrorCode.WRONG_PACKAGE_KIND,
+                f"{row.name} is a {row.kind} package: only {' or '.join(kinds)} packages can be "
+                f"{action}",
+                {"name": row.name, "kind": row.kind, "expected": list(kinds)},
+            )
+
+    async def install(self, name: str, version: str | None, *, who: KeyRef) -> dict[str, Any]:
+        """Make a tool package's tools available to the tenant's runs (replacing the version
+        installed before, if any); recorded with the package's hash. Installing the version
+        already installed changes and records nothing."""
+        row = await self._version(name, version)
+        self._kind(row, TOOL_KINDS, "installed")
+        await self._views.refresh(who.tenant)
+        current = self._views.state(who.tenant).installed.get(row.name)
+        if current is not None and current.content_hash == row.content_hash:
+            return {"installed": current.view(), "changed": False}
+        tools = sorted(t.spec.name for t in await self._views.package_tools(who.tenant, row))
+        body = {
+            "name": row.name,
+            "version": row.version,
+            "kind": row.kind,
+            "content_hash": row.content_hash,
+            "tools": tools,
+            "by": who.record(),
+        }
+
+        def change(state: RegistryState) -> None:
+            state.installed[row.name] = Installed(
+                row.name, row.version, row.kind, row.content_hash, tuple(tools), who.record(), ""
+            )
+
+        entry = await self._views.record(
+            who.tenant, RegistryKind.PACKAGE_INSTALLED, body, change=change
+        )
+        installed = self._views.state(who.tenant).installed[row.name]
+        return {"installed": installed.view(), "changed": True, "recorded": entry_ref(entry)}
+
+    async def uninstall(self, name: str, *, who: KeyRef) -> dict[str, Any]:
+        """Take a tool package's tools away from the tenant's runs (409 `package_not_installed`
+        when it is not installed); a run already using one is refused its next call."""
+        await self._views.refresh(who.tenant)
+        current = self._views.state(who.tenant).installed.get(name)
+        if current is None:
+            raise ThymosError(
+                ErrorCode.PACKAGE_NOT_INSTALLED,
+                f"{name[:200]} is not installed for this tenant",
+                {"name": name[:200]},
+            )
+        body = {
+            "name": current.name,
+            "version": current.version,
+            "content_hash": current.content_hash,
+            "by": who.record(),
+        }
+        entry = await self._views.record(
+            who.tenant,
+            RegistryKind.PACKAGE_UNINSTALLED,
+            body,
+            change=lambda state: state.installed.pop(current.name, None),
+        )
+        return {"uninstalled": current.view(), "recorded": entry_ref(entry)}
+
+    async def activate(self, name: str, version: str | None, *, who: KeyRef) -> dict[str, Any]:
+        """Add a policy package to the tenant's policy set (replacing the version active
+        before, if any); its policies govern the next decision of every run of the tenant and
+        are named by the decisions they take part in. Recorded with the package's hash;
+        activating the version already active changes and records nothing."""
+        row = await self._version(name, version)
+        self._kind(row, (PackageKind.POLICY.value,), "activated")
+        await self._views.refresh(who.tenant)
+        current = self._views.state(who.tenant).activated.get(row.name)
+        if current is not None and current.content_hash == row.content_hash:
+            return {"activated": current.view(), "changed": False}
+        policies = PolicySet([policy_file(row)]).ids
+        body = {
+            "name": row.name,
+            "version": row.version,
+            "content_hash": row.content_hash,
+            "policies": list(policies),
+            "by": who.record(),
+        }
+
+        def change(state: RegistryState) -> None:
+            state.activated[row.name] = Activated(
+                row.name, row.version, row.content_hash, policies, who.record(), ""
+            )
+
+        entry = await self._views.record(
+            who.tenant, RegistryKind.POLICY_ACTIVATED, body, change=change
+        )
+        activated = self._views.state(who.tenant).activated[row.name]
+        return {
+            "activated": activated.view(),
+            "changed": True,
+            "policy_hash": self._views.current(who.tenant).policy.hash,
+            "recorded": entry_ref(entry),
+        }
+
+    async def deactivate(self, name: str, *, who: KeyRef) -> dict[str, Any]:
+        """Take a policy package out of the tenant's policy set (409 `package_not_installed`
+        when it is not active)."""
+        await self._views.refresh(who.tenant)
+        current = self._views.state(who.tenant).activated.get(name)
+        if current is None:
+            raise ThymosError(
+                ErrorCode.PACKAGE_NOT_INSTALLED,
+                f"{name[:200]} is not an active policy package for this tenant",
+                {"name": name[:200]},
+            )
+        body = {
+            "name": current.name,
+            "version": current.version,
+            "content_hash": current.content_hash,
+            "by": who.record(),
+        }
+        entry = await self._views.record(
+            who.tenant,
+            RegistryKind.POLICY_DEACTIVATED,
+            body,
+            change=lambda state: state.activated.pop(current.name, None),
+        )
+        return {
+            "deactivated": current.view(),
+            "policy_hash": self._views.current(who.tenant).policy.hash,
+            "recorded": entry_ref(entry),
+        }
+
+    async def installed(self, tenant: str) -> dict[str, Any]:
+        """The tenant's installed tool packages and active policy packages, by name."""
+        await self._views.refresh(tenant)
+        state = self._views.state(tenant)
+        return {
+            "installed": [state.installed[n].view() for n in sorted(state.installed)],
+            "activated": [state.activated[n].view() for n in sorted(state.activated)],
+            "policy_hash": self._views.current(tenant).policy.hash,
+        }
 
 
 def _row(package: Package, *, by: str | None, at: str) -> PackageRow:

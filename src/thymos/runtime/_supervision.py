@@ -5,6 +5,7 @@ actor and driven to their end, resumed, cancelled, recovered at start-up and sto
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -64,6 +65,7 @@ from ._base import (
 from ._branch import BranchOrigin, BranchRun, branch_start, check_depth, find_commit
 from ._feeds import Cell, Feed
 from ._marketplace import Skill
+from ._registry import run_entities
 from ._requests import StartRun
 from ._state import RunState
 from ._trajectory import Trajectory
@@ -94,6 +96,7 @@ class Supervision(RuntimeBase):
         `auto_resume` is off) resume every interrupted run. Returns how many were interrupted."""
         self._revocations = frozenset(await self.store.revocations())
         await self.keep_documents()
+        self.views.start()
         self.cluster.start(
             handle=self._forwarded,
             held=lambda: set(self._active),
@@ -231,15 +234,18 @@ class Supervision(RuntimeBase):
         for active in list(self._active.values()):
             self._close_feeds(active)
         self.tool_pool.close()
+        await self.views.stop()
         await self._model_http.aclose()
 
-    def resolve_scopes(self, scopes: list[str] | None) -> tuple[list[str], list[str]]:
-        """(scopes as given, the registered tools they cover); 422 for a scope matching nothing."""
+    def resolve_scopes(self, scopes: list[str] | None, tenant: str) -> tuple[list[str], list[str]]:
+        """(scopes as given, the tools they cover among those the tenant's runs may use: the
+        server's and the tenant's installed packages'); 422 for a scope matching nothing."""
+        registry = self.views.current(tenant).tools
         given = list(READ_ONLY_DEFAULT_SCOPES) if scopes is None else list(scopes)
         tools: list[str] = []
         unknown = []
         for scope in given:
-            matched = self.tools.match(scope)
+            matched = registry.match(scope)
             if not matched:
                 unknown.append(scope)
             tools.extend(name for name in matched if name not in tools)
@@ -247,7 +253,7 @@ class Supervision(RuntimeBase):
             raise ThymosError(
                 ErrorCode.UNKNOWN_TOOL_SCOPE,
                 f"tool scope {unknown[0]!r} matches no registered capability",
-                {"unknown_scopes": unknown, "registered": self.tools.match("*")},
+                {"unknown_scopes": unknown, "registered": registry.match("*")},
             )
         return given, sorted(tools)
 
@@ -265,6 +271,7 @@ class Supervision(RuntimeBase):
                 ErrorCode.SHUTTING_DOWN, "the server is shutting down and accepts no new runs"
             )
         skills = await self.marketplace.skills(request.skills) if request.skills else []
+        await self.views.view(tenant)  # what the tenant installed, as stored now
         spec = self._spec(request, tenant, skills)
         if idempotency_key is None:
             return await self._create(spec, None, created_by), True
@@ -305,7 +312,7 @@ class Supervision(RuntimeBase):
                 ErrorCode.INVALID_REQUEST, "task must not be empty", {"field": "task"}
             )
         scopes, tools = self.resolve_scopes(
-            None if request.tool_scopes is None else list(request.tool_scopes)
+            None if request.tool_scopes is None else list(request.tool_scopes), tenant
         )
         task = request.task
         if skills:
@@ -357,7 +364,8 @@ class Supervision(RuntimeBase):
                     ErrorCode.INVALID_SCRIPT, problems[0], {"problems": problems[:20]}
                 )
             script = tuple(request.script)
-        specs = [self.catalog.get(name) for name in tools]
+        catalog = self.views.current(tenant).catalog
+        specs = [catalog.get(name) for name in tools]
         needed = max(
             (Effect(s.effect) for s in specs if s is not None),
             key=lambda e: e.rank,
@@ -510,6 +518,7 @@ class Supervision(RuntimeBase):
             )
         source = await self.visible_record(run_id, tenant)
         seq = await find_commit(self.store, source, request.commit_id)
+        await self.views.view(source.tenant)
         spec = self._spec(branch_start(RunSpec.from_body(source.spec), request), source.tenant)
         await check_depth(self.store, source)
         world = await self.world_at(run_id, seq)
@@ -686,16 +695,14 @@ class Supervision(RuntimeBase):
         except ValueError as exc:
             raise WritError(str(exc)) from None
         token = parse_writ(record.token, self.root.public_key)
-        tools = [s for s in (self.catalog.get(n) for n in self.catalog.names()) if s is not None]
+        view = self.views.current(spec.tenant)
         return Authority(
             run_id=run_id,
             tenant=spec.tenant,
             writ=token,
             lineage=lineage_of(token),
-            policy=self.policy,
-            entities=self.policy.entities(
-                run_id=run_id, tenant=spec.tenant, task=spec.task, tools=tools
-            ),
+            policy=view.policy,
+            entities=run_entities(view, run_id, spec),
             delegation=DelegationBounds.of_run(spec.as_body()),
         )
 
@@ -727,9 +734,10 @@ class Supervision(RuntimeBase):
             signer=self._signer,
         )
         provider, authority = prepared or self._prepare(record.run_id, state.spec)
+        view = self.views.current(record.tenant)
         deps = ActorDeps(
-            self.catalog,
-            self.tools,
+            view.catalog,
+            view.tools,
             self.workspace,
             self.clock,
             cognition,
@@ -739,6 +747,7 @@ class Supervision(RuntimeBase):
             self.redactor,
             self.config.prices,
             delegate=self.delegations.delegate,
+            tenant_view=functools.partial(self.views.current, record.tenant),
         )
         actor = RunActor(trajectory, provider, deps, authority, snapshot.touch)
         active = ActiveRun(

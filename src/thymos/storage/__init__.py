@@ -38,10 +38,12 @@ from ._contract import (
 )
 from ._keys import SqliteKeyStore, hash_secret
 from ._open import StorageUnusable, sqlite_storage, storage_for
+from ._sql import REGISTRY_STATUS
 from ._sqlite import SqliteLedgerStore
 
 __all__ = [
     "KEY_SOURCES",
+    "REGISTRY_STATUS",
     "ApiKey",
     "AuditQuery",
     "AuditRow",

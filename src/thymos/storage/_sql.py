@@ -17,6 +17,11 @@ from thymos.core import Entry
 
 from ._contract import AuditQuery, PackageRow, Publisher, RunRecord
 
+REGISTRY_STATUS = "registry"
+"""The status of the row that holds a tenant's registry ledger (its marketplace actions): the
+ledger is stored as a run's is, so it chains, verifies and is audited like one, but it is not a
+run: it is never listed, resumed or shown as one."""
+
 # -- runs -----------------------------------------------------------------------------------
 
 RUN_COLUMNS = (
@@ -39,8 +44,9 @@ def runs_with_status(count: int) -> str:
 def list_runs(
     *, tenant: str | None, status: str | None, before: str | None, parent_run_id: str | None
 ) -> tuple[str, list[Any]]:
-    """The listing query (newest first) and its parameters, without the trailing LIMIT's."""
-    clauses: list[str] = []
+    """The listing query (newest first) and its parameters, without the trailing LIMIT's. A
+    tenant's registry ledger (`REGISTRY_STATUS`) is not a run and is never listed."""
+    clauses: list[str] = [f"status <> '{REGISTRY_STATUS}'"]
     params: list[Any] = []
     for column, value, operator in (
         ("tenant", tenant, "="),

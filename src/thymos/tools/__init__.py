@@ -14,8 +14,15 @@ from ._fs_write import FILE_KIND, FsPatch, FsWrite
 from ._grep import Grep
 from ._http_fetch import HttpFetch
 from ._kv import KvGet, KvSet
-from ._manifests import ManifestError, ManifestTool, load_manifests
-from ._mcp import McpHub, McpServerConfig, McpTool, load_mcp_config
+from ._manifests import ManifestError, ManifestTool, load_manifests, parse_manifest
+from ._mcp import (
+    McpHub,
+    McpServer,
+    McpServerConfig,
+    McpTool,
+    load_mcp_config,
+    parse_mcp_server,
+)
 from ._pool import ToolPool
 from ._repo_map import RepoMap
 from ._sandbox import Sandbox, SandboxSupport
@@ -62,6 +69,7 @@ __all__ = [
     "ManifestError",
     "ManifestTool",
     "McpHub",
+    "McpServer",
     "McpServerConfig",
     "McpTool",
     "RepoMap",
@@ -81,4 +89,6 @@ __all__ = [
     "detect_test_command",
     "load_manifests",
     "load_mcp_config",
+    "parse_manifest",
+    "parse_mcp_server",
 ]

@@ -79,6 +79,10 @@ class ToolRegistry:
     def get(self, name: str) -> Tool | None:
         return self._tools.get(name)
 
+    def tools(self) -> list[Tool]:
+        """Every registered tool, by name."""
+        return [tool for _, tool in sorted(self._tools.items())]
+
     def specs(self) -> dict[str, ToolSpec]:
         return {name: tool.spec for name, tool in sorted(self._tools.items())}
 
