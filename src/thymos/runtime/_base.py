@@ -190,6 +190,7 @@ class RuntimeBase:
             policy=self.policy,
             sandbox=self.sandbox,
             keep=self._keep_view,
+            shared=self.cluster.shared,
         )
         """What each tenant's runs may use: the server's tools and policies, and the packages
         the tenant installed and activated (its registry ledger)."""

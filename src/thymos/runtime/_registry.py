@@ -215,8 +215,12 @@ class TenantViews:
         policy: PolicySet,
         sandbox: Sandbox,
         keep: Any,
+        shared: bool = False,
     ) -> None:
         self._store = store
+        self._shared = shared
+        """Other nodes write this storage too: a tenant's ledger is re-read before it is used
+        (on storage only this process writes, what it recorded is all there is)."""
         self._clock = clock
         self._sandbox = sandbox
         self._keep = keep
@@ -265,7 +269,10 @@ class TenantViews:
 
     async def view(self, tenant: str) -> TenantView:
         """The tenant's view with every registry entry stored so far (one indexed read when
-        nothing changed): what a run about to start uses."""
+        nothing changed; none on storage only this process writes, once read): what a run about
+        to start uses."""
+        if not self._shared and tenant in self._states:
+            return self.current(tenant)
         async with self._lock(tenant):
             await self._refresh(tenant)
             return self.current(tenant)
