@@ -37,7 +37,16 @@ DEFAULT_ADDR = "127.0.0.1:3001"
 SHUTDOWN_GRACE_S_DEFAULT = 10.0
 
 RUNS_ACTIVE_MAX_DEFAULT = 512
-"""Active runs per server process; each holds an actor task, its world in memory and its feeds."""
+"""Active runs per server process; each holds an actor task, its world in memory and its feeds
+(a run waiting for approval is parked and holds none)."""
+MAX_STEPS_MAX_DEFAULT = 1000
+MAX_STEPS_LIMIT = 10_000_000
+SCRIPT_ELEMENTS_MAX_DEFAULT = 10_000
+SCRIPT_ELEMENTS_LIMIT = 10_000_000
+BODY_BYTES_MAX_DEFAULT = 1024 * 1024
+"""1 MiB: a run request with a long mock script fits."""
+BODY_BYTES_LIMIT = 256 * 1024 * 1024
+SUBSCRIBERS_PER_RUN_MAX_DEFAULT = 2000
 HEADER_TIMEOUT_S_DEFAULT = 10.0
 """From a connection's opening (or a request's first byte, on a kept-alive connection) to the
 end of the request's headers: a real client sends its request line and headers at once."""
@@ -203,6 +212,14 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     runs_active_max: int = RUNS_ACTIVE_MAX_DEFAULT
+    max_steps_max: int = MAX_STEPS_MAX_DEFAULT
+    """`THYMOS_MAX_STEPS_MAX`: the most steps a run may be given (start, branch, resume)."""
+    script_elements_max: int = SCRIPT_ELEMENTS_MAX_DEFAULT
+    """`THYMOS_SCRIPT_ELEMENTS_MAX`: the longest mock script a run may carry."""
+    body_bytes_max: int = BODY_BYTES_MAX_DEFAULT
+    """`THYMOS_BODY_BYTES_MAX`: the largest request body (413 above it)."""
+    subscribers_per_run_max: int = SUBSCRIBERS_PER_RUN_MAX_DEFAULT
+    """`THYMOS_SUBSCRIBERS_PER_RUN_MAX`: stream subscribers per run (429 above it)."""
     max_delegation_depth: int = MAX_DELEGATION_DEPTH_DEFAULT
     """`THYMOS_MAX_DELEGATION_DEPTH`: how deep child runs may nest (0: no delegation)."""
     header_timeout_s: float = HEADER_TIMEOUT_S_DEFAULT
@@ -331,6 +348,10 @@ def _validated(settings: Settings) -> Settings:
             )
     for count, label, top in (
         (settings.runs_active_max, "THYMOS_RUNS_ACTIVE_MAX", RUNS_ACTIVE_MAX_LIMIT),
+        (settings.max_steps_max, "THYMOS_MAX_STEPS_MAX", MAX_STEPS_LIMIT),
+        (settings.script_elements_max, "THYMOS_SCRIPT_ELEMENTS_MAX", SCRIPT_ELEMENTS_LIMIT),
+        (settings.body_bytes_max, "THYMOS_BODY_BYTES_MAX", BODY_BYTES_LIMIT),
+        (settings.subscribers_per_run_max, "THYMOS_SUBSCRIBERS_PER_RUN_MAX", CONNECTIONS_LIMIT),
         (settings.connections_max, "THYMOS_CONNECTIONS_MAX", CONNECTIONS_LIMIT),
         (
             settings.connections_per_client_max,
@@ -433,6 +454,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
                 raise SettingsError(f"{key} must be a number of seconds")
     for name, key in (
         ("runs_active_max", "THYMOS_RUNS_ACTIVE_MAX"),
+        ("max_steps_max", "THYMOS_MAX_STEPS_MAX"),
+        ("script_elements_max", "THYMOS_SCRIPT_ELEMENTS_MAX"),
+        ("body_bytes_max", "THYMOS_BODY_BYTES_MAX"),
+        ("subscribers_per_run_max", "THYMOS_SUBSCRIBERS_PER_RUN_MAX"),
         ("connections_max", "THYMOS_CONNECTIONS_MAX"),
         ("connections_per_client_max", "THYMOS_CONNECTIONS_PER_CLIENT_MAX"),
         ("max_delegation_depth", "THYMOS_MAX_DELEGATION_DEPTH"),

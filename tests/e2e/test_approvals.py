@@ -23,7 +23,7 @@ from tests.e2e._authority import (
     wait_pending,
     writ_id_of,
 )
-from tests.e2e._harness import ServerProcess, assert_error, create_run, wait_terminal
+from tests.e2e._harness import ServerProcess, assert_error, create_run, wait_for, wait_terminal
 from tests.e2e.conftest import ServerFactory
 
 pytestmark = pytest.mark.blackbox
@@ -49,6 +49,15 @@ def _waiting_run(server: ServerProcess) -> tuple[httpx.Client, str, dict[str, An
     )
     (pending,) = wait_pending(a1, run_id)
     return a1, run_id, pending
+
+
+def _parked(client: httpx.Client, run_id: str) -> None:
+    """Wait until the waiting run holds no actor (it is woken by the next vote)."""
+    wait_for(
+        lambda: client.get(f"/runs/{run_id}/execution").json()["phase"] == "parked" or None,
+        timeout_s=15,
+        what="the waiting run to be parked",
+    )
 
 
 def _vote(client: httpx.Client, run_id: str, approve: bool, **extra: Any) -> httpx.Response:
@@ -80,6 +89,12 @@ def test_quorum_of_two_distinct_operators_is_needed_and_each_vote_is_recorded(
     session = a1.get(f"/runs/{run_id}/execution").json()
     assert session["status"] == "waiting_approval"
     assert session["pending_approvals"][0]["approvals"] == 1
+    # Between votes the run holds no actor; the inbox and its session still show the vote.
+    _parked(a1, run_id)
+    session = a1.get(f"/runs/{run_id}/execution").json()
+    assert session["pending_approvals"][0]["approvals"] == 1
+    (inbox,) = [p for p in a1.get("/approvals").json()["approvals"] if p["run_id"] == run_id]
+    assert inbox["approvals"] == 1
 
     assert_error(_vote(a1, run_id, True), 409, "duplicate_approval")
 
@@ -185,23 +200,26 @@ def test_revoke_needs_an_admin_of_the_writs_tenant_and_a_known_writ(
     again = admin.post(path)
     assert again.status_code == 200, again.text
     assert again.json()["already_revoked"] is True
-    assert _vote(a1, run_id, False).status_code == 200
-    wait_terminal(a1, run_id)
+    # The waiting run decided again at the revocation: its proposal was refused `revoked`.
+    assert wait_terminal(a1, run_id)["status"] == "completed"
+    assert_error(_vote(a1, run_id, False), 404, "approval_not_found")
 
 
 def test_a_revoked_writs_pending_proposal_is_rejected_revoked_when_approved(
     quorum_server: ServerProcess,
 ) -> None:
-    """After its writ is revoked, a proposal that reaches its quorum is rejected `revoked` at
-    execution (every stage is compiled again); the tool never runs."""
+    """Revoking the writ of a run whose proposal waits (parked, with no actor) wakes it: every
+    stage is compiled again and the proposal is rejected `revoked` at once, not when votes
+    come; a vote then finds nothing pending; the tool never runs."""
     a1, run_id, pending = _waiting_run(quorum_server)
+    _parked(a1, run_id)
     revoked = as_key(quorum_server, "a-admin").post(f"/writs/{writ_id_of(a1, run_id)}/revoke")
     assert revoked.status_code == 200, revoked.text
-    assert _vote(a1, run_id, True).status_code == 200
-    assert _vote(as_key(quorum_server, "a2"), run_id, True).status_code == 200
     record = wait_terminal(a1, run_id)
     assert record["status"] == "completed", record
+    assert_error(_vote(a1, run_id, True), 404, "approval_not_found")
     items = entries(a1, run_id)
+    assert of_kind(items, "approval") == []
     (rejection,) = of_kind(items, "rejection")
     assert rejection["payload"]["reason"] == "revoked"
     assert rejection["payload"]["intent"] == pending["proposal_id"]

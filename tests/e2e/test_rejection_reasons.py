@@ -162,11 +162,12 @@ def test_a_denial_vote_rejects_approval_denied(governed: ServerProcess) -> None:
     assert rejection["payload"]["details"]["approver"] == "anonymous"
 
 
-def test_approving_a_proposal_of_a_revoked_writ_rejects_it_revoked(
+def test_revoking_the_writ_of_a_waiting_run_rejects_its_proposal_revoked(
     governed: ServerProcess,
 ) -> None:
-    """Revoking the writ of a run that waits for approval, then approving, rejects the
-    proposal `revoked` (execution re-runs every stage); the tool never runs."""
+    """Revoking the writ of a run that waits for approval makes it decide again at once (every
+    stage is compiled again): the proposal is rejected `revoked`, a vote then finds nothing
+    pending, and the tool never runs."""
     client = governed.client()
     run_id = _run(client, [GREP, FINAL])
     wait_pending(client, run_id)
@@ -174,9 +175,9 @@ def test_approving_a_proposal_of_a_revoked_writ_rejects_it_revoked(
     revoked = client.post(f"/writs/{writ_id}/revoke", json={"reason": "test"})
     assert revoked.status_code == 200, revoked.text
     assert revoked.json()["run_id"] == run_id
-    vote = client.post(f"/runs/{run_id}/approvals/ops", json={"approve": True})
-    assert vote.status_code == 200, vote.text
     rejection = _assert_rejected_then_next_turn(client, run_id, "revoked", "grep")
+    vote = client.post(f"/runs/{run_id}/approvals/ops", json={"approve": True})
+    assert vote.status_code == 404, vote.text
     assert rejection["payload"]["details"] == {"writ_id": writ_id}
     assert of_kind(entries(client, run_id), "commit") == []
 

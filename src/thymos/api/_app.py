@@ -110,6 +110,9 @@ def create_app(settings: Settings) -> FastAPI:
                 prices=settings.prices,
                 protected=settings.protected_paths,
                 runs_active_max=settings.runs_active_max,
+                max_steps_max=settings.max_steps_max,
+                script_elements_max=settings.script_elements_max,
+                subscribers_per_run_max=settings.subscribers_per_run_max,
                 sandbox=settings.sandbox,
                 auto_resume=settings.auto_resume,
                 max_delegation_depth=settings.max_delegation_depth,
@@ -152,7 +155,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     _errors.install(app)
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, limit=settings.body_bytes_max)
     # Added last, so it runs first: nothing reads a body before the request is known acceptable.
     app.add_middleware(
         RequestGuard,

@@ -9,7 +9,7 @@ from thymos.core import ErrorCode
 from ._errors import error_response
 
 BODY_BYTES_MAX = 1024 * 1024
-"""1 MiB: a run request with a long mock script fits; anything larger is not a request."""
+"""1 MiB by default (`THYMOS_BODY_BYTES_MAX`): a run request with a long mock script fits."""
 
 
 class _TooLarge(Exception):
@@ -17,7 +17,7 @@ class _TooLarge(Exception):
 
 
 class BodyLimit:
-    """Answers 413 when the declared or actual body is over `BODY_BYTES_MAX`."""
+    """Answers 413 when the declared or actual body is over `limit` (`THYMOS_BODY_BYTES_MAX`)."""
 
     def __init__(self, app: ASGIApp, limit: int = BODY_BYTES_MAX) -> None:
         self.app = app

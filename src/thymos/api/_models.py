@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from thymos.cognition import (
     PROVIDERS,
-    SCRIPT_ELEMENTS_MAX,
+    SCRIPT_ELEMENTS_LIMIT,
     WINDOW_TOKENS_MAX,
     WINDOW_TOKENS_MIN,
     script_element_schema,
@@ -16,7 +16,7 @@ from thymos.cognition import (
 from thymos.core import Budget, RunStatus
 from thymos.runtime import (
     MAX_STEPS_DEFAULT,
-    MAX_STEPS_MAX,
+    MAX_STEPS_LIMIT,
     SKILLS_PER_RUN_MAX,
     TASK_CHARS_MAX,
     BranchCognition,
@@ -58,7 +58,7 @@ class CognitionBody(_Strict):
         le=WINDOW_TOKENS_MAX,
         description="The model's context window in tokens; history is fitted to it.",
     )
-    script: list[ScriptElement] | None = Field(None, max_length=SCRIPT_ELEMENTS_MAX)
+    script: list[ScriptElement] | None = Field(None, max_length=SCRIPT_ELEMENTS_LIMIT)
 
 
 BUDGET_MAX = 2**53 - 1
@@ -79,7 +79,7 @@ class BudgetBody(_Strict):
 class CreateRunBody(_Strict):
     # At least one character that is not white space.
     task: str = Field(..., min_length=1, max_length=TASK_CHARS_MAX, pattern=r"\S")
-    max_steps: int = Field(MAX_STEPS_DEFAULT, ge=1, le=MAX_STEPS_MAX)
+    max_steps: int = Field(MAX_STEPS_DEFAULT, ge=1, le=MAX_STEPS_LIMIT)
     tool_scopes: list[str] | None = Field(None, max_length=TOOL_SCOPES_MAX)
     cognition: CognitionBody = Field(default_factory=lambda: CognitionBody())
     budget: BudgetBody | None = None
@@ -129,7 +129,10 @@ class BranchRunBody(_Strict):
         description="The branch's task (default: the source's)",
     )
     max_steps: int | None = Field(
-        None, ge=1, le=MAX_STEPS_MAX, description="The branch's step limit (default: the source's)"
+        None,
+        ge=1,
+        le=MAX_STEPS_LIMIT,
+        description="The branch's step limit (default: the source's)",
     )
     cognition: CognitionBody | None = Field(
         None,
@@ -166,7 +169,7 @@ class ResumeBody(_Strict):
     max_steps: int | None = Field(
         None,
         ge=1,
-        le=MAX_STEPS_MAX,
+        le=MAX_STEPS_LIMIT,
         description="The run's step limit from now on (above the steps it has taken)",
     )
 

@@ -15,7 +15,13 @@ from types import FrameType
 
 import uvicorn
 
-from thymos.api import ConnectionLimits, check_storage, create_app, limited_protocol
+from thymos.api import (
+    HEADER_BYTES_MAX,
+    ConnectionLimits,
+    check_storage,
+    create_app,
+    limited_protocol,
+)
 from thymos.runtime import Runtime
 from thymos.settings import Settings
 
@@ -68,6 +74,7 @@ def serve(settings: Settings) -> None:
         send_timeout_s=settings.send_timeout_s,
         connections_max=_connections_that_fit(settings.connections_max),
         connections_per_client_max=settings.connections_per_client_max,
+        message_bytes_max=settings.body_bytes_max + HEADER_BYTES_MAX,
     )
     config = uvicorn.Config(
         app,

@@ -19,6 +19,7 @@ from ._context import (
 from ._http import model_http_client
 from ._mock import (
     SCRIPT_ELEMENT_SCHEMA,
+    SCRIPT_ELEMENTS_LIMIT,
     SCRIPT_ELEMENTS_MAX,
     TURN_TOKENS_MAX,
     MockCognition,
@@ -121,6 +122,7 @@ __all__ = [
     "PROVIDERS",
     "PROVIDER_INFOS",
     "RUNNABLE_KINDS",
+    "SCRIPT_ELEMENTS_LIMIT",
     "SCRIPT_ELEMENTS_MAX",
     "SCRIPT_ELEMENT_SCHEMA",
     "TURN_TOKENS_MAX",

@@ -25,6 +25,9 @@ from ._protocol import (
 )
 
 SCRIPT_ELEMENTS_MAX = 10_000
+"""The default bound on a mock script's length (`THYMOS_SCRIPT_ELEMENTS_MAX`)."""
+SCRIPT_ELEMENTS_LIMIT = 10_000_000
+"""What any request may carry at all (the body size bounds it first)."""
 SCRIPT_INTENTS_PER_TURN_MAX = 1000
 SLEEP_MS_MAX = 600_000
 TURN_TOKENS_MAX = 10_000_000
@@ -107,12 +110,16 @@ SCRIPT_ELEMENT_SCHEMA = script_element_schema()
 what `validate_script` accepts (a property test holds the two equal)."""
 
 
-def validate_script(script: Any) -> list[str]:
-    """Problems with a script, as sentences naming the element; empty when it is playable."""
+def validate_script(script: Any, elements_max: int = SCRIPT_ELEMENTS_MAX) -> list[str]:
+    """Problems with a script, as sentences naming the element; empty when it is playable.
+    `elements_max` is the server's bound (`THYMOS_SCRIPT_ELEMENTS_MAX`)."""
     if not isinstance(script, list):
         return ["cognition.script must be a list of turn elements"]
-    if len(script) > SCRIPT_ELEMENTS_MAX:
-        return [f"cognition.script has more than {SCRIPT_ELEMENTS_MAX} elements"]
+    if len(script) > elements_max:
+        return [
+            f"cognition.script has more than {elements_max} elements "
+            "(the server's THYMOS_SCRIPT_ELEMENTS_MAX)"
+        ]
     problems: list[str] = []
     for index, element in enumerate(script):
         where = f"cognition.script[{index}]"

@@ -20,6 +20,7 @@ from ._limits import (
 from ._marketplace import KeyRef, Marketplace
 from ._requests import (
     MAX_STEPS_DEFAULT,
+    MAX_STEPS_LIMIT,
     MAX_STEPS_MAX,
     SKILLS_PER_RUN_MAX,
     TASK_CHARS_MAX,
@@ -38,6 +39,7 @@ __all__ = [
     "KEEPALIVE",
     "KEEPALIVE_S",
     "MAX_STEPS_DEFAULT",
+    "MAX_STEPS_LIMIT",
     "MAX_STEPS_MAX",
     "PAGE_LIMIT_DEFAULT",
     "PAGE_LIMIT_MAX",

@@ -121,7 +121,12 @@ class CallStopped(Exception):
 
 
 class Parked(BaseException):
-    """Control flow: the server stops while the run waits for approval; it stays waiting."""
+    """Control flow: the run waits for approval with no actor. `idle`: it waits for votes that
+    have not come (it is woken by one); else the server is stopping (it is woken on start)."""
+
+    def __init__(self, *, idle: bool = False) -> None:
+        super().__init__()
+        self.idle = idle
 
 
 @dataclass(slots=True)
@@ -151,6 +156,9 @@ class ActorDeps:
     delegate: Callable[[RunActor, str, Mapping[str, Any]], Awaitable[ToolOutcome]] | None = None
     """How a staged `delegate` call starts its child run (`Runtime.delegations.delegate`),
     given the actor and the intent's id; None: delegation is not offered."""
+    park_when_waiting: bool = False
+    """Park the run (end its actor, free its slot) whenever it waits for votes: a vote, a
+    cancel or its writ's deadline wakes it with a new actor."""
     tenant_view: Callable[[], TenantView] | None = None
     """The tools and policies the run's tenant may use now (`TenantViews.current`): asked at
     every decision, so a policy activated or a package uninstalled meanwhile governs the next
@@ -220,11 +228,19 @@ class RunActor:
         self.abandoned = False
         """Another node took the run over: this actor stops and writes nothing more."""
         self.parked = False
-        """The server stopped while the run waited for approval: it stays waiting in storage."""
+        """The run waits for approval in storage, with no actor: the server stopped (`idle`
+        False) or no vote has come yet (`idle`)."""
+        self.idle = False
+        self._recheck = False
+        """Decide the waiting proposal again now (its writ was revoked)."""
         self._task: asyncio.Task[None] | None = None
-        # The wall-clock budget counts what the run spent before it was resumed.
-        spent_ms = trajectory.state.wall_spent_us // 1000
-        self._started_ms = deps.clock.monotonic_ms() - spent_ms
+        # The wall-clock budget counts what the run spent before it was resumed, and the time
+        # of its current segment so far (a run woken from parking was waiting all along).
+        state = trajectory.state
+        spent_us = state.wall_spent_us
+        if state.segment_started_us is not None:
+            spent_us += max(0, deps.clock.now_us() - state.segment_started_us)
+        self._started_ms = deps.clock.monotonic_ms() - spent_us // 1000
         spec = trajectory.state.spec
         try:
             expires_at = WritRecord.of(spec.extra.get("writ")).expires_at
@@ -259,12 +275,23 @@ class RunActor:
         self._tool_views = self._views_of_tools()
 
     @property
+    def deadline_us(self) -> int | None:
+        """When the run's writ expires (a waiting proposal is decided again then)."""
+        return self._expires_us
+
+    @property
     def view(self) -> LiveView:
         return self.deps.view
 
     @property
     def waiting(self) -> bool:
         return self._waiting
+
+    def recheck(self) -> None:
+        """Decide a waiting proposal again at once (its writ was revoked): it is refused now,
+        not when its votes come."""
+        self._recheck = True
+        self._wake.set()
 
     def post(self, message: Message) -> None:
         """Deliver a message. A vote waits for the proposal's wait to take it; a cancel or a
@@ -313,8 +340,10 @@ class RunActor:
         try:
             final_answer = await self._loop()
             terminated_by = TerminatedBy.FINAL_ANSWER
-        except Parked:
-            self.parked = True
+        except Parked as parked:
+            self.parked, self.idle = True, parked.idle
+            # An idle run parks only with no vote waiting (checked with no await since), so
+            # this answers votes only when the server stops.
             self._reject_votes(
                 ErrorCode.SHUTTING_DOWN, "the server is shutting down; vote again after it restarts"
             )
@@ -468,8 +497,12 @@ class RunActor:
                 return turn.final
 
     async def _decide_all(self, intents: list[tuple[str, tuple[int, Intent]]]) -> None:
+        pending = self.trajectory.state.summary.pending
         for number, (intent_id, (_, intent)) in enumerate(intents, start=1):
-            self._safe_point()
+            if intent_id not in pending:
+                # A proposal already waiting (a woken or relaunched run) goes on being decided
+                # as it would have in the wait: its writ's deadline and a stop still end it.
+                self._safe_point()
             await self._decide(intent_id, intent)
             if number % INTENTS_PER_YIELD == 0:
                 await asyncio.sleep(0)  # other runs get the loop during a long turn
@@ -707,6 +740,9 @@ class RunActor:
                 remaining = self._seconds_to_deadline()
                 if remaining is not None and remaining <= 0:
                     return "deadline"  # no vote counts once the writ has expired
+                if self._recheck:
+                    self._recheck = False
+                    return "deadline"  # decided again now
                 while self._votes:
                     vote = self._votes.pop(0)
                     verdict = await self._take_vote(proposal_id, vote, on_denial)
@@ -726,6 +762,13 @@ class RunActor:
                 remaining = self._seconds_to_deadline()
                 if remaining is not None and remaining <= 0:
                     return "deadline"
+                if self.deps.park_when_waiting:
+                    # Every vote taken is durable first; a vote that came meanwhile is taken
+                    # now, else the run parks (no await between this check and the actor's end).
+                    await self.trajectory.flush()
+                    if self._votes or self._stop is not None:
+                        continue
+                    raise Parked(idle=True)
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), remaining)

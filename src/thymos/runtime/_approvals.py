@@ -4,14 +4,18 @@ waiting proposal, writ revocation, the root public key, and usage not yet stored
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from thymos.core import ErrorCode, RunStatus, ThymosError, Usage, is_hex64, rfc3339_from_us
 from thymos.governance import WRIT_FORMAT, public_key_hex
+from thymos.storage import RunRecord
 
 from ._actor import Vote
-from ._base import RuntimeBase
+from ._base import RuntimeBase, log
 from ._views import pending_view
+
+if TYPE_CHECKING:
+    from ._service import Runtime
 
 
 class Approvals(RuntimeBase):
@@ -52,7 +56,8 @@ class Approvals(RuntimeBase):
                 "the proposal already has its approvals and is being executed",
                 {"proposal_id": chosen["proposal_id"]},
             )
-        if run_id not in self._active and (owner := await self.cluster.owner(run_id)):
+        active = await cast("Runtime", self)._control(record, "voted on")
+        if isinstance(active, str):
             # Another node drives the run: the vote goes to its actor there.
             vote = {
                 "action": "vote",
@@ -63,8 +68,7 @@ class Approvals(RuntimeBase):
                 "approver": approver,
                 "key_id": key_id,
             }
-            return await self.cluster.forward(owner, run_id, vote)
-        active = self._running(record, "voted on")
+            return await self.cluster.forward(active, run_id, vote)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         active.actor.post(
             Vote(channel, approve, pending[0]["proposal_id"], reason, approver, key_id, future)
@@ -100,13 +104,29 @@ class Approvals(RuntimeBase):
             writ_id, tenant=record.tenant, revoked_at=now, revoked_by=by, reason=reason
         )
         self._revocations = self._revocations | {writ_id}
-        # A run waiting for approval re-checks its writ when the vote comes; nothing else to wake.
+        await self._refuse_waiting(record)
         return {
             "writ_id": writ_id,
             "run_id": record.run_id,
             "revoked": True,
             "already_revoked": not newly,
         }
+
+    async def _refuse_waiting(self, record: RunRecord) -> None:
+        """A run of a revoked writ that waits for votes decides again at once (and refuses what
+        it waited for, `revoked`): its actor here is told, a parked run is woken. One another
+        node drives decides again at its next vote there."""
+        active = self._active.get(record.run_id)
+        if active is not None:
+            active.actor.recheck()
+            return
+        if record.status != RunStatus.WAITING_APPROVAL.value:
+            return
+        try:
+            await cast("Runtime", self)._wake(record.run_id)
+        except ThymosError as exc:
+            # Still refused at its next vote or its deadline: the revocation is stored.
+            log.warning("run %s of a revoked writ was not woken: %s", record.run_id, exc.message)
 
     def unpersisted_usage(self) -> dict[str, Usage]:
         """By creating key: what active runs have used beyond what their stored rows say."""

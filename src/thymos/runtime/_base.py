@@ -20,6 +20,7 @@ import biscuit_auth as biscuit
 import httpx2
 
 from thymos.cognition import (
+    SCRIPT_ELEMENTS_MAX,
     Cognition,
     CognitionEvent,
     Prices,
@@ -63,9 +64,11 @@ from ._clock import Clock, SystemClock, system_random
 from ._cluster import Cluster, ClusterConfig
 from ._delegation import Delegations
 from ._feeds import Cell, Feed
-from ._limits import REPLAY_PAGE_ROWS, RUNS_ACTIVE_MAX
+from ._limits import REPLAY_PAGE_ROWS, RUNS_ACTIVE_MAX, SUBSCRIBERS_PER_RUN_MAX
 from ._marketplace import Marketplace
+from ._parking import Parking
 from ._registry import TenantViews
+from ._requests import MAX_STEPS_MAX
 from ._state import RunState
 from ._streams import Streams
 from ._trajectory import Trajectory
@@ -117,6 +120,12 @@ class RuntimeConfig:
     without namespaces or Landlock."""
     auto_resume: bool = True
     """Resume at start-up the runs a previous process stopped under (`THYMOS_AUTO_RESUME`)."""
+    max_steps_max: int = MAX_STEPS_MAX
+    """The most steps a run may be given (`THYMOS_MAX_STEPS_MAX`), at start, branch or resume."""
+    script_elements_max: int = SCRIPT_ELEMENTS_MAX
+    """The longest mock script a run may carry (`THYMOS_SCRIPT_ELEMENTS_MAX`)."""
+    subscribers_per_run_max: int = SUBSCRIBERS_PER_RUN_MAX
+    """Stream subscribers per run, all streams together (`THYMOS_SUBSCRIBERS_PER_RUN_MAX`)."""
     max_delegation_depth: int = MAX_DELEGATION_DEPTH_DEFAULT
     """How deep child runs may nest (`THYMOS_MAX_DELEGATION_DEPTH`); each run records the bound
     it started under, so its `delegate` calls are decided (and replayed) against that."""
@@ -153,6 +162,8 @@ class RuntimeBase:
         self._documents_kept = False
         self._revocations: frozenset[str] = frozenset()
         self._unloadable: set[str] = set()
+        self._waking: dict[str, asyncio.Lock] = {}
+        """Parked runs being woken (a second vote waits for the first's wake)."""
         self._resuming: set[str] = set()
         """Runs whose resumption is being recorded (a second request for one is refused)."""
         self.tools = tools
@@ -195,6 +206,8 @@ class RuntimeBase:
         """What each tenant's runs may use: the server's tools and policies, and the packages
         the tenant installed and activated (its registry ledger)."""
         self.marketplace = Marketplace(store, self.clock, self.views)
+        self.parking = Parking(self.clock, self._wake_due)
+        """Runs waiting for votes with no actor, by their writ's deadline."""
         """The package registry: trusted publishers, published packages."""
         self.delegations = Delegations(cast("Runtime", self))
         """Child runs started by `delegate`: started, followed, cancelled and listed there."""
@@ -269,6 +282,9 @@ class RuntimeBase:
         log_lines = summary["log"]
         updated_at = log_lines[-1]["at"] if log_lines else record.updated_at
         return replace(record, status=summary["status"], updated_at=updated_at, summary=summary)
+
+    async def _wake_due(self, run_id: str) -> bool:
+        raise NotImplementedError  # Supervision's
 
     def _running(self, record: RunRecord, action: str) -> ActiveRun:
         """The active run a control action (a vote, a cancel) is sent to: 409 `run_not_active`

@@ -10,11 +10,19 @@ import orjson
 
 from thymos import __version__
 from thymos.cognition import provider_info
-from thymos.core import CorruptEntry, Entry, ErrorCode, RunSummary, ThymosError, parse_envelope
+from thymos.core import (
+    CorruptEntry,
+    Entry,
+    ErrorCode,
+    RunStatus,
+    RunSummary,
+    ThymosError,
+    parse_envelope,
+)
 
 from ._base import RuntimeBase, _Subscription
 from ._branch import replay_through_source
-from ._limits import REPLAY_PAGE_ROWS, SUBSCRIBERS_PER_RUN_MAX
+from ._limits import REPLAY_PAGE_ROWS
 from ._replay import referenced_documents
 from ._views import execution_view, run_view
 
@@ -49,6 +57,8 @@ class Queries(RuntimeBase):
         # parked at shutdown (or not loadable) and resumed on start.
         if summary.status.terminal:
             phase = "finished"
+        elif summary.status is RunStatus.WAITING_APPROVAL:
+            phase = "parked"  # waiting for votes with no actor: the next vote wakes it
         else:
             phase = "elsewhere" if self.cluster.shared else "parked"
         return execution_view(record, summary, phase=phase, active_tool=None, step=None)
@@ -57,10 +67,12 @@ class Queries(RuntimeBase):
         """Count a stream subscriber against the per-run limit (release with `unsubscribe`)."""
         active = self._active.get(run_id)
         if active is not None:
-            if active.subscribers >= SUBSCRIBERS_PER_RUN_MAX:
+            bound = self.config.subscribers_per_run_max
+            if active.subscribers >= bound:
                 raise ThymosError(
                     ErrorCode.CAPACITY_EXHAUSTED,
-                    f"run {run_id} already has {SUBSCRIBERS_PER_RUN_MAX} stream subscribers",
+                    f"run {run_id} already has {bound} stream subscribers "
+                    "(THYMOS_SUBSCRIBERS_PER_RUN_MAX)",
                     {"retry_after_s": 5},
                 )
             active.subscribers += 1

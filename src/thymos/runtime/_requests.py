@@ -12,7 +12,11 @@ TASK_CHARS_MAX = 20_000
 """A task is an instruction, not a document; tools read documents."""
 
 MAX_STEPS_MAX = 1000
-"""A run longer than this is a loop, not a task; resume can extend a run that needs more."""
+"""The default bound on `max_steps` (`THYMOS_MAX_STEPS_MAX`): a run longer than this is usually
+a loop, not a task, and resume can extend a run that needs more. An operator who runs
+long-lived agents raises it, up to `MAX_STEPS_LIMIT`."""
+MAX_STEPS_LIMIT = 10_000_000
+"""What any request may name at all (the operator's setting is checked when the run starts)."""
 
 MAX_STEPS_DEFAULT = 24
 

@@ -78,9 +78,10 @@ class Streams:
                 if runtime.closed.is_set():
                     return
                 if active is None:
-                    if not cluster.shared or await self._ended(run_id, last):
+                    if await self._ended(run_id, last) or not await self._followable(run_id):
                         return
-                    # Another node drives the run: its appends are announced by notices.
+                    # Another node drives the run, or it waits parked: its appends (a vote
+                    # wakes it) are announced by notices.
                     if not await _changed(appended, keepalive_s):
                         yield KEEPALIVE
                     continue
@@ -96,6 +97,14 @@ class Streams:
                         last = seq
             except FellBehind:
                 continue
+
+    async def _followable(self, run_id: str) -> bool:
+        """Whether a run with no actor here may still change: on shared storage any run
+        (another node may drive it), else one parked waiting for votes."""
+        if self._runtime.cluster.shared:
+            return True
+        record = await self._runtime.store.get_run(run_id)
+        return record is not None and record.status == RunStatus.WAITING_APPROVAL.value
 
     async def _ended(self, run_id: str, last: int) -> bool:
         """True when the run (driven by another node, or by none) has ended and its last entry
@@ -118,7 +127,8 @@ class Streams:
                 with runtime.cluster.watch(run_id) as appended:
                     session = await runtime.execution(run_id, tenant)
                     ended = session["status"] in ("completed", "failed", "cancelled")
-                    if ended or not runtime.cluster.shared or runtime.closed.is_set():
+                    followable = runtime.cluster.shared or session["status"] == "waiting_approval"
+                    if ended or not followable or runtime.closed.is_set():
                         ident = f"{session['head_seq']}.final"
                         if ident != last_id:
                             yield Snapshot(ident, session)

@@ -65,6 +65,7 @@ from ._base import (
 from ._branch import BranchOrigin, BranchRun, branch_start, check_depth, find_commit
 from ._feeds import Cell, Feed
 from ._marketplace import Skill
+from ._parking import writ_deadline_us
 from ._registry import run_entities
 from ._requests import StartRun
 from ._state import RunState
@@ -97,6 +98,7 @@ class Supervision(RuntimeBase):
         self._revocations = frozenset(await self.store.revocations())
         await self.keep_documents()
         self.views.start()
+        self.parking.start()
         self.cluster.start(
             handle=self._forwarded,
             held=lambda: set(self._active),
@@ -122,6 +124,15 @@ class Supervision(RuntimeBase):
         for record in await self.store.runs_with_status(
             [RunStatus.RUNNING.value, RunStatus.WAITING_APPROVAL.value]
         ):
+            if (
+                record.status == RunStatus.WAITING_APPROVAL.value
+                and record.parent_run_id is None
+                and record.writ_id not in self._revocations
+            ):
+                # It waits parked: a vote or a cancel wakes it, or its writ's deadline here. (A
+                # run whose writ was revoked is loaded below: it decides again, refusing.)
+                self.parking.park(record.run_id, writ_deadline_us(record))
+                continue
             # On shared storage, a run another live node drives is left to it.
             if await self.cluster.claim(record.run_id):
                 count += await self._recover_one(record)
@@ -230,12 +241,23 @@ class Supervision(RuntimeBase):
             if pending:
                 await asyncio.wait(pending, timeout=max(1.0, grace_s))
         self.closed.set()
+        await self.parking.stop()
         await self.cluster.stop()
         for active in list(self._active.values()):
             self._close_feeds(active)
         self.tool_pool.close()
         await self.views.stop()
         await self._model_http.aclose()
+
+    def check_max_steps(self, max_steps: int) -> None:
+        """422 for more steps than the operator allows (`THYMOS_MAX_STEPS_MAX`)."""
+        bound = self.config.max_steps_max
+        if max_steps > bound:
+            raise ThymosError(
+                ErrorCode.INVALID_REQUEST,
+                f"max_steps may be at most {bound} on this server (THYMOS_MAX_STEPS_MAX)",
+                {"field": "max_steps", "max_steps_max": bound},
+            )
 
     def resolve_scopes(self, scopes: list[str] | None, tenant: str) -> tuple[list[str], list[str]]:
         """(scopes as given, the tools they cover among those the tenant's runs may use: the
@@ -311,6 +333,7 @@ class Supervision(RuntimeBase):
             raise ThymosError(
                 ErrorCode.INVALID_REQUEST, "task must not be empty", {"field": "task"}
             )
+        self.check_max_steps(request.max_steps)
         scopes, tools = self.resolve_scopes(
             None if request.tool_scopes is None else list(request.tool_scopes), tenant
         )
@@ -358,7 +381,7 @@ class Supervision(RuntimeBase):
                 raise ThymosError(
                     ErrorCode.INVALID_SCRIPT, "cognition.script is only for the mock provider"
                 )
-            problems = validate_script(list(request.script))
+            problems = validate_script(list(request.script), self.config.script_elements_max)
             if problems:
                 raise ThymosError(
                     ErrorCode.INVALID_SCRIPT, problems[0], {"problems": problems[:20]}
@@ -584,6 +607,80 @@ class Supervision(RuntimeBase):
             self._starting -= 1
             self._resuming.discard(record.run_id)
 
+    async def _control(self, record: RunRecord, action: str) -> ActiveRun | str:
+        """Where a control action (a vote, a cancel) on a run goes: its active run here, or
+        the node that drives it (to forward it to). A parked run, waiting for votes with no
+        actor, is woken here first; otherwise as `_running` says."""
+        run_id = record.run_id
+        active = self._active.get(run_id)
+        if active is not None:
+            return active
+        owner = await self.cluster.owner(run_id)
+        if owner is not None:
+            return owner
+        if record.status == RunStatus.WAITING_APPROVAL.value and run_id not in self._unloadable:
+            woken = await self._wake(run_id)
+            if woken is not None:
+                return woken
+            owner = await self.cluster.owner(run_id)
+            if owner is not None:
+                return owner
+            record = await self.store.get_run(run_id) or record
+        return self._running(record, action)
+
+    async def _wake(self, run_id: str) -> ActiveRun | None:
+        """Give a parked run an actor again (its state folded from its ledger, verified as it
+        goes); None when another node took it first or it no longer waits. 429
+        `capacity_exhausted` when every slot is taken."""
+        lock = self._waking.setdefault(run_id, asyncio.Lock())
+        try:
+            async with lock:
+                active = self._active.get(run_id)
+                if active is not None:
+                    return active
+                self._check_capacity()
+                self._starting += 1
+                try:
+                    return await self._wake_claimed(run_id)
+                finally:
+                    self._starting -= 1
+        finally:
+            if not lock.locked():
+                self._waking.pop(run_id, None)
+
+    async def _wake_claimed(self, run_id: str) -> ActiveRun | None:
+        if not await self.cluster.claim(run_id):
+            return None
+        record = await self.store.get_run(run_id)
+        if record is None or record.status != RunStatus.WAITING_APPROVAL.value:
+            await self.cluster.release(run_id)
+            return None
+        try:
+            state = await self._load_state(record)
+            if state.summary.status is not RunStatus.WAITING_APPROVAL:
+                await self.cluster.release(run_id)
+                return None
+            self.parking.unpark(run_id)
+            return self._launch(record, state)
+        except (ThymosError, WritError) as exc:
+            self._unloadable.add(run_id)
+            await self.cluster.release(run_id)
+            log.error("parked run %s cannot be woken: %s", run_id, exc)
+            raise ThymosError(
+                ErrorCode.RUN_NOT_ACTIVE, "the run could not be loaded; the server log says why"
+            ) from None
+
+    async def _wake_due(self, run_id: str) -> bool:
+        """Wake a parked run at its writ's deadline (it then refuses what it waited for);
+        False when no slot is free (tried again shortly)."""
+        try:
+            await self._wake(run_id)
+        except ThymosError as exc:
+            if exc.code is ErrorCode.CAPACITY_EXHAUSTED:
+                return False
+            raise
+        return True
+
     async def cancel(
         self,
         run_id: str,
@@ -596,15 +693,15 @@ class Supervision(RuntimeBase):
         """Ask an active run to stop now; its end (a `cancellation` entry with who asked, then
         `run_ended` cancelled) is recorded by its actor. Commits already made stay."""
         record = await self.visible_record(run_id, tenant)
-        if run_id not in self._active and (owner := await self.cluster.owner(run_id)):
+        active = await self._control(record, "cancelled")
+        if isinstance(active, str):
             cancel = {
                 "action": "cancel",
                 "requested_by": requested_by,
                 "key_id": key_id,
                 "reason": reason,
             }
-            return await self.cluster.forward(owner, run_id, cancel)
-        active = self._running(record, "cancelled")
+            return await self.cluster.forward(active, run_id, cancel)
         active.actor.post(Cancel(requested_by, key_id, reason))
         # Its children too, at once (each naming this run), not only when its wait ends.
         self.delegations.cancel_children_of(run_id)
@@ -624,6 +721,8 @@ class Supervision(RuntimeBase):
             state = await self._load_state(record)
         steps = state.summary.steps_executed
         limit = max_steps if max_steps is not None else state.spec.max_steps
+        if max_steps is not None:
+            self.check_max_steps(max_steps)
         if limit <= steps:
             raise ThymosError(
                 ErrorCode.INVALID_REQUEST,
@@ -747,6 +846,9 @@ class Supervision(RuntimeBase):
             self.redactor,
             self.config.prices,
             delegate=self.delegations.delegate,
+            # A delegated child waits inside its parent's call, which follows its actor: it is
+            # not parked (its parent holds a slot for it anyway).
+            park_when_waiting=record.parent_run_id is None,
             tenant_view=functools.partial(self.views.current, record.tenant),
         )
         actor = RunActor(trajectory, provider, deps, authority, snapshot.touch)
@@ -763,7 +865,13 @@ class Supervision(RuntimeBase):
         finally:
             self._active.pop(active.run_id, None)
             self._close_feeds(active)
-            if not active.actor.abandoned and not active.actor.parked:
+            actor = active.actor
+            if actor.idle:
+                # Waiting for votes with no actor: any node may wake it (a vote, a cancel);
+                # this one also at its writ's deadline.
+                self.parking.park(active.run_id, actor.deadline_us)
+                await self.cluster.release(active.run_id)
+            elif not actor.abandoned and not actor.parked:
                 await self.cluster.release(active.run_id)
 
     @staticmethod

@@ -121,11 +121,16 @@ class Trajectory:
                 self.run_id, self.state.summary.head_seq, self.state.world.snapshot()
             )
             self.state.last_checkpoint_seq = self.state.summary.head_seq
-        # The run row is rewritten when the status changes (and so at the end); in between, readers
-        # of an active run use its live summary, and recovery refolds the ledger.
+        # The run row is rewritten when the status changes (and so at the end), and on every
+        # append while the run waits for votes (a parked run's row is all its readers see); in
+        # between, readers of an active run use its live summary, and recovery refolds the ledger.
         update = None
         status = self.state.summary.status
-        if status.value != self._persisted_status or status.terminal:
+        if (
+            status.value != self._persisted_status
+            or status.terminal
+            or status is RunStatus.WAITING_APPROVAL
+        ):
             update = RunUpdate(status.value, time, self.state.summary.as_dict())
             self._persisted_status = status.value
             self.persisted_usage = self.state.summary.usage
