@@ -93,8 +93,12 @@ class Harness:
 
     async def _vote(self, run_id: str, approve: bool) -> None:
         for _ in range(500):
+            # Waiting for votes: the actor waits, or has parked (the vote wakes it).
             active = self.runtime.active(run_id)
             if active is not None and active.actor.waiting:
+                break
+            record = await self.runtime.store.get_run(run_id)
+            if active is None and record is not None and record.status == "waiting_approval":
                 break
             await asyncio.sleep(0.01)
         else:

@@ -1,9 +1,12 @@
 """The embedded SQLite backend: one writer thread grouping appends, a few reader threads.
 
 Concurrent runs submit appends to a queue; the writer thread takes everything waiting, runs it in
-one transaction (each submission inside its own savepoint, so one conflict fails only its own
-caller) and resolves each caller's future. Readers use their own connections on a small pool;
-WAL lets them read while the writer writes.
+one transaction and resolves the callers' futures with one hand-off to their event loop. When a
+submission fails, the transaction is rolled back and the group run again with each submission in
+its own savepoint, so one conflict fails only its own caller. The writer keeps the head of every
+run it wrote (this process is the file's only writer), so an append that continues it skips the
+head query. Readers use their own connections on a small pool; WAL lets them read while the
+writer writes.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from ._migrations import SQLITE_MIGRATIONS
 
 T = TypeVar("T")
 
+HEADS_KEPT_MAX = 100_000
+"""Run heads the writer remembers (forgotten all at once past it: they are read again)."""
 WRITE_GROUP_MAX = 256
 """Submissions grouped into one transaction; bounds how long one transaction holds the lock."""
 
@@ -91,6 +96,10 @@ class SqliteLedgerStore:
         self._reader_conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._listeners: list[Callable[[Notice], None]] = []
+        self._heads: dict[str, int] = {}
+        """The writer thread's: each run's head seq as of its last commit."""
+        self._staged_heads: dict[str, int] = {}
+        """The writer thread's: heads written by the transaction in progress."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -161,29 +170,72 @@ class SqliteLedgerStore:
             conn.close()
 
     def _run_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
-        results: list[tuple[_Job, Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job in group:
-                conn.execute("SAVEPOINT job")
-                try:
-                    value = job.work(conn)
-                except BaseException as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    results.append((job, None, exc))
-                else:
-                    conn.execute("RELEASE job")
-                    results.append((job, value, None))
-            conn.execute("COMMIT")
+            results = self._attempt(conn, group, savepoints=False)
+            if results is None:
+                # A submission failed: run the group again, each in its own savepoint, so the
+                # failure is its caller's alone.
+                results = self._attempt(conn, group, savepoints=True)
+            assert results is not None
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._staged_heads.clear()
             failure = StorageError(f"the SQLite transaction failed: {exc}")
             failure.__cause__ = exc
             results = [(job, None, failure) for job in group]
-        for job, value, error in results:
-            job.loop.call_soon_threadsafe(_settle, job.future, value, error)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]]
+        by_loop = {}
+        for result in results:
+            by_loop.setdefault(result[0].loop, []).append(result)
+        for loop, settled in by_loop.items():
+            loop.call_soon_threadsafe(_settle_all, settled)
+
+    def _attempt(
+        self, conn: sqlite3.Connection, group: list[_Job], *, savepoints: bool
+    ) -> list[tuple[_Job, Any, BaseException | None]] | None:
+        """Run the group in one transaction and commit it; without savepoints, None (and
+        nothing committed) as soon as one submission fails."""
+        results: list[tuple[_Job, Any, BaseException | None]] = []
+        self._staged_heads.clear()
+        conn.execute("BEGIN IMMEDIATE")
+        for job in group:
+            if not savepoints:
+                try:
+                    value = job.work(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    return None
+                results.append((job, value, None))
+                continue
+            conn.execute("SAVEPOINT job")
+            staged = dict(self._staged_heads)
+            try:
+                value = job.work(conn)
+            except BaseException as exc:
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                self._staged_heads = staged
+                results.append((job, None, exc))
+            else:
+                conn.execute("RELEASE job")
+                results.append((job, value, None))
+        conn.execute("COMMIT")
+        if len(self._heads) > HEADS_KEPT_MAX:
+            self._heads.clear()
+        self._heads.update(self._staged_heads)
+        self._staged_heads.clear()
+        return results
+
+    def _head(self, conn: sqlite3.Connection, run_id: str) -> int:
+        """The run's stored head seq (-1: none), from what this writer wrote when it can."""
+        known = self._staged_heads.get(run_id)
+        if known is None:
+            known = self._heads.get(run_id)
+        if known is not None:
+            return known
+        row = conn.execute(sql.HEAD_SEQ, (run_id,)).fetchone()
+        return -1 if row is None or row[0] is None else int(row[0])
 
     def _submit(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         """Queue `work` for the writer now; the future settles when its transaction commits.
@@ -247,6 +299,7 @@ class SqliteLedgerStore:
                 raise SeqConflict(record.run_id, 0)
             conn.execute(sql.INSERT_RUN, sql.run_params(record))
             _insert_entries(conn, record.run_id, [first])
+            self._staged_heads[record.run_id] = 0
             if checkpoint is not None:
                 conn.execute(sql.INSERT_CHECKPOINT, (record.run_id, 0, checkpoint.world))
             if idempotency is not None:
@@ -274,8 +327,7 @@ class SqliteLedgerStore:
         def work(conn: sqlite3.Connection) -> None:
             # Continuity: the batch must start right after the stored head, so a writer that
             # lost an earlier append can never leave a gap.
-            row = conn.execute(sql.HEAD_SEQ, (run_id,)).fetchone()
-            stored = -1 if row is None or row[0] is None else int(row[0])
+            stored = self._head(conn, run_id)
             if entries[0].seq != stored + 1:
                 raise SeqConflict(run_id, entries[0].seq)
             # Consecutive within the batch too: a gap inside it would pass the head check.
@@ -283,6 +335,7 @@ class SqliteLedgerStore:
                 if entry.seq != stored + 1 + offset:
                     raise SeqConflict(run_id, entry.seq)
             _insert_entries(conn, run_id, entries)
+            self._staged_heads[run_id] = entries[-1].seq
             if update is not None:
                 conn.execute(
                     sql.UPDATE_RUN,
@@ -591,6 +644,11 @@ def _insert_entries(conn: sqlite3.Connection, run_id: str, entries: Sequence[Ent
         conn.executemany(sql.INSERT_ENTRY, sql.entry_params(run_id, entries))
     except sqlite3.IntegrityError as exc:
         raise SeqConflict(run_id, entries[0].seq) from exc
+
+
+def _settle_all(results: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    for job, value, error in results:
+        _settle(job.future, value, error)
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
