@@ -7,6 +7,7 @@ everything has been sent, or when the server shuts down.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -14,7 +15,7 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import Response, StreamingResponse
 
-from thymos.core import ErrorCode, ThymosError
+from thymos.core import Entry, ErrorCode, ThymosError
 from thymos.runtime import Damaged, KeepAlive, Runtime
 
 from ._caller import Caller, current_caller
@@ -34,6 +35,23 @@ def sse(event_id: str | int, event: str, data: Any) -> bytes:
         event.encode(),
         orjson.dumps(data),
     )
+
+
+FRAMES_KEPT = 4096
+"""Encoded ledger events kept: every subscriber of a live run sends the same bytes for each
+entry, encoded once (an entry's id is the hash of its bytes, so it names one frame)."""
+_frames: OrderedDict[str, bytes] = OrderedDict()
+
+
+def entry_frame(entry: Entry) -> bytes:
+    """The SSE event of a ledger entry, encoded once for all its subscribers."""
+    frame = _frames.get(entry.id)
+    if frame is None:
+        frame = sse(entry.seq, entry.kind, entry.as_public())
+        _frames[entry.id] = frame
+        if len(_frames) > FRAMES_KEPT:
+            _frames.popitem(last=False)
+    return frame
 
 
 def _stream(body: AsyncIterator[bytes], runtime: Runtime, run_id: str) -> StreamingResponse:
@@ -97,7 +115,7 @@ async def _entries(
             error = {"code": "ledger_corrupt", "message": item.message, "seq": item.seq}
             yield sse(item.seq, "error", error)
         else:
-            yield sse(item.seq, item.kind, item.as_public())
+            yield entry_frame(item)
 
 
 @router.get(
