@@ -282,9 +282,10 @@ def test_the_active_run_cap_holds_under_a_burst(
     server_factory: ServerFactory, tmp_path: Path
 ) -> None:
     """Sixty-four concurrent POST /runs against a cap of four: exactly four are accepted (each
-    run then waits for approval, so all stay active) and sixty are 429 capacity_exhausted with
+    run then thinks for a minute, so all stay active) and sixty are 429 capacity_exhausted with
     Retry-After; the accepted runs are exactly the runs listed. When one finishes, a new run is
-    accepted again."""
+    accepted again. Runs waiting for approval are parked and hold no slot: twice the cap of them
+    wait at once."""
     server = server_factory(
         {
             "THYMOS_RUNS_ACTIVE_MAX": str(CAP),
@@ -293,6 +294,11 @@ def test_the_active_run_cap_holds_under_a_burst(
     )
     body = {
         "task": "hold a slot",
+        "tool_scopes": ["kv_set"],
+        "cognition": {"script": [{"text": "thinking", "sleep_ms": 60_000}, {"final": "ok"}]},
+    }
+    waits = {
+        "task": "wait for a vote",
         "tool_scopes": ["kv_set"],
         "cognition": {
             "script": [{"tool": "kv_set", "args": {"key": "k", "value": 1}}, {"final": "ok"}]
@@ -316,17 +322,32 @@ def test_the_active_run_cap_holds_under_a_burst(
     client = server.client()
     listed = {run["run_id"] for run in client.get("/runs").json()["runs"]}
     assert listed == set(accepted)
-    for run_id in accepted:
-        wait_pending(client, run_id)
     assert_error(client.post("/runs", json=body), 429, "capacity_exhausted")
-    denied = client.post(f"/runs/{accepted[0]}/approvals/ops", json={"approve": False})
-    assert denied.status_code == 200, denied.text
+    assert client.post(f"/runs/{accepted[0]}/cancel").status_code == 202
     wait_terminal(client, accepted[0])
     wait_for(
         lambda: True if client.post("/runs", json=body).status_code == 202 else None,
         timeout_s=15,
         what="a slot to free up",
     )
+    for run_id in {run["run_id"] for run in client.get("/runs").json()["runs"]}:
+        client.post(f"/runs/{run_id}/cancel")
+    for run_id in {run["run_id"] for run in client.get("/runs").json()["runs"]}:
+        wait_terminal(client, run_id)
+    waiting = []
+    for _ in range(2 * CAP):
+        response = client.post("/runs", json=waits)
+        assert response.status_code == 202, response.text
+        waiting.append(response.json()["run_id"])
+        wait_pending(client, waiting[-1])
+        wait_for(
+            lambda: (
+                client.get(f"/runs/{waiting[-1]}/execution").json()["phase"] == "parked" or None
+            ),
+            timeout_s=15,
+            what="the waiting run to park",
+        )
+    assert len(client.get("/approvals").json()["approvals"]) == 2 * CAP
 
 
 # -- 5 and 6. bodies and headers with one meaning, never a 500 ---------------------------------

@@ -109,7 +109,9 @@ def test_validate_script_names_the_bad_element(script: Any, fragment: str) -> No
 def test_validate_script_refuses_an_oversized_script() -> None:
     """A script longer than the named limit is refused as a whole."""
     problems = validate_script([{"text": "a"}] * 10_001)
-    assert problems == ["cognition.script has more than 10000 elements"]
+    assert problems == [
+        "cognition.script has more than 10000 elements (the server's THYMOS_SCRIPT_ELEMENTS_MAX)"
+    ]
 
 
 @pytest.mark.anyio
