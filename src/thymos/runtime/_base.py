@@ -53,6 +53,7 @@ from thymos.governance import (
     default_policy_files,
     new_root_key,
 )
+from thymos.observability import Observer
 from thymos.storage import ClusterStore, Document, RunRecord
 from thymos.tools import McpHub, Sandbox, ToolPool, ToolRegistry, Workspace
 
@@ -141,8 +142,12 @@ class RuntimeBase:
         provider_factory: Callable[[RunSpec], Cognition] | None = None,
         mcp: McpHub | None = None,
         cluster: ClusterConfig | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
+        self.observer = observer or Observer()
+        """Metrics (and spans, when tracing is on) of this runtime: the app passes the one it
+        serves at /metrics; tests and the benchmark get a fresh one."""
         # The root key signs every run's writ. Tests and the benchmark may let it be generated;
         # the server passes the persistent one.
         self.root = root or new_root_key()
@@ -186,6 +191,13 @@ class RuntimeBase:
         """The package registry: trusted publishers, published packages."""
         self.delegations = Delegations(cast("Runtime", self))
         """Child runs started by `delegate`: started, followed, cancelled and listed there."""
+        self.observer.watch(
+            runs_active=lambda: len(self._active), approvals_waiting=self._approvals_waiting
+        )
+
+    def _approvals_waiting(self) -> int:
+        """Proposals waiting for a vote in the active runs (as durable: what approvers see)."""
+        return sum(len(a.actor.trajectory.durable_pending) for a in list(self._active.values()))
 
     async def visible_record(self, run_id: str, tenant: str | None) -> RunRecord:
         """The run's record if this caller may see it; otherwise 404 exactly as for no run."""
@@ -331,6 +343,7 @@ class RuntimeBase:
             entries=Feed(),
             on_change=lambda: None,
             signer=self._signer,
+            observer=self.observer,
         )
 
     def _execution_of(self, active: ActiveRun) -> dict[str, Any]:

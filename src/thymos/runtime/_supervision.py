@@ -5,6 +5,7 @@ actor and driven to their end, resumed, cancelled, recovered at start-up and sto
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -49,6 +50,7 @@ from thymos.governance import (
     mint,
 )
 from thymos.governance import parse as parse_writ
+from thymos.observability import bind_run
 from thymos.storage import Checkpoint, RunRecord
 from thymos.tools import READ_ONLY_DEFAULT_SCOPES
 
@@ -489,7 +491,9 @@ class Supervision(RuntimeBase):
             parent_run_id=parent_run_id,
         )
         await self.cluster.claim(run_id)  # a new id: nobody else holds it
+        submitted = time.perf_counter()
         await self.store.create_run(record, first, idempotency, checkpoint)
+        self.observer.durable((first,), time.perf_counter() - submitted)
         return record, self._launch(record, state, first)
 
     async def branch(
@@ -725,6 +729,7 @@ class Supervision(RuntimeBase):
             entries=entries,
             on_change=snapshot.touch,
             signer=self._signer,
+            observer=self.observer,
         )
         provider, authority = prepared or self._prepare(record.run_id, state.spec)
         deps = ActorDeps(
@@ -739,6 +744,7 @@ class Supervision(RuntimeBase):
             self.redactor,
             self.config.prices,
             delegate=self.delegations.delegate,
+            observer=self.observer,
         )
         actor = RunActor(trajectory, provider, deps, authority, snapshot.touch)
         active = ActiveRun(
@@ -749,6 +755,8 @@ class Supervision(RuntimeBase):
         return active
 
     async def _drive(self, active: ActiveRun) -> None:
+        # The run's task logs as the run (it was created inside a request's context).
+        bind_run(active.run_id, active.tenant)
         try:
             await active.actor.run()
         finally:
