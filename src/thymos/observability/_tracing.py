@@ -1,8 +1,9 @@
 """OpenTelemetry traces (the `otel` extra), off unless an OTLP endpoint is configured.
 
-Nothing here imports OpenTelemetry at module level: `start_tracing` imports it when tracing is
-on, so a server without an endpoint never loads it, and the runtime's only cost is a check that
-its tracer is None. Spans are exported over OTLP/HTTP (protobuf) in batches from the SDK's own
+Nothing here imports OpenTelemetry at module level: `start_tracing` imports the SDK and the
+exporter when tracing is on, so a server without an endpoint never loads them (the small API
+package is loaded anyway, by FastAPI), and the runtime's only cost is a check that its tracer is
+None. Spans are exported over OTLP/HTTP (protobuf) in batches from the SDK's own
 thread; shutdown flushes what is left.
 """
 
