@@ -1,9 +1,9 @@
-"""The one object the runtime reports to: one call per event, each a metric observation or two
-(about a microsecond), and a span when tracing is on.
+"""The one object the runtime reports to: one call per event, each a few additions (well under a
+microsecond; see `_metrics`), and a span when tracing is on.
 
 The runtime holds an `Observer` (a fresh one per runtime unless the app passes its own), so
 every hook is a plain method call; none builds a dict or writes a log line on the path of an
-intent.
+intent. Every hook is called on the event loop's thread.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ class Observer:
         self._staged = self.metrics.append_seconds.observe
         self._committed = self.metrics.commit_seconds.observe
         self._count = self.metrics.durable
+        self._tool = self.metrics.tool_seconds.of
 
     def watch(
         self, *, runs_active: Callable[[], float], approvals_waiting: Callable[[], float]
     ) -> None:
         """Gauges of what is true now, computed when scraped (nothing to keep up to date)."""
-        self.metrics.runs_active.set_function(runs_active)
-        self.metrics.approvals_waiting.set_function(approvals_waiting)
+        self.metrics.runs_active = runs_active
+        self.metrics.approvals_waiting = approvals_waiting
 
     def staged(self, seconds: float) -> None:
         """An append was staged (sealed, folded, submitted) in `seconds`."""
@@ -42,25 +43,23 @@ class Observer:
 
     def turn(self, provider: str, seconds: float, tokens_in: int, tokens_out: int) -> None:
         m = self.metrics
-        m.turn_seconds.labels(provider).observe(seconds)
-        if tokens_in:
-            m.tokens_in.labels(provider).inc(tokens_in)
-        if tokens_out:
-            m.tokens_out.labels(provider).inc(tokens_out)
+        m.turn_seconds.of(provider).observe(seconds)
+        m.tokens_in[provider] = m.tokens_in.get(provider, 0) + tokens_in
+        m.tokens_out[provider] = m.tokens_out.get(provider, 0) + tokens_out
 
     def tool_ran(self, tool: str, seconds: float) -> None:
-        self.metrics.tool_seconds.labels(tool).observe(seconds)
+        self._tool(tool).observe(seconds)
 
     def voted(self, waited_s: float) -> None:
         """A vote was recorded `waited_s` after its proposal's suspension."""
         self.metrics.approval_wait.observe(max(0.0, waited_s))
 
     def replayed(self, entries: int, seconds: float) -> None:
-        self.metrics.replayed.inc(entries)
+        self.metrics.replayed += entries
         self.metrics.replay_seconds.observe(seconds)
 
     def subscribed(self) -> None:
-        self.metrics.sse_subscribers.inc()
+        self.metrics.sse_subscribers += 1
 
     def unsubscribed(self) -> None:
-        self.metrics.sse_subscribers.dec()
+        self.metrics.sse_subscribers -= 1

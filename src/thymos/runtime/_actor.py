@@ -309,7 +309,11 @@ class RunActor:
             # Shutdown's grace period ran out mid-step: record the interruption and finish.
             terminated_by, error = TerminatedBy.INTERRUPTED, "the server stopped during a step"
         except Exception as exc:
-            log.exception("run %s failed unexpectedly", self.trajectory.run_id)
+            log.exception(
+                "run %s failed unexpectedly",
+                self.trajectory.run_id,
+                extra={"seq": self.trajectory.head_seq},
+            )
             terminated_by, error = TerminatedBy.ERROR, f"internal error: {type(exc).__name__}"
         self._reject_votes(ErrorCode.RUN_NOT_ACTIVE, "the run has ended")
         try:
@@ -926,7 +930,7 @@ class RunActor:
         except Exception as exc:
             # A tool bug is still a decision to record, never a swallowed error.
             observer.tool_ran(intent.tool, time.perf_counter() - began)
-            log.exception("tool %s raised", intent.tool)
+            log.exception("tool %s raised", intent.tool, extra={"seq": self.trajectory.head_seq})
             self._record_failure(
                 decided, ToolFailureCode.TOOL_ERROR, f"the tool raised {type(exc).__name__}"
             )

@@ -138,7 +138,12 @@ class Supervision(RuntimeBase):
         except ThymosError as exc:
             # Left as stored: neither continued nor ended, so nothing vouches for it.
             self._unloadable.add(record.run_id)
-            log.error("run %s cannot be recovered: %s", record.run_id, exc.message)
+            log.error(
+                "run %s cannot be recovered: %s",
+                record.run_id,
+                exc.message,
+                extra={"run_id": record.run_id},
+            )
             return 0
         if state.summary.status is RunStatus.WAITING_APPROVAL:
             try:
