@@ -205,6 +205,14 @@ class Settings:
     keepalive_s: float = 15.0
     sqlite_synchronous: str = "NORMAL"
     log_level: str = "info"
+    log_format: str = "json"
+    """`THYMOS_LOG_FORMAT`: `json` (one object a line) or `text` (for a person at a terminal)."""
+    metrics_token: str | None = field(default=None, repr=False)
+    """`THYMOS_METRICS_TOKEN`: a bearer token that may read `/metrics` (and nothing else);
+    without it only an admin (any caller of an open server) may."""
+    otel_endpoint: str | None = None
+    """`THYMOS_OTEL_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`: the OTLP/HTTP base URL
+    spans are exported to (`/v1/traces` under it); unset: no tracing."""
     api_keys: tuple[ApiKeySpec, ...] = field(default=(), repr=False)
     policy_dir: Path | None = None
     root_key: str | None = field(default=None, repr=False)
@@ -364,6 +372,30 @@ def _validated(settings: Settings) -> Settings:
     low, high = LEASE_TTL_S_RANGE
     if not low <= settings.lease_ttl_s <= high:
         raise SettingsError(f"THYMOS_LEASE_TTL_S must be from {low:g} to {high:g} seconds")
+    if settings.log_format not in LOG_FORMATS:
+        raise SettingsError(
+            f"THYMOS_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {settings.log_format!r}"
+        )
+    if settings.log_level.upper() not in LOG_LEVELS:
+        raise SettingsError(
+            f"THYMOS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS).lower()}, "
+            f"not {settings.log_level!r}"
+        )
+    if settings.metrics_token is not None and (
+        len(settings.metrics_token) < KEY_SECRET_CHARS_MIN
+        or not settings.metrics_token.isascii()
+        or not settings.metrics_token.isprintable()
+        or " " in settings.metrics_token
+    ):
+        raise SettingsError(
+            f"THYMOS_METRICS_TOKEN must be at least {KEY_SECRET_CHARS_MIN} printable ASCII "
+            "characters without spaces"
+        )
+    if settings.otel_endpoint is not None and not OTEL_ENDPOINT.fullmatch(settings.otel_endpoint):
+        raise SettingsError(
+            "THYMOS_OTEL_ENDPOINT (or OTEL_EXPORTER_OTLP_ENDPOINT) must be an http(s) URL such "
+            "as http://127.0.0.1:4318"
+        )
     if settings.postgres_url and settings.root_key is None and settings.root_key_file is None:
         raise SettingsError(
             "THYMOS_POSTGRES_URL is set: every node sharing the database must sign and verify "
@@ -378,6 +410,9 @@ def _validated(settings: Settings) -> Settings:
 
 
 TIMEOUT_S_MAX = 3600.0
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+OTEL_ENDPOINT = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
 RUNS_ACTIVE_MAX_LIMIT = 100_000
 CONNECTIONS_LIMIT = 1_000_000
 HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,252})|[0-9a-f:.]{2,45}")
@@ -513,6 +548,16 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         )
     if "THYMOS_LOG_LEVEL" in source:
         values["log_level"] = source["THYMOS_LOG_LEVEL"].lower()
+    if "THYMOS_LOG_FORMAT" in source:
+        values["log_format"] = source["THYMOS_LOG_FORMAT"].strip().lower()
+    if source.get("THYMOS_METRICS_TOKEN"):
+        values["metrics_token"] = source["THYMOS_METRICS_TOKEN"]
+    endpoint = (
+        source.get("THYMOS_OTEL_ENDPOINT", "").strip()
+        or source.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    )
+    if endpoint:
+        values["otel_endpoint"] = endpoint
     values["providers"] = ProviderEnv.of(source)
     for info in PROVIDER_INFOS:
         url = values["providers"].values.get(info.base_url_variable or "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,8 +10,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from thymos import __version__
+from thymos.observability import AccessLog, Observer, start_tracing, tracing_installed
 from thymos.runtime import ClusterConfig, Runtime, RuntimeConfig
-from thymos.settings import Settings
+from thymos.settings import Settings, SettingsError
 from thymos.storage import KeySeed, Storage, StorageError, StorageUnusable, storage_for
 from thymos.tools import McpHub, Sandbox, Workspace
 
@@ -79,6 +81,11 @@ def create_app(settings: Settings) -> FastAPI:
     policy = load_policy(settings)
     tools = load_tools(settings)
     mcp_servers = load_mcp(settings)
+    if settings.otel_endpoint is not None and not tracing_installed():
+        raise SettingsError(
+            "THYMOS_OTEL_ENDPOINT (or OTEL_EXPORTER_OTLP_ENDPOINT) is set but the otel extra is "
+            "not installed: pip install 'thymos[otel]'"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -99,7 +106,14 @@ def create_app(settings: Settings) -> FastAPI:
                     )
                     continue
                 tools.register(tool)
+        # Tracing (the `otel` extra) is loaded only when an endpoint is configured.
+        tracer = (
+            None
+            if settings.otel_endpoint is None
+            else start_tracing(settings.otel_endpoint, version=__version__, node=settings.node)
+        )
         runtime = Runtime(
+            observer=Observer(tracer=tracer),
             store=store,
             tools=tools,
             config=RuntimeConfig(
@@ -144,6 +158,9 @@ def create_app(settings: Settings) -> FastAPI:
             if mcp is not None:
                 await mcp.stop()
             await storage.close()
+            if tracer is not None:
+                # Exports what is buffered; the exporter's own timeouts bound the wait.
+                await asyncio.to_thread(tracer.shutdown)
 
     app = FastAPI(
         title="Thymos",
@@ -165,6 +182,8 @@ def create_app(settings: Settings) -> FastAPI:
             cors_origins=settings.cors_origins,
         ),
     )
+    # Outermost: one access-log line for every request the app sees, refused ones included.
+    app.add_middleware(AccessLog)
     app.include_router(meta_router)
     app.include_router(runs_router)
     app.include_router(streams_router)

@@ -13,6 +13,7 @@ from typing import Protocol
 from fastapi import Request
 
 from thymos.core import ErrorCode, ThymosError
+from thymos.observability import note_caller
 from thymos.runtime import DEFAULT_TENANT
 
 
@@ -58,4 +59,7 @@ async def current_caller(request: Request) -> Caller:
     applies its rate limit and counts the request (`_auth.Gateway.authenticate`). The OpenAPI
     document's security requirements are derived from which routes depend on this."""
     source: CallerSource = request.app.state.gateway
-    return await source.authenticate(request)
+    caller = await source.authenticate(request)
+    # Logged from here on (and in the request's access-log line): the key's id, never a secret.
+    note_caller(caller.key_id, caller.tenant)
+    return caller

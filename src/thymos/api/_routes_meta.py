@@ -1,15 +1,17 @@
-"""`/health`, `/ready`, `/tools`: facts about the server itself."""
+"""`/health`, `/ready`, `/tools`, `/metrics`: facts about the server itself."""
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from thymos.core import ErrorCode
+from thymos.observability import CONTENT_TYPE
 
-from ._caller import Caller, current_caller
+from ._caller import Caller, Role, current_caller
 from ._deps import runtime_of
 from ._errors import error_response
 from ._models import ErrorEnvelope
@@ -68,3 +70,43 @@ async def tools(
 ) -> dict[str, Any]:
     view = await runtime_of(request).views.view(caller.tenant)
     return {"tools": [spec.as_dict() for spec in view.tools.specs().values()]}
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text format): for an admin key or the THYMOS_METRICS_TOKEN bearer",
+    description=(
+        "Counters of what this server recorded (runs by ending, intents, decisions, rejections "
+        "by reason, votes, tool executions by tool), gauges of active runs, waiting approvals "
+        "and SSE streams, and latency histograms (ledger append and commit, model turns by "
+        "provider, tools by tool, approval waits, replays). Labels never hold a tenant, key or "
+        "run id. Readable by an admin key (anyone, on an open server) or by "
+        "`Authorization: Bearer <THYMOS_METRICS_TOKEN>`, which reads nothing else."
+    ),
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The metrics in Prometheus text exposition format 0.0.4",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        429: {"model": ErrorEnvelope, "description": "The key is over its rate limit"},
+    },
+)
+async def metrics(request: Request) -> Response:
+    if not _scraper(request):
+        caller = await current_caller(request)
+        caller.require(Role.ADMIN)
+    body = runtime_of(request).observer.metrics.exposition()
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+def _scraper(request: Request) -> bool:
+    """Whether the request carries the metrics token (compared in constant time)."""
+    token: str | None = request.app.state.settings.metrics_token
+    header = request.headers.get("authorization")
+    if token is None or header is None:
+        return False
+    scheme, _, given = header.strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from thymos.core import ErrorCode, RunStatus, ThymosError, is_run_id
+from thymos.observability import note_run
 from thymos.runtime import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX
 
 from ._body import parse_body, parse_optional_body, request_body_schema
@@ -54,6 +55,7 @@ async def create_run(
         idempotency_key=idempotency_key,
         created_by=caller.key_id,
     )
+    note_run(record.run_id)
     return {"run_id": record.run_id, "task": record.spec["task"], "status": record.status}
 
 

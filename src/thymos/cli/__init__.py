@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -50,14 +48,16 @@ def serve_command(
     except SettingsError as exc:
         typer.echo(f"thymos: {exc}", err=True)
         raise typer.Exit(2) from None
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    from thymos.observability import configure_logging
+
     from ._logs import redact_logs
 
+    # Records are redacted as they are made (whatever handler gets them), and every line is
+    # redacted again as it is formatted (bound context, extra fields, tracebacks).
     redact_logs(settings.secret_values)
+    configure_logging(
+        log_format=settings.log_format, level=settings.log_level, secrets=settings.secret_values
+    )
     from thymos.governance import PolicyError
     from thymos.storage import StorageUnusable
     from thymos.tools import ManifestError

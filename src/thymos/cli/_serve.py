@@ -81,6 +81,9 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # uvicorn's loggers propagate to the root's one structured handler (`configure_logging`);
+        # its access log stays off: `observability.AccessLog` writes one line per request.
+        log_config=None,
         lifespan="on",
         timeout_graceful_shutdown=5,
         timeout_keep_alive=max(1, round(settings.idle_timeout_s)),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -46,6 +47,7 @@ from thymos.core import (
     ToolFailureCode,
     Usage,
     canonical_bytes,
+    us_from_rfc3339,
 )
 from thymos.governance import (
     COMPILER_VERSION,
@@ -62,6 +64,7 @@ from thymos.governance import (
     compile_intent,
     settle,
 )
+from thymos.observability import Observer, Span
 from thymos.tools import (
     Sandbox,
     Tool,
@@ -163,6 +166,8 @@ class ActorDeps:
     """The tools and policies the run's tenant may use now (`TenantViews.current`): asked at
     every decision, so a policy activated or a package uninstalled meanwhile governs the next
     one. None: the catalog and authority the run started with, always."""
+    observer: Observer = field(default_factory=Observer)
+    """Told of each model turn, tool call and vote (metrics; spans when tracing is on)."""
 
 
 @dataclass(slots=True)
@@ -359,7 +364,11 @@ class RunActor:
             # Shutdown's grace period ran out mid-step: record the interruption and finish.
             terminated_by, error = TerminatedBy.INTERRUPTED, "the server stopped during a step"
         except Exception as exc:
-            log.exception("run %s failed unexpectedly", self.trajectory.run_id)
+            log.exception(
+                "run %s failed unexpectedly",
+                self.trajectory.run_id,
+                extra={"seq": self.trajectory.head_seq},
+            )
             terminated_by, error = TerminatedBy.ERROR, f"internal error: {type(exc).__name__}"
         self._reject_votes(ErrorCode.RUN_NOT_ACTIVE, "the run has ended")
         try:
@@ -409,6 +418,32 @@ class RunActor:
         first: then the tool is cancelled mid-flight (a child process's whole group is killed)
         and `CallStopped` says why."""
         return await self._stoppable(tool.run(args, context))
+
+    async def _observed_turn(self, context: CognitionContext) -> Turn:
+        """`_think`, timed (and in a span when tracing is on); tokens counted by provider."""
+        observer = self.deps.observer
+        provider = self.trajectory.state.spec.provider
+        started = time.perf_counter()
+        tokens_in = tokens_out = 0
+        try:
+            if observer.tracer is None:
+                turn = await self._think(context)
+            else:
+                attributes = {
+                    "thymos.run_id": self.trajectory.run_id,
+                    "thymos.step": context.step,
+                    "thymos.provider": provider,
+                }
+                with observer.tracer.span("thymos.turn", attributes) as span:
+                    turn = await self._think(context)
+                    span.set_attribute("thymos.intents", len(turn.intents))
+                    span.set_attribute("thymos.input_tokens", turn.usage.input_tokens)
+                    span.set_attribute("thymos.output_tokens", turn.usage.output_tokens)
+            tokens_in = min(max(turn.usage.input_tokens, 0), TURN_TOKENS_MAX)
+            tokens_out = min(max(turn.usage.output_tokens, 0), TURN_TOKENS_MAX)
+            return turn
+        finally:
+            observer.turn(provider, time.perf_counter() - started, tokens_in, tokens_out)
 
     async def _think(self, context: CognitionContext) -> Turn:
         """The model's turn, raced against a stop request and the wall-clock budget: a stop
@@ -470,7 +505,7 @@ class RunActor:
                 omitted=state.history_items - len(history),
             )
             try:
-                turn = await self._think(context)
+                turn = await self._observed_turn(context)
             except CognitionFailed as failure:
                 self.view.partial_answer = None
                 self.deps.cognition_events.publish(
@@ -565,11 +600,28 @@ class RunActor:
         )
 
     async def _decide(self, intent_id: str, intent: Intent) -> None:
+        tracer = self.deps.observer.tracer
+        if tracer is None:
+            await self._decide_in(intent_id, intent, None)
+            return
+        attributes = {
+            "thymos.run_id": self.trajectory.run_id,
+            "thymos.intent": intent_id,
+            "thymos.tool": intent.tool,
+        }
+        with tracer.span("thymos.intent", attributes) as span:
+            await self._decide_in(intent_id, intent, span)
+
+    async def _decide_in(self, intent_id: str, intent: Intent, span: Span | None) -> None:
         base = {"intent": intent_id, "tool": intent.tool, "compiler": COMPILER_VERSION}
         while True:
             decision = self._compile(intent)
             pending = self.trajectory.state.summary.pending.get(intent_id)
             step = settle(decision, PendingApproval.of(pending))
+            if span is not None:
+                span.set_attribute("thymos.decision", step.value)
+                if isinstance(decision, Rejected):
+                    span.set_attribute("thymos.reason", decision.reason.value)
             if step is Next.REJECT:
                 assert isinstance(decision, Rejected)
                 self.trajectory.stage([(EntryKind.REJECTION, {**base, **decision.as_body()})])
@@ -841,6 +893,7 @@ class RunActor:
                     )
                 )
             raise exc
+        self.deps.observer.voted((now_us - us_from_rfc3339(pending.suspended_at)) / 1_000_000)
         approvals = approvals_before + (1 if vote.approve else 0)
         vote.result.set_result(
             {
@@ -913,10 +966,24 @@ class RunActor:
             self.deps.sandbox,
             delegate=None if hook is None else functools.partial(hook, self, intent_id),
         )
+        observer = self.deps.observer
+        began = time.perf_counter()
         try:
-            outcome = await self._run_tool(tool, intent.args, context)
+            if observer.tracer is None:
+                outcome = await self._run_tool(tool, intent.args, context)
+            else:
+                attributes = {
+                    "thymos.run_id": self.trajectory.run_id,
+                    "thymos.intent": intent_id,
+                    "thymos.tool": intent.tool,
+                    "thymos.effect": spec.effect.value,
+                }
+                with observer.tracer.span("thymos.tool", attributes):
+                    outcome = await self._run_tool(tool, intent.args, context)
+            observer.tool_ran(intent.tool, time.perf_counter() - began)
             state.world.check_all(outcome.deltas)
         except CallStopped as stopped:
+            observer.tool_ran(intent.tool, time.perf_counter() - began)
             self._record_failure(
                 decided,
                 ToolFailureCode.STOPPED,
@@ -924,6 +991,7 @@ class RunActor:
             )
             raise stopped.stop from None
         except ToolFailure as failure:
+            observer.tool_ran(intent.tool, time.perf_counter() - began)
             self._record_failure(decided, failure.code, failure.message)
             return
         except DeltaConflict as conflict:
@@ -931,7 +999,8 @@ class RunActor:
             return
         except Exception as exc:
             # A tool bug is still a decision to record, never a swallowed error.
-            log.exception("tool %s raised", intent.tool)
+            observer.tool_ran(intent.tool, time.perf_counter() - began)
+            log.exception("tool %s raised", intent.tool, extra={"seq": self.trajectory.head_seq})
             self._record_failure(
                 decided, ToolFailureCode.TOOL_ERROR, f"the tool raised {type(exc).__name__}"
             )

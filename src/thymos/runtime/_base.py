@@ -54,6 +54,7 @@ from thymos.governance import (
     default_policy_files,
     new_root_key,
 )
+from thymos.observability import Observer
 from thymos.storage import REGISTRY_STATUS, ClusterStore, Document, RunRecord
 from thymos.tools import McpHub, Sandbox, ToolPool, ToolRegistry, Workspace
 
@@ -151,8 +152,12 @@ class RuntimeBase:
         provider_factory: Callable[[RunSpec], Cognition] | None = None,
         mcp: McpHub | None = None,
         cluster: ClusterConfig | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
+        self.observer = observer or Observer()
+        """Metrics (and spans, when tracing is on) of this runtime: the app passes the one it
+        serves at /metrics; tests and the benchmark get a fresh one."""
         # The root key signs every run's writ. Tests and the benchmark may let it be generated;
         # the server passes the persistent one.
         self.root = root or new_root_key()
@@ -206,11 +211,20 @@ class RuntimeBase:
         """What each tenant's runs may use: the server's tools and policies, and the packages
         the tenant installed and activated (its registry ledger)."""
         self.marketplace = Marketplace(store, self.clock, self.views)
+        """The package registry: trusted publishers, published packages."""
         self.parking = Parking(self.clock, self._wake_due)
         """Runs waiting for votes with no actor, by their writ's deadline."""
-        """The package registry: trusted publishers, published packages."""
         self.delegations = Delegations(cast("Runtime", self))
         """Child runs started by `delegate`: started, followed, cancelled and listed there."""
+        self.observer.watch(
+            runs_active=lambda: len(self._active), approvals_waiting=self._approvals_waiting
+        )
+
+    def _approvals_waiting(self) -> int:
+        """Proposals waiting for a vote in the active runs (as durable: what approvers see) and
+        in the parked ones."""
+        active = sum(len(a.actor.trajectory.durable_pending) for a in list(self._active.values()))
+        return active + self.parking.proposals
 
     async def _keep_view(self, policy: PolicySet, catalog: ToolCatalog) -> None:
         """Store a tenant view's policy set and tool catalog by hash, before a decision names
@@ -375,6 +389,7 @@ class RuntimeBase:
             entries=Feed(),
             on_change=lambda: None,
             signer=self._signer,
+            observer=self.observer,
         )
 
     def _execution_of(self, active: ActiveRun) -> dict[str, Any]:

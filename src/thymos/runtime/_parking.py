@@ -45,17 +45,26 @@ class Parking:
         """Wake a parked run; False: not now (no free slot), try again later."""
         self._heap: list[tuple[int, str]] = []
         self._due: dict[str, int] = {}
+        self._proposals: dict[str, int] = {}
+        """Every parked run (with or without a deadline): how many proposals it waits on."""
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
-        return len(self._due)
+        return len(self._proposals)
 
     def __contains__(self, run_id: str) -> bool:
-        return run_id in self._due
+        return run_id in self._proposals
 
-    def park(self, run_id: str, deadline_us: int | None) -> None:
-        """The run waits with no actor; wake it at `deadline_us` (never, when None)."""
+    @property
+    def proposals(self) -> int:
+        """Proposals the parked runs wait on."""
+        return sum(self._proposals.values())
+
+    def park(self, run_id: str, deadline_us: int | None, proposals: int = 1) -> None:
+        """The run waits (on `proposals` proposals) with no actor; wake it at `deadline_us`
+        (never, when None)."""
+        self._proposals[run_id] = proposals
         if deadline_us is None:
             return
         self._due[run_id] = deadline_us
@@ -66,6 +75,7 @@ class Parking:
     def unpark(self, run_id: str) -> None:
         """The run has an actor again (its heap item is dropped when it comes up)."""
         self._due.pop(run_id, None)
+        self._proposals.pop(run_id, None)
 
     def start(self) -> None:
         if self._task is None:
@@ -88,13 +98,14 @@ class Parking:
             if heap and heap[0][0] <= now:
                 _, run_id = heapq.heappop(heap)
                 del self._due[run_id]
+                proposals = self._proposals.pop(run_id, 1)
                 try:
                     woken = await self._wake(run_id)
                 except Exception:
                     log.exception("parked run %s could not be woken at its deadline", run_id)
                     woken = True  # its next vote or cancel tries again
                 if not woken:
-                    self.park(run_id, self._clock.now_us() + RETRY_WAKE_US)
+                    self.park(run_id, self._clock.now_us() + RETRY_WAKE_US, proposals)
                 continue
             timeout = None if not heap else (heap[0][0] - now) / 1_000_000
             with contextlib.suppress(TimeoutError):

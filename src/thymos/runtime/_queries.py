@@ -3,6 +3,7 @@ replay reports, exports) and the server's health, live or from storage."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -76,13 +77,16 @@ class Queries(RuntimeBase):
                     {"retry_after_s": 5},
                 )
             active.subscribers += 1
+        self.observer.subscribed()
         return _Subscription(active)
 
-    @staticmethod
-    def unsubscribe(subscription: _Subscription) -> None:
-        if subscription.active is not None and not subscription.released:
+    def unsubscribe(self, subscription: _Subscription) -> None:
+        if subscription.released:
+            return
+        subscription.released = True
+        self.observer.unsubscribed()
+        if subscription.active is not None:
             subscription.active.subscribers -= 1
-            subscription.released = True
 
     async def world(self, run_id: str, tenant: str | None, at_seq: int | None) -> dict[str, Any]:
         """The world after entry `seq` (default: the head). For an active run the head is the
@@ -123,6 +127,7 @@ class Queries(RuntimeBase):
         # head (written at every status change) never runs ahead of them.
         record = await self.store.get_run(run_id)
         assert record is not None
+        started = time.perf_counter()
         report = await replay_through_source(
             self.store,
             record,
@@ -130,6 +135,7 @@ class Queries(RuntimeBase):
             require_compiler=require_compiler,
             require_policy=require_policy,
         )
+        self.observer.replayed(int(report["entries"]), time.perf_counter() - started)
         # The projection (live, or from checkpoints) at the very seq the replay reached.
         live_hash: str | None = None
         if report["head_seq"] >= 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -50,6 +51,7 @@ from thymos.governance import (
     mint,
 )
 from thymos.governance import parse as parse_writ
+from thymos.observability import bind_run
 from thymos.storage import Checkpoint, RunRecord
 from thymos.tools import READ_ONLY_DEFAULT_SCOPES
 
@@ -131,7 +133,11 @@ class Supervision(RuntimeBase):
             ):
                 # It waits parked: a vote or a cancel wakes it, or its writ's deadline here. (A
                 # run whose writ was revoked is loaded below: it decides again, refusing.)
-                self.parking.park(record.run_id, writ_deadline_us(record))
+                self.parking.park(
+                    record.run_id,
+                    writ_deadline_us(record),
+                    len(record.summary.get("pending") or {}),
+                )
                 continue
             # On shared storage, a run another live node drives is left to it.
             if await self.cluster.claim(record.run_id):
@@ -150,7 +156,12 @@ class Supervision(RuntimeBase):
         except ThymosError as exc:
             # Left as stored: neither continued nor ended, so nothing vouches for it.
             self._unloadable.add(record.run_id)
-            log.error("run %s cannot be recovered: %s", record.run_id, exc.message)
+            log.error(
+                "run %s cannot be recovered: %s",
+                record.run_id,
+                exc.message,
+                extra={"run_id": record.run_id},
+            )
             return 0
         if state.summary.status is RunStatus.WAITING_APPROVAL:
             try:
@@ -520,7 +531,9 @@ class Supervision(RuntimeBase):
             parent_run_id=parent_run_id,
         )
         await self.cluster.claim(run_id)  # a new id: nobody else holds it
+        submitted = time.perf_counter()
         await self.store.create_run(record, first, idempotency, checkpoint)
+        self.observer.durable((first,), time.perf_counter() - submitted)
         return record, self._launch(record, state, first)
 
     async def branch(
@@ -831,6 +844,7 @@ class Supervision(RuntimeBase):
             entries=entries,
             on_change=snapshot.touch,
             signer=self._signer,
+            observer=self.observer,
         )
         provider, authority = prepared or self._prepare(record.run_id, state.spec)
         view = self.views.current(record.tenant)
@@ -850,6 +864,7 @@ class Supervision(RuntimeBase):
             # not parked (its parent holds a slot for it anyway).
             park_when_waiting=record.parent_run_id is None,
             tenant_view=functools.partial(self.views.current, record.tenant),
+            observer=self.observer,
         )
         actor = RunActor(trajectory, provider, deps, authority, snapshot.touch)
         active = ActiveRun(
@@ -860,6 +875,8 @@ class Supervision(RuntimeBase):
         return active
 
     async def _drive(self, active: ActiveRun) -> None:
+        # The run's task logs as the run (it was created inside a request's context).
+        bind_run(active.run_id, active.tenant)
         try:
             await active.actor.run()
         finally:
@@ -869,7 +886,11 @@ class Supervision(RuntimeBase):
             if actor.idle:
                 # Waiting for votes with no actor: any node may wake it (a vote, a cancel);
                 # this one also at its writ's deadline.
-                self.parking.park(active.run_id, actor.deadline_us)
+                self.parking.park(
+                    active.run_id,
+                    actor.deadline_us,
+                    len(actor.trajectory.state.summary.pending),
+                )
                 await self.cluster.release(active.run_id)
             elif not actor.abandoned and not actor.parked:
                 await self.cluster.release(active.run_id)

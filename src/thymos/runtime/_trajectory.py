@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time as _time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from thymos.core import (
     rfc3339_from_us,
     seal,
 )
+from thymos.observability import Observer
 from thymos.storage import Checkpoint, LedgerStore, RunUpdate
 
 from ._clock import Clock
@@ -56,8 +58,12 @@ class Trajectory:
         entries: Feed[Entry],
         on_change: Callable[[], None],
         signer: HeadSigner | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.run_id = run_id
+        self._observer = observer
+        """Told how long each append took to stage and to become durable, and which entries
+        became durable (the counters of recorded facts agree with the ledger that way)."""
         self._signer = signer
         self._signed_seq = state.summary.head_seq
         """The last head signed (a loaded run counts its stored head: it was signed when the run
@@ -99,6 +105,7 @@ class Trajectory:
         must hold at the very time recorded (a vote within its writ's validity)."""
         if self._failure is not None:
             raise self._failure
+        started = _time.perf_counter()
         time = rfc3339_from_us(self._clock.now_us() if at_us is None else at_us)
         summary = self.state.summary
         seq, parent = summary.head_seq + 1, summary.head_id
@@ -142,10 +149,13 @@ class Trajectory:
         # What observers may see once this write is durable: the status and pending approvals
         # as of its last entry (copied: the live ones keep changing).
         pending_after = {key: item.copy() for key, item in self.state.summary.pending.items()}
+        submitted = _time.perf_counter()
         write.add_done_callback(
-            lambda done: self._settled(done, sealed, status_after, pending_after)
+            lambda done: self._settled(done, sealed, status_after, pending_after, submitted)
         )
         self._last_write = write
+        if self._observer is not None:
+            self._observer.staged(submitted - started)
         return sealed
 
     def _sign_if_due(self, last: Entry, status: RunStatus, time: str) -> SignedHead | None:
@@ -163,6 +173,7 @@ class Trajectory:
         sealed: list[Entry],
         status_after: str,
         pending_after: dict[str, Pending],
+        submitted: float,
     ) -> None:
         if write.cancelled():
             self._failure = self._failure or RuntimeError("a ledger write was cancelled")
@@ -171,6 +182,8 @@ class Trajectory:
         if error is not None:
             self._failure = self._failure or error
             return
+        if self._observer is not None:
+            self._observer.durable(sealed, _time.perf_counter() - submitted)
         for entry in sealed:
             self._entries.publish(entry, entry.seq)
         self.durable_seq, self.durable_id = sealed[-1].seq, sealed[-1].id
