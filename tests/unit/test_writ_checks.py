@@ -75,9 +75,9 @@ SCOPES = (
     "nope",
 )
 TENANTS = ("acme", "other")
-EXAMPLES = 900
+EXAMPLES = 600
 """Each example mints a chain of up to four blocks and asks Biscuit and the compiler about up to
-six calls; this many run in about ten seconds and cover every stage many times."""
+six calls; this many take about seven seconds of one core and cover every stage many times."""
 
 
 def sometimes(values: st.SearchStrategy[Any], one_in: int = 3) -> st.SearchStrategy[Any]:

@@ -263,38 +263,53 @@ def _glob_pattern(body: str) -> re.Pattern[str] | None:
     return re.compile("".join(parts))
 
 
+_BISCUIT_FIELDS = frozenset({1, 2, 3, 4})
+"""`Biscuit`: root key id, the authority block, the other blocks, the proof."""
+_SIGNED_BLOCK_FIELDS = frozenset({1, 2, 3, 5})
+"""`SignedBlock`: the block, the next key, the signature, the version (field 4, a third party's
+signature, is not among them)."""
+_BLOCK_FIELDS = frozenset({1, 2, 3, 6})
+"""`Block`: symbols, context, version and checks; no facts (4), rules (5), scopes (7), public
+keys (8), nor any field a later schema adds."""
+
+
 def _wire_blocks(data: bytes) -> list[int] | None:
     """For a serialized Biscuit, the number of checks in each block (authority first), or None
     when any block is not plain: a third party's signature, a fact, a rule, a scope, a public
-    key, or a symbol outside `_SAFE_SYMBOL`.
+    key, any field these schemas do not know, or a symbol outside `_SAFE_SYMBOL`.
 
     The wire format is Biscuit's protobuf schema (`schema.proto`): `Biscuit` holds the authority
-    block (field 2) and the others (3) as `SignedBlock`s, each the serialized `Block` (1) and an
-    optional external signature (4); a `Block` holds its symbols (1), facts (4), rules (5),
-    checks (6), scopes (7) and public keys (8)."""
+    block (field 2) and the others (3) as `SignedBlock`s, each holding its serialized `Block`
+    (field 1)."""
     try:
-        signed = [value for number, value in _fields(data) if number in (2, 3)]
+        fields = _fields(data)
+        if any(number not in _BISCUIT_FIELDS for number, _ in fields):
+            return None
         counts = []
-        for item in signed:
-            assert isinstance(item, bytes)
-            inner = _fields(item)
-            if any(number == 4 for number, _ in inner):
+        for number, signed in fields:
+            if number not in (2, 3):
+                continue
+            inner = _fields(_bytes(signed))
+            if any(n not in _SIGNED_BLOCK_FIELDS for n, _ in inner):
                 return None
-            [block] = [value for number, value in inner if number == 1]
-            assert isinstance(block, bytes)
+            [block] = [value for n, value in inner if n == 1]
             checks = 0
-            for number, value in _fields(block):
-                if number in (4, 5, 7, 8):
+            for n, value in _fields(_bytes(block)):
+                if n not in _BLOCK_FIELDS:
                     return None
-                if number == 1:
-                    assert isinstance(value, bytes)
-                    if not _SAFE_SYMBOL.fullmatch(value.decode()):
-                        return None
-                checks += number == 6
+                if n == 1 and not _SAFE_SYMBOL.fullmatch(_bytes(value).decode()):
+                    return None
+                checks += n == 6
             counts.append(checks)
         return counts
-    except (ValueError, AssertionError, UnicodeDecodeError):
+    except ValueError:  # a malformed message (UnicodeDecodeError is a ValueError)
         return None
+
+
+def _bytes(value: int | bytes) -> bytes:
+    if not isinstance(value, bytes):
+        raise ValueError("a message field holds a number where bytes belong")
+    return value
 
 
 def _fields(data: bytes) -> list[tuple[int, int | bytes]]:
