@@ -46,7 +46,6 @@ from ._policy import (
 from ._writ import (
     WRIT_FORMAT,
     Authorizer,
-    SpanAuthorizer,
     Writ,
     WritError,
     WritFacts,
@@ -56,8 +55,6 @@ from ._writ import (
     WritTerms,
     attenuate,
     authorize,
-    authorize_span,
-    is_monotone,
     key_pair,
     lineage_of,
     mint,
@@ -67,6 +64,7 @@ from ._writ import (
     public_key_hex,
     revoked,
 )
+from ._writ_checks import WritChecks, writ_refusal
 
 __all__ = [
     "COMPILER_VERSION",
@@ -93,11 +91,11 @@ __all__ = [
     "PolicySet",
     "Rejected",
     "RejectionReason",
-    "SpanAuthorizer",
     "Staged",
     "Suspended",
     "ToolCatalog",
     "Writ",
+    "WritChecks",
     "WritError",
     "WritFacts",
     "WritRecord",
@@ -106,13 +104,11 @@ __all__ = [
     "WritTerms",
     "attenuate",
     "authorize",
-    "authorize_span",
     "check_delegation",
     "child_budget",
     "child_ceiling",
     "compile_intent",
     "default_policy_files",
-    "is_monotone",
     "key_pair",
     "lineage_of",
     "mint",
@@ -123,4 +119,5 @@ __all__ = [
     "remaining",
     "revoked",
     "settle",
+    "writ_refusal",
 ]

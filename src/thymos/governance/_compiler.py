@@ -15,7 +15,9 @@ that is recorded in the ledger and shown to cognition on its next turn:
    `delegation_exceeds_authority`, or `invalid_arguments` for a scope matching no tool; see
    `_delegation.py`)
 
-Stages 2 to 6 are the writ's own Datalog checks, evaluated by the Biscuit authorizer. Approving a
+Stages 3 to 6 are the writ's own Datalog checks: answered in Python from the checks read once
+from the token (`WritChecks`) when Thymos wrote every one of them, else evaluated by the Biscuit
+authorizer; both give the same answer (`tests/unit/test_writ_checks.py`). Approving a
 suspended proposal re-runs every stage at execution time, so an expired, revoked or over-budget
 writ is not rescued by an old approval. Every decision carries the facts it was made on (time
 and usage) and the policy-set hash, so replay can check it from the ledger alone.
@@ -51,7 +53,8 @@ from thymos.core import (
 from ._delegation import DELEGATE_TOOL, DelegationAsk, DelegationBounds, check_delegation
 from ._policy import PolicyCall, PolicyDecision, PolicySet
 from ._schema import Acceptor, fast_acceptor
-from ._writ import Authorizer, WritFacts, authorize, revoked
+from ._writ import Authorizer, WritFacts, WritRefusal, revoked
+from ._writ_checks import WritChecks, writ_refusal
 
 COMPILER_VERSION = "thymos-compiler/3"
 """Recorded with every decision; replay can require a version (`require_compiler`). Version 3
@@ -152,6 +155,17 @@ class Authority:
     delegation: DelegationBounds | None = None
     """What the run may hand on to a child (read from its `run_started`); None: nothing, so
     every `delegate` call is refused."""
+    checks: WritChecks | None = field(init=False, repr=False, compare=False)
+    """The writ's checks read once into plain values (`WritChecks.of`), or None when it holds
+    any check Thymos does not write: then Biscuit answers every call."""
+
+    def __post_init__(self) -> None:
+        # The writ's signatures were verified when it was parsed; its checks are read here once.
+        object.__setattr__(self, "checks", WritChecks.of(self.writ))
+
+    def authorize(self, facts: WritFacts) -> WritRefusal | None:
+        """The writ's answer to one call (`writ_refusal`)."""
+        return writ_refusal(self.writ, self.checks, facts)
 
 
 class ToolCatalog:
@@ -242,11 +256,11 @@ def compile_intent(
     usage: Usage,
     now: datetime,
     revocations: frozenset[str],
-    authorizer: Authorizer = authorize,
+    authorizer: Authorizer | None = None,
 ) -> Decision:
-    """Decide one intent. Pure: the same inputs always give the same decision. `authorizer`
-    answers the writ's checks (replay passes a `SpanAuthorizer`, which answers exactly as
-    `authorize` does, from spans it has proven)."""
+    """Decide one intent. Pure: the same inputs always give the same decision. The writ's
+    checks are answered by `authority.authorize`; an `authorizer` answers them instead (the
+    property tests pass Biscuit's `authorize` to compare the two)."""
     tokens = usage.input_tokens + usage.output_tokens
     basis = Basis(
         _time_text(now),
@@ -278,7 +292,9 @@ def compile_intent(
         tokens,
         usage.usd_millicents,
     )
-    refusal = authorizer(authority.writ, facts)
+    refusal = (
+        authority.authorize(facts) if authorizer is None else authorizer(authority.writ, facts)
+    )
     if refusal is not None:
         return Rejected(
             RejectionReason(refusal.stage.value), refusal.message, {"tool": spec.name}, basis

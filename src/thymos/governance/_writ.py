@@ -13,6 +13,10 @@ Attenuation appends a block of further checks: a holder can only narrow a writ, 
 because every block's checks must pass. A writ's id is BLAKE3 of the revocation id of its last
 block; revoking an id voids every writ that contains that block, so revoking a writ voids all
 writs derived from it. Anyone with the root public key can verify a writ offline.
+
+`authorize` is Biscuit's answer and the reference; a run's calls are usually answered by
+`_writ_checks.WritChecks`, the same checks read once and compared in Python, which gives the same
+answer (stage and message) for every writ made only of the checks this module writes.
 """
 
 from __future__ import annotations
@@ -323,64 +327,6 @@ def _authorize_within(
     builder.build(token).authorize()
 
 
-_NAME_LITERAL = r'"[A-Za-z0-9_.:\-]*"'
-_SCOPE_TERM = (
-    rf"(?:\[{_NAME_LITERAL}(?:, {_NAME_LITERAL})*\]\.contains\(\$t\)"
-    rf"|\$t\.starts_with\({_NAME_LITERAL}\)"
-    r'|\$t\.matches\("[A-Za-z0-9_.:\-*?^$\\]*"\)'
-    r"|true|false)"
-)
-_MONOTONE_CHECK = re.compile(
-    r"check if (?:true"
-    rf"|request_tenant\({_NAME_LITERAL}\)"
-    rf"|tool\(\$t\), {_SCOPE_TERM}(?: \|\| {_SCOPE_TERM})*"
-    r"|effect_rank\(\$r\), \$r <= \d+"
-    r"|time\(\$t\), \$t (?:>=|<) [0-9TZ:\-]+"
-    r"|(?:tool_calls|tokens|spend)\(\$n\), \$n < \d+);"
-)
-"""The checks `_checks` writes, and nothing else: a scope test may only look at the tool name."""
-
-
-def is_monotone(token: biscuit.Biscuit) -> bool:
-    """True when every block holds only the checks this module writes: a fixed tenant, a scope
-    test on the tool name, an effect ceiling, time bounds and usage ceilings.
-
-    For such a writ, whether a call is allowed depends on its tool and effect, and otherwise only
-    through comparisons that are monotone in the time and usage facts. `authorize_span` relies on
-    this; a writ with any other check (a third party may attenuate a token by hand) must be
-    authorized call by call."""
-    for index in range(token.block_count()):
-        for line in token.block_source(index).splitlines():
-            if line.strip() and not _MONOTONE_CHECK.fullmatch(line.strip()):
-                return False
-    return True
-
-
-def authorize_span(
-    token: biscuit.Biscuit,
-    *,
-    tenant: str,
-    tool: str,
-    effect: Effect,
-    earliest: datetime,
-    latest: datetime,
-    tool_calls: int,
-    tokens: int,
-    usd_millicents: int,
-) -> WritRefusal | None:
-    """Authorize every call of one tool and effect made between `earliest` and `latest` with usage
-    at most the given maxima, in two authorizations. Sound only for `is_monotone` writs: a lower
-    time bound is hardest at the earliest time, an upper one at the latest, a usage ceiling at the
-    maximum usage; passing both extremes means every call in between passes."""
-    for moment in (earliest, latest):
-        refusal = authorize(
-            token, WritFacts(tenant, tool, effect, moment, tool_calls, tokens, usd_millicents)
-        )
-        if refusal is not None:
-            return refusal
-    return None
-
-
 def _refusal(message: str, facts: WritFacts) -> WritRefusal:
     """Map biscuit's failure report to the earliest refusing stage.
 
@@ -400,10 +346,11 @@ def _refusal(message: str, facts: WritFacts) -> WritRefusal:
     if not stages:
         return WritRefusal(WritStage.OUT_OF_SCOPE, f"the writ refuses this call: {message}")
     first = min(stages, key=STAGE_ORDER.index)
-    return WritRefusal(first, _explain(first, facts))
+    return WritRefusal(first, refusal_message(first, facts))
 
 
-def _explain(stage: WritStage, facts: WritFacts) -> str:
+def refusal_message(stage: WritStage, facts: WritFacts) -> str:
+    """What a refusal at `stage` says (the same whoever answered the check)."""
     return {
         WritStage.NOT_YET_VALID: "the run's writ is not valid yet",
         WritStage.EXPIRED: "the run's writ has expired",
@@ -444,91 +391,5 @@ def public_key_hex(public: biscuit.PublicKey) -> str:
 
 
 Authorizer = Callable[[biscuit.Biscuit, WritFacts], WritRefusal | None]
-"""How the compiler asks a writ about one call: `authorize`, or a `SpanAuthorizer`."""
-
-_SPAN_TIME_MIN = timedelta(minutes=1)
-
-
-@dataclass(slots=True)
-class _Box:
-    earliest: datetime
-    latest: datetime
-    tool_calls: int
-    tokens: int
-    usd_millicents: int
-
-    def holds(self, facts: WritFacts, now: datetime) -> bool:
-        return (
-            self.earliest <= now <= self.latest
-            and facts.tool_calls <= self.tool_calls
-            and facts.tokens <= self.tokens
-            and facts.usd_millicents <= self.usd_millicents
-        )
-
-
-class SpanAuthorizer:
-    """`authorize` for many calls of one writ, answering most from spans already proven allowed.
-
-    For a writ made only of Thymos's own monotone checks (`is_monotone`), whether a call is
-    allowed depends on its tenant, tool and effect, and otherwise only monotonically on the time
-    and usage: a box of times [earliest, latest] and usage up to some maxima is wholly allowed
-    when its two extreme corners are (`authorize_span`). Per tenant, tool and effect it keeps
-    the largest box proven so far, widening it ahead of the calls (doubling), so a run's calls
-    cost a logarithmic number of Biscuit authorizations. Anything outside a proven box, any
-    other writ, and every refusal is answered by `authorize` itself, so refusals name their
-    stage exactly as they always do."""
-
-    def __init__(self) -> None:
-        self._boxes: dict[tuple[int, str, str, Effect], _Box] = {}
-        self._exact: set[tuple[int, str, str, Effect]] = set()
-        self._monotone: dict[int, bool] = {}
-
-    def __call__(self, token: biscuit.Biscuit, facts: WritFacts) -> WritRefusal | None:
-        ident = id(token)
-        monotone = self._monotone.get(ident)
-        if monotone is None:
-            monotone = self._monotone[ident] = is_monotone(token)
-        key = (ident, facts.tenant, facts.tool, facts.effect)
-        if not monotone or key in self._exact:
-            return authorize(token, facts)
-        now = facts.now.replace(microsecond=0)
-        box = self._boxes.get(key)
-        if box is not None and box.holds(facts, now):
-            return None
-        tight = _Box(
-            min(box.earliest, now) if box else now,
-            max(box.latest, now) if box else now,
-            max(box.tool_calls, facts.tool_calls) if box else facts.tool_calls,
-            max(box.tokens, facts.tokens) if box else facts.tokens,
-            max(box.usd_millicents, facts.usd_millicents) if box else facts.usd_millicents,
-        )
-        wide = _Box(
-            tight.earliest,
-            tight.latest + max(_SPAN_TIME_MIN, tight.latest - tight.earliest),
-            2 * tight.tool_calls + 1,
-            2 * tight.tokens + 1,
-            2 * tight.usd_millicents + 1,
-        )
-        if self._proven(token, facts, wide):
-            self._boxes[key] = wide
-            return None
-        # Near a limit: ask about each call from now on, as `authorize` always does.
-        self._exact.add(key)
-        return authorize(token, facts)
-
-    @staticmethod
-    def _proven(token: biscuit.Biscuit, facts: WritFacts, box: _Box) -> bool:
-        return (
-            authorize_span(
-                token,
-                tenant=facts.tenant,
-                tool=facts.tool,
-                effect=facts.effect,
-                earliest=box.earliest,
-                latest=box.latest,
-                tool_calls=box.tool_calls,
-                tokens=box.tokens,
-                usd_millicents=box.usd_millicents,
-            )
-            is None
-        )
+"""How a writ is asked about one call by Biscuit's authorizer (`authorize`); the compiler takes
+one to compare its own checks against (`compile_intent`)."""

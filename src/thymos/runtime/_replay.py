@@ -68,15 +68,15 @@ from thymos.governance import (
     PolicySet,
     Rejected,
     RejectionReason,
-    SpanAuthorizer,
     Suspended,
     ToolCatalog,
+    WritChecks,
     WritError,
     WritFacts,
-    authorize,
     compile_intent,
     lineage_of,
     settle,
+    writ_refusal,
 )
 from thymos.governance import parse as parse_writ
 from thymos.storage import Document, LedgerStore, RunRecord
@@ -174,6 +174,8 @@ class Replayer:
     _heads_seen: int = 0
     _head_verifier: HeadVerifier = field(init=False)
     _writ: biscuit.Biscuit | None = None
+    _checks: WritChecks | None = None
+    """The writ's checks read once (`WritChecks.of`), as every `Authority` of the run holds them."""
     _lineage: tuple[str, ...] = ()
     _tenant: str = ""
     _task: str = ""
@@ -190,7 +192,6 @@ class Replayer:
     _loaded: dict[tuple[str, str], tuple[Any, ReplayFailure | None, str]] = field(
         default_factory=dict
     )
-    _authorizer: SpanAuthorizer = field(default_factory=SpanAuthorizer)
     delegation: DelegationReplay = field(default_factory=DelegationReplay)
     """What delegation adds to replay (`_replay_delegation.py`)."""
 
@@ -367,6 +368,7 @@ class Replayer:
             )
             return
         self._lineage = lineage_of(self._writ)
+        self._checks = WritChecks.of(self._writ)
 
     def _intent(self, entry: Entry) -> None:
         body = entry.body
@@ -479,7 +481,6 @@ class Replayer:
             usage=usage,
             now=moment,
             revocations=self._revoked,
-            authorizer=self._authorizer,
         )
 
     def _decided(self, outcome: tuple[int, str]) -> None:
@@ -615,7 +616,7 @@ class Replayer:
             at = _moment(entry.time)
         except ValueError:
             at = facts.now
-        refused = authorize(self._writ_or_fail(), replace(facts, now=at))
+        refused = writ_refusal(self._writ_or_fail(), self._checks, replace(facts, now=at))
         if refused is not None:
             self._fail(
                 entry.seq,
