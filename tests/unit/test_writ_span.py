@@ -125,3 +125,39 @@ def test_a_datalog_time_out_is_retried_not_recorded_as_a_refusal(
     monkeypatch.setattr(writ_module, "DATALOG_TIME_RETRY", timedelta(0))
     limited = authorize(token, allowed)
     assert limited is not None, "a writ that exceeds the limits twice is refused, never allowed"
+
+
+def test_calls_nearing_a_budget_cost_a_few_proofs_not_one_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run whose calls climb towards its tool-call budget is answered from boxes widened as
+    far as they prove (the margin halved near the limit), not call by call once doubling
+    overshoots the limit; every answer is still `authorize`'s, the refusal at the limit
+    included."""
+    import thymos.governance._writ as writ_module
+
+    limit = 3000
+    terms = WritTerms(None, ("kv_*",), None, Budget(tool_calls=limit), None, None)
+    token = parse(mint(ROOT.private_key, terms).token, ROOT.public_key)
+    asked = {"authorize": 0, "span": 0}
+    authorize_exactly, prove = writ_module.authorize, writ_module.authorize_span
+
+    def counted_authorize(*args: object, **kwargs: object) -> object:
+        asked["authorize"] += 1
+        return authorize_exactly(*args, **kwargs)  # type: ignore[arg-type]
+
+    def counted_span(*args: object, **kwargs: object) -> object:
+        asked["span"] += 1
+        return prove(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(writ_module, "authorize", counted_authorize)
+    monkeypatch.setattr(writ_module, "authorize_span", counted_span)
+    spans = SpanAuthorizer()
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    answers = []
+    for calls in range(limit + 2):
+        call = WritFacts("acme", "kv_set", Effect.WRITE, now, calls, 0, 0)
+        answers.append(spans(token, call) is None)
+    assert answers == [calls < limit for calls in range(limit + 2)]
+    # Doubling alone proves boxes up to 2047 calls, then authorizes each of the last 953.
+    assert asked["authorize"] < 200, asked

@@ -447,6 +447,8 @@ Authorizer = Callable[[biscuit.Biscuit, WritFacts], WritRefusal | None]
 """How the compiler asks a writ about one call: `authorize`, or a `SpanAuthorizer`."""
 
 _SPAN_TIME_MIN = timedelta(minutes=1)
+_SPAN_HALVINGS_MAX = 12
+"""Tries at widening a box near a limit before answering each call exactly."""
 
 
 @dataclass(slots=True)
@@ -473,7 +475,8 @@ class SpanAuthorizer:
     allowed depends on its tenant, tool and effect, and otherwise only monotonically on the time
     and usage: a box of times [earliest, latest] and usage up to some maxima is wholly allowed
     when its two extreme corners are (`authorize_span`). Per tenant, tool and effect it keeps
-    the largest box proven so far, widening it ahead of the calls (doubling), so a run's calls
+    the largest box proven so far, widening it ahead of the calls (doubling, and near a limit as
+    much of the doubling as proves), so a run's calls
     cost a logarithmic number of Biscuit authorizations. Anything outside a proven box, any
     other writ, and every refusal is answered by `authorize` itself, so refusals name their
     stage exactly as they always do."""
@@ -502,17 +505,24 @@ class SpanAuthorizer:
             max(box.tokens, facts.tokens) if box else facts.tokens,
             max(box.usd_millicents, facts.usd_millicents) if box else facts.usd_millicents,
         )
-        wide = _Box(
-            tight.earliest,
-            tight.latest + max(_SPAN_TIME_MIN, tight.latest - tight.earliest),
-            2 * tight.tool_calls + 1,
-            2 * tight.tokens + 1,
-            2 * tight.usd_millicents + 1,
-        )
-        if self._proven(token, facts, wide):
-            self._boxes[key] = wide
-            return None
-        # Near a limit: ask about each call from now on, as `authorize` always does.
+        # Ahead of the calls: double the box; near a limit, as much of that as proves (halving
+        # the margin each try), so a run that nears a budget still costs a few proofs per halving
+        # of its distance to the limit rather than one authorization per call.
+        for halvings in range(_SPAN_HALVINGS_MAX + 1):
+            wide = _Box(
+                tight.earliest,
+                (
+                    tight.latest + max(_SPAN_TIME_MIN, tight.latest - tight.earliest) / 2**halvings
+                ).replace(microsecond=0),
+                tight.tool_calls + (tight.tool_calls + 1) // 2**halvings,
+                tight.tokens + (tight.tokens + 1) // 2**halvings,
+                tight.usd_millicents + (tight.usd_millicents + 1) // 2**halvings,
+            )
+            if self._proven(token, facts, wide):
+                self._boxes[key] = wide
+                return None
+        # At a limit (this very call may be refused): ask about each call from now on, as
+        # `authorize` always does, so a refusal names its stage.
         self._exact.add(key)
         return authorize(token, facts)
 
