@@ -5,8 +5,9 @@
 1. Governance overhead per intent (compile with writ and policy, execute the mock tool, append,
    projection update), at seq ~100,000 of one run and at seq ~100 of fresh runs measured right
    before and after it: they should be within 20% of each other.
-2. Replay rate (verify every hash and link, fold every commit) over that run's ledger of at
-   least 100,000 entries, read from SQLite.
+2. Replay rate over that run's ledger of at least 100,000 entries, read from SQLite: (a) the
+   chain verified and the usage folded in one lean loop (`ChainFold`), (b) the full replay,
+   every decision re-run by the compiler, every commit folded into the world.
 3. The runtime's own cost per model turn through a real adapter against an instant stand-in
    (`_model_turns.py`).
 4. End-to-end mock runs per second over real HTTP against a real `thymos serve` process, with
@@ -36,6 +37,7 @@ import orjson
 from thymos.cognition import CognitionContext, Emit, Turn
 from thymos.core import (
     Budget,
+    ChainFold,
     ChainVerifier,
     Effect,
     EntryKind,
@@ -221,6 +223,7 @@ async def _governance_and_replay(
         assert report["world_matches"]
         assert report["decisions_checked"] > 0
         chain_seconds = await _chain_only(store, run_id)
+        fold_seconds = await _chain_and_fold(store, run_id, head, report)
         heads = await store.signed_heads(run_id)
         branch_ms, branch_seq = await _branch_creation(runtime, store, run_id, head)
         return {
@@ -233,6 +236,8 @@ async def _governance_and_replay(
             "replay_seconds": round(replay_seconds, 3),
             "replay_decisions_checked": report["decisions_checked"],
             "chain_only_entries_per_s": round((head + 1) / chain_seconds),
+            "replay_chain_fold_entries_per_s": round((head + 1) / fold_seconds),
+            "replay_chain_fold_seconds": round(fold_seconds, 3),
             "signed_heads_in_long_run": len(heads),
             "replay_peak_rss_growth_mib": round(max(0, rss_after - rss_before) / 1024, 1),
             "branch_creation_ms": branch_ms,
@@ -282,6 +287,26 @@ async def _chain_only(store: ClusterStore, run_id: str) -> float:
         after = rows[-1].seq
     seconds = time.perf_counter() - started
     assert verifier.verified, verifier.failures[:3]
+    return seconds
+
+
+async def _chain_and_fold(
+    store: ClusterStore, run_id: str, head: int, report: Mapping[str, Any]
+) -> float:
+    """Seconds to verify the run's chain and fold its usage (`ChainFold`: one lean loop that
+    decodes only the bodies the fold reads) over the same pages from storage; its counts must
+    be the full replay's."""
+    fold = ChainFold(run_id)
+    started = time.perf_counter()
+    after = -1
+    while rows := await store.read_rows(run_id, after_seq=after, limit=REPLAY_PAGE_ROWS):
+        await asyncio.to_thread(fold.feed, rows)
+        after = rows[-1].seq
+    seconds = time.perf_counter() - started
+    assert fold.verified, fold.failures[:3]
+    assert fold.usage.head_seq == head
+    assert fold.usage.commits == report["kinds"].get("commit", 0)
+    assert fold.usage.intents_submitted == report["kinds"].get("intent", 0)
     return seconds
 
 
@@ -556,6 +581,10 @@ def main(*, entries: int, runs: int, clients: int, audit_entries: int = 0) -> No
         print(
             f"replay, every decision re-run:            {figures['replay_entries_per_s']} entries/s"
             f" ({figures['replay_decisions_checked']} decisions)"
+        )
+        print(
+            f"replay, chain + usage fold (lean loop):   "
+            f"{figures['replay_chain_fold_entries_per_s']} entries/s"
         )
         print(
             f"chain-only verification:                  {figures['chain_only_entries_per_s']} entries/s"

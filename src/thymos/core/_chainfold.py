@@ -160,7 +160,7 @@ class ChainFold:
                     if seq == verifier.expected_seq and hasher(raw).hexdigest() == ident
                     else None
                 )
-            except DecodeError:
+            except (DecodeError, RecursionError):
                 envelope = None
             if (
                 envelope is None

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+import blake3
 import msgspec
 import orjson
 
@@ -164,7 +165,7 @@ def decode_envelope(raw: bytes, *, run_id: str, seq: int) -> Envelope | None:
     `parse_envelope` always did. It refuses some nesting orjson accepts: that comes back None."""
     try:
         envelope = DECODE_ENVELOPE(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # msgspec's nesting limit is a RecursionError
         return None
     parent = envelope.parent
     if (
@@ -283,6 +284,33 @@ class ChainVerifier:
     count: int = 0
 
     def check(self, row: StoredRow) -> Entry | None:
+        seq, ident, raw = row
+        if seq == self.expected_seq and blake3.blake3(raw).hexdigest() == ident:
+            envelope = decode_envelope(raw, run_id=self.run_id, seq=seq)
+            if envelope is not None and envelope.parent == self.previous_id:
+                # Plainly sound (the checks below would all pass): only the body is left.
+                self.count += 1
+                self.expected_seq = seq + 1
+                self.previous_id = ident
+                try:
+                    body = parse_body(envelope, seq)
+                except CorruptEntry as exc:
+                    self.fail(exc.seq, exc.code, exc.message)
+                    return None
+                return Entry(
+                    self.run_id,
+                    seq,
+                    ident,
+                    envelope.parent,
+                    envelope.kind,
+                    envelope.time,
+                    body,
+                    raw,
+                )
+        return self._check(row)
+
+    def _check(self, row: StoredRow) -> Entry | None:
+        """Every check in turn, each failure recorded with its name."""
         self.count += 1
         seq = self.expected_seq
         self.expected_seq = row.seq + 1
