@@ -37,7 +37,6 @@ import orjson
 from thymos.cognition import CognitionContext, Emit, Turn
 from thymos.core import (
     Budget,
-    ChainFold,
     ChainVerifier,
     Effect,
     EntryKind,
@@ -71,6 +70,7 @@ from thymos.runtime import (
     Runtime,
     RuntimeConfig,
     StartRun,
+    chain_and_usage,
 )
 from thymos.storage import ClusterStore, SqliteLedgerStore, Storage, sqlite_storage
 from thymos.tools import Sandbox, Workspace, builtin_tools
@@ -293,15 +293,11 @@ async def _chain_only(store: ClusterStore, run_id: str) -> float:
 async def _chain_and_fold(
     store: ClusterStore, run_id: str, head: int, report: Mapping[str, Any]
 ) -> float:
-    """Seconds to verify the run's chain and fold its usage (`ChainFold`: one lean loop that
-    decodes only the bodies the fold reads) over the same pages from storage; its counts must
-    be the full replay's."""
-    fold = ChainFold(run_id)
+    """Seconds to verify the run's chain and fold its usage (`chain_and_usage`: `ChainFold`, one
+    lean loop that decodes only the bodies the fold reads, over the same pages from storage, the
+    next page read while one is checked); its counts must be the full replay's."""
     started = time.perf_counter()
-    after = -1
-    while rows := await store.read_rows(run_id, after_seq=after, limit=REPLAY_PAGE_ROWS):
-        await asyncio.to_thread(fold.feed, rows)
-        after = rows[-1].seq
+    fold = await chain_and_usage(store, run_id)
     seconds = time.perf_counter() - started
     assert fold.verified, fold.failures[:3]
     assert fold.usage.head_seq == head

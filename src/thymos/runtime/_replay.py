@@ -38,6 +38,7 @@ from thymos.core import (
     DOCUMENT_REFERENCES,
     LEDGER_FORMATS_REPLAYABLE,
     RECOVERY_CHANNEL,
+    ChainFold,
     ChainVerifier,
     DeltaConflict,
     DocumentKind,
@@ -898,6 +899,24 @@ async def replay_stored(
             replayer.add_documents(wanted, await store.documents(sorted(wanted)))
         await asyncio.to_thread(replayer.fold_page, entries)
         after = rows[-1].seq
+
+
+async def chain_and_usage(store: LedgerStore, run_id: str) -> ChainFold:
+    """Verify a stored run's chain and fold its usage (`ChainFold`), reading the next page while
+    the current one is checked on a worker thread (the read waits in SQLite or on the network,
+    which releases the interpreter)."""
+    fold = ChainFold(run_id)
+    reading = asyncio.ensure_future(store.read_rows(run_id, after_seq=-1, limit=REPLAY_PAGE_ROWS))
+    try:
+        while rows := await reading:
+            reading = asyncio.ensure_future(
+                store.read_rows(run_id, after_seq=rows[-1].seq, limit=REPLAY_PAGE_ROWS)
+            )
+            await asyncio.to_thread(fold.feed, rows)
+    finally:
+        if not reading.done():
+            reading.cancel()
+    return fold
 
 
 async def replay_report(
