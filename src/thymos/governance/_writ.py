@@ -475,11 +475,10 @@ class SpanAuthorizer:
     allowed depends on its tenant, tool and effect, and otherwise only monotonically on the time
     and usage: a box of times [earliest, latest] and usage up to some maxima is wholly allowed
     when its two extreme corners are (`authorize_span`). Per tenant, tool and effect it keeps
-    the largest box proven so far, widening it ahead of the calls (doubling, and near a limit as
-    much of the doubling as proves), so a run's calls
-    cost a logarithmic number of Biscuit authorizations. Anything outside a proven box, any
-    other writ, and every refusal is answered by `authorize` itself, so refusals name their
-    stage exactly as they always do."""
+    the largest box proven so far, widening it ahead of the calls (doubling; near a limit, as
+    much of the doubling as proves), so a run's calls cost a logarithmic number of Biscuit
+    authorizations. Anything outside a proven box, any other writ, and every refusal is answered
+    by `authorize` itself, so refusals name their stage exactly as they always do."""
 
     def __init__(self) -> None:
         self._boxes: dict[tuple[int, str, str, Effect], _Box] = {}
