@@ -12,7 +12,7 @@ the counters, the usage a writ's budget is checked against, the terminal status 
 `tests/unit/test_chainfold.py` holds it equal to `RunSummary`'s fold on the same ledgers.
 
 What this loop does not do, by design: decode bodies the fold does not read. Their syntax is
-validated (msgspec checks the whole document) and their bytes are ASCII, so the one thing left
+validated (msgspec checks the whole document) and their bytes UTF-8, so the one thing left
 unchecked in them is a number out of a double's range (`1e400`), which `parse_envelope` refuses
 as `malformed_entry`. Replay (`runtime._replay`) decodes every body and so refuses it too.
 """
@@ -35,6 +35,7 @@ from ._ledger import (
     EntryKind,
     Envelope,
     StoredRow,
+    is_utf8,
     parse_body,
 )
 from ._model import RunStatus, Usage
@@ -171,7 +172,7 @@ class ChainFold:
                 or type(envelope.kind) is not str
                 or type(envelope.time) is not str
                 or memoryview(envelope.body)[0] != 0x7B
-                or not raw.isascii()
+                or not (raw.isascii() or is_utf8(raw))
             ):
                 # Anything not plainly sound: chain verification finds and names it.
                 entry = verifier.check(StoredRow(seq, ident, raw))

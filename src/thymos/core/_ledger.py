@@ -160,7 +160,7 @@ def decode_envelope(raw: bytes, *, run_id: str, seq: int) -> Envelope | None:
     Soundness: msgspec validates the whole document's syntax, the raw body's included, and the
     seven fields are checked with the same Python comparisons `parse_envelope` makes, on the same
     decoded values. What msgspec does not check of a value it skips is the UTF-8 of its strings
-    (so only ASCII bytes are taken here) and the range of its numbers (`1e400`): `parse_body`,
+    (checked here, by Python's strict decoder) and the range of its numbers (`1e400`): `parse_body`,
     which every use of a body goes through, decodes it with orjson and refuses those exactly as
     `parse_envelope` always did. It refuses some nesting orjson accepts: that comes back None."""
     try:
@@ -176,7 +176,7 @@ def decode_envelope(raw: bytes, *, run_id: str, seq: int) -> Envelope | None:
         or not isinstance(envelope.kind, str)
         or not isinstance(envelope.time, str)
         or memoryview(envelope.body)[0] != 0x7B  # an object: `{`
-        or not raw.isascii()
+        or not is_utf8(raw)
     ):
         return None
     return envelope
@@ -197,10 +197,21 @@ def plain_envelope(raw: bytes, *, run_id: str, seq: int, parent: str | None) -> 
         or not isinstance(envelope.kind, str)
         or not isinstance(envelope.time, str)
         or memoryview(envelope.body)[0] != 0x7B  # an object: `{`
-        or not raw.isascii()
+        or not is_utf8(raw)
     ):
         return None
     return envelope
+
+
+def is_utf8(raw: bytes) -> bool:
+    """Whether `raw` is UTF-8 (as orjson requires of a whole document); ASCII at once."""
+    if raw.isascii():
+        return True
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def parse_body(envelope: Envelope, seq: int) -> dict[str, Any]:
