@@ -32,6 +32,7 @@ from thymos.core import (
     seal,
     verify_rows,
 )
+from thymos.core._chainfold import USAGE_COUNTS, USAGE_IGNORES
 from thymos.core._ledger import _parse_with_orjson
 
 from ._golden import GOLDEN_EXPECTED, GOLDEN_LEDGER, GOLDEN_TAMPERED, GOVERNED_LEDGER
@@ -391,3 +392,9 @@ def test_the_lean_loop_refuses_a_resealed_hostile_body_it_does_not_read(value: b
     rows[1] = StoredRow(1, blake3.blake3(raw).hexdigest(), raw)
     expected = [(f.seq, f.code) for f in verify_rows(RUN_ID, rows)]
     assert _failures(_chain_fold(RUN_ID, rows)) == expected
+
+
+def test_the_usage_fold_says_what_it_does_with_every_kind() -> None:
+    """A new entry kind cannot land without the usage fold counting or ignoring it."""
+    assert set(EntryKind) == USAGE_COUNTS | USAGE_IGNORES
+    assert not USAGE_COUNTS & USAGE_IGNORES

@@ -41,6 +41,31 @@ from ._ledger import (
 from ._model import RunStatus, Usage
 from ._summary import delegated_usage
 
+USAGE_COUNTS = frozenset(
+    {
+        EntryKind.RUN_STARTED,
+        EntryKind.TURN,
+        EntryKind.INTENT,
+        EntryKind.REJECTION,
+        EntryKind.COMMIT,
+        EntryKind.TOOL_FAILURE,
+        EntryKind.RUN_ENDED,
+        EntryKind.RESUMPTION,
+    }
+)
+"""The kinds `UsageFold` accounts for."""
+USAGE_IGNORES = frozenset(
+    {
+        EntryKind.SUSPENSION,
+        EntryKind.APPROVAL,
+        EntryKind.EXECUTION_STARTED,
+        EntryKind.CANCELLATION,
+        EntryKind.DELEGATION,
+    }
+)
+"""The kinds it has nothing to count for (pending approvals are the run summary's). The two sets
+name every kind (`tests/unit/test_envelope_decoder.py`), as a `KindTable` would."""
+
 _DELEGATED = b'"delegated_usage"'
 _ESCAPE = b"\\u"
 
