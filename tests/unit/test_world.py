@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -168,12 +169,33 @@ def naive_lanes(a: int, b: int, sign: int) -> int:
     return int.from_bytes(bytes(out), "little")
 
 
+def _lanes(value: int) -> Any:
+    return np.frombuffer(value.to_bytes(2 * LANES, "little"), dtype="<u2").copy()
+
+
+def _value(lanes: Any) -> int:
+    return int.from_bytes(lanes.tobytes(), "little")
+
+
 @given(a=lane_values, b=lane_values)
-def test_swar_lane_arithmetic_matches_per_lane_arithmetic(a: int, b: int) -> None:
-    """The SWAR add and subtract equal per-lane arithmetic modulo 2**16, with no carry or borrow
-    crossing lanes (the property the LtHash's order independence rests on)."""
-    assert _lanes_add(a, b) == naive_lanes(a, b, 1)
-    assert _lanes_sub(a, b) == naive_lanes(a, b, -1)
+def test_lane_arithmetic_matches_per_lane_arithmetic(a: int, b: int) -> None:
+    """The lattice's add and subtract (numpy, in place) equal per-lane arithmetic modulo 2**16,
+    with no carry or borrow crossing lanes (the property the LtHash's order independence rests
+    on), and the lanes are little-endian whatever the machine."""
+    assert _value(_lanes_add(_lanes(a), _lanes(b))) == naive_lanes(a, b, 1)
+    assert _value(_lanes_sub(_lanes(a), _lanes(b))) == naive_lanes(a, b, -1)
+
+
+def test_a_copy_does_not_share_its_lattice() -> None:
+    """The lattice is updated in place, so a copy (a probe of several deltas) has its own."""
+    world = World()
+    world.apply(Delta("create", "kv", "a", 1))
+    before = world.hash
+    probe = world.copy()
+    probe.apply(Delta("replace", "kv", "a", 2, expected_version=1))
+    assert world.hash == before
+    assert probe.hash != before
+    assert World.restore(world.snapshot()).hash == before
 
 
 def conflicting_deltas(world: World) -> list[Delta]:

@@ -8,8 +8,9 @@ The world hash is the same whichever way the world was reached: it depends only 
 resources. It is maintained incrementally with a lattice hash (LtHash16: 1024 lanes of 16 bits,
 each resource contributes BLAKE3-XOF(2048 bytes) of its canonical form, lanes add modulo 2**16),
 so applying a delta costs O(1) whatever the size of the world. The published `world_hash` is
-BLAKE3 of the 2048-byte lattice state. Lane arithmetic is done on one Python integer with
-SWAR masks: no per-lane loop.
+BLAKE3 of the 2048-byte lattice state. The lattice is a numpy array of 1024 little-endian
+`uint16` lanes, whose wrapping addition is exactly the lanes' arithmetic modulo 2**16 (about
+twice as fast per delta as SWAR masks over one Python integer; measured in the commit).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import blake3
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 from ._canonical import NotCanonicalizable, canonical_bytes
@@ -26,18 +29,22 @@ from ._canonical import NotCanonicalizable, canonical_bytes
 LANES = 1024
 LANE_BITS = 16
 DIGEST_BYTES = LANES * LANE_BITS // 8
-_HIGH = int.from_bytes(b"\x00\x80" * LANES, "little")  # the top bit of every 16-bit lane
-_LOW = int.from_bytes(b"\xff\x7f" * LANES, "little")  # every bit but the top one
+_LANE = np.dtype("<u2")
+Lattice = npt.NDArray[np.uint16]
 
 
-def _lanes_add(a: int, b: int) -> int:
-    """Lane-wise (a + b) mod 2**16, carries never crossing lanes."""
-    return ((a & _LOW) + (b & _LOW)) ^ ((a ^ b) & _HIGH)
+def _lanes_add(a: Lattice, b: Lattice) -> Lattice:
+    """Lane-wise (a + b) mod 2**16, into `a`."""
+    return np.add(a, b, out=a)
 
 
-def _lanes_sub(a: int, b: int) -> int:
-    """Lane-wise (a - b) mod 2**16."""
-    return ((a | _HIGH) - (b & _LOW)) ^ ((a ^ ~b) & _HIGH)
+def _lanes_sub(a: Lattice, b: Lattice) -> Lattice:
+    """Lane-wise (a - b) mod 2**16, into `a`."""
+    return np.subtract(a, b, out=a)
+
+
+def _zero() -> Lattice:
+    return np.zeros(LANES, dtype=_LANE)
 
 
 WORLD_MAX_KEY_CHARS = 512
@@ -55,9 +62,10 @@ class Resource:
         return {"kind": self.kind, "id": self.id, "version": self.version, "value": self.value}
 
 
-def _element(resource: Resource) -> int:
+def _element(resource: Resource) -> Lattice:
+    """The resource's lanes: BLAKE3-XOF of its canonical form, read as 1024 uint16 (read-only)."""
     data = canonical_bytes([resource.kind, resource.id, resource.version, resource.value])
-    return int.from_bytes(blake3.blake3(data).digest(length=DIGEST_BYTES), "little")
+    return np.frombuffer(blake3.blake3(data).digest(length=DIGEST_BYTES), dtype=_LANE)
 
 
 class DeltaConflict(ValueError):
@@ -106,7 +114,7 @@ class World:
         """`lazy_hash` skips the per-delta lattice update and computes the hash from the
         resources when asked: cheaper for a fold that needs the hash once, at the end (replay)."""
         self._resources: dict[tuple[str, str], Resource] = {}
-        self._lattice: int | None = None if lazy_hash else 0
+        self._lattice: Lattice | None = None if lazy_hash else _zero()
 
     def __len__(self) -> int:
         return len(self._resources)
@@ -119,17 +127,17 @@ class World:
         for key in sorted(self._resources):
             yield self._resources[key]
 
-    def _lattice_value(self) -> int:
+    def _lattice_value(self) -> Lattice:
         if self._lattice is not None:
             return self._lattice
-        lattice = 0
+        lattice = _zero()
         for resource in self._resources.values():
-            lattice = _lanes_add(lattice, _element(resource))
+            _lanes_add(lattice, _element(resource))
         return lattice
 
     @property
     def hash(self) -> str:
-        return blake3.blake3(self._lattice_value().to_bytes(DIGEST_BYTES, "little")).hexdigest()
+        return blake3.blake3(self._lattice_value().tobytes()).hexdigest()
 
     def check(self, delta: Delta) -> None:
         """Raise `DeltaConflict` unless `delta` applies to the world as it stands."""
@@ -154,7 +162,7 @@ class World:
         if delta.op == "retract":
             assert current is not None
             if self._lattice is not None:
-                self._lattice = _lanes_sub(self._lattice, _element(current))
+                _lanes_sub(self._lattice, _element(current))
             del self._resources[key]
             return
         version = 1 if current is None else current.version + 1
@@ -169,10 +177,11 @@ class World:
             raise DeltaConflict(
                 f"the value of {delta.kind}/{delta.id} has no canonical JSON form"
             ) from exc
+        removed = None if current is None else _element(current)
         self._resources[key] = new
-        if current is not None:
-            self._lattice = _lanes_sub(self._lattice, _element(current))
-        self._lattice = _lanes_add(self._lattice, added)
+        if removed is not None:
+            _lanes_sub(self._lattice, removed)
+        _lanes_add(self._lattice, added)
 
     def check_all(self, deltas: Iterable[Delta]) -> None:
         """Raise `DeltaConflict` unless all deltas apply in order; the world is not changed."""
@@ -199,14 +208,14 @@ class World:
     def copy(self) -> World:
         other = World(lazy_hash=self._lattice is None)
         other._resources = dict(self._resources)
-        other._lattice = self._lattice
+        other._lattice = None if self._lattice is None else self._lattice.copy()
         return other
 
     def snapshot(self) -> bytes:
         """A checkpoint: every resource and the lattice state, as JSON bytes."""
         return orjson.dumps(
             {
-                "lattice": self._lattice_value().to_bytes(DIGEST_BYTES, "little").hex(),
+                "lattice": self._lattice_value().tobytes().hex(),
                 "resources": [r.as_dict() for r in self._resources.values()],
             }
         )
@@ -218,17 +227,20 @@ class World:
         for item in parsed["resources"]:
             resource = Resource(item["kind"], item["id"], item["version"], item["value"])
             world._resources[(resource.kind, resource.id)] = resource
-        world._lattice = int.from_bytes(bytes.fromhex(parsed["lattice"]), "little")
+        lattice = np.frombuffer(bytes.fromhex(parsed["lattice"]), dtype=_LANE)
+        if lattice.shape != (LANES,):
+            raise ValueError("a checkpoint's lattice is 1024 lanes")
+        world._lattice = lattice.copy()
         return world
 
     @staticmethod
     def from_resources(resources: Iterable[Resource]) -> World:
         """Build a world directly from a set of resources (a fold from nothing)."""
         world = World()
-        lattice = 0
+        lattice = _zero()
         for resource in resources:
             world._resources[(resource.kind, resource.id)] = resource
-            lattice = _lanes_add(lattice, _element(resource))
+            _lanes_add(lattice, _element(resource))
         world._lattice = lattice
         return world
 

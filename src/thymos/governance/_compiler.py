@@ -25,6 +25,7 @@ and usage) and the policy-set hash, so replay can check it from the ledger alone
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -243,8 +244,10 @@ class ToolCatalog:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+@functools.lru_cache(maxsize=256)
 def _time_text(moment: datetime) -> str:
-    """The decision time at the writ's own precision (whole seconds), as RFC 3339."""
+    """The decision time at the writ's own precision (whole seconds), as RFC 3339 (memoised: a
+    turn's decisions, live or replayed, share their time)."""
     return rfc3339_from_us((moment - _EPOCH) // timedelta(seconds=1) * 1_000_000)[:-8] + "Z"
 
 

@@ -18,6 +18,7 @@ from ._limits import (
     SUBSCRIBERS_PER_RUN_MAX,
 )
 from ._marketplace import KeyRef, Marketplace
+from ._replay import chain_and_usage
 from ._requests import (
     MAX_STEPS_DEFAULT,
     MAX_STEPS_LIMIT,
@@ -70,6 +71,7 @@ __all__ = [
     "StartRun",
     "Streams",
     "SystemClock",
+    "chain_and_usage",
     "execution_view",
     "run_view",
     "system_random",

@@ -22,6 +22,7 @@ The same `Replayer` serves the server's ledger (`replay_report`) and an exported
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,6 +38,7 @@ from thymos.core import (
     DOCUMENT_REFERENCES,
     LEDGER_FORMATS_REPLAYABLE,
     RECOVERY_CHANNEL,
+    ChainFold,
     ChainVerifier,
     DeltaConflict,
     DocumentKind,
@@ -135,6 +137,12 @@ def referenced_documents(entry: Entry) -> list[str]:
 def _moment(text: Any) -> datetime:
     if not isinstance(text, str):
         raise ValueError("not a time")
+    return _parsed_moment(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_moment(text: str) -> datetime:
+    """A decision's times repeat (a turn's intents share theirs): each is parsed once."""
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
@@ -321,19 +329,20 @@ class Replayer:
             )
 
     def _vocabulary_ok(self, entry: Entry) -> bool:
-        try:
-            kind = EntryKind(entry.kind)
-        except ValueError:
+        fields = _FIELDS_OF.get(entry.kind)
+        if fields is None:
             self._fail(
                 entry.seq, ReplayFailure.UNKNOWN_KIND, f"entry {entry.seq} has kind {entry.kind!r}"
             )
             return False
-        unknown = sorted(set(entry.body) - BODY_FIELDS[kind])
-        if unknown and (self.format in LEDGER_FORMATS_REPLAYABLE or entry.seq == 0):
+        if fields.issuperset(entry.body):
+            return True
+        unknown = sorted(set(entry.body) - fields)
+        if self.format in LEDGER_FORMATS_REPLAYABLE or entry.seq == 0:
             self._fail(
                 entry.seq,
                 ReplayFailure.UNKNOWN_FIELD,
-                f"entry {entry.seq} ({kind.value}) has undocumented fields: {', '.join(unknown)}",
+                f"entry {entry.seq} ({entry.kind}) has undocumented fields: {', '.join(unknown)}",
             )
         return True
 
@@ -891,6 +900,24 @@ async def replay_stored(
             replayer.add_documents(wanted, await store.documents(sorted(wanted)))
         await asyncio.to_thread(replayer.fold_page, entries)
         after = rows[-1].seq
+
+
+async def chain_and_usage(store: LedgerStore, run_id: str) -> ChainFold:
+    """Verify a stored run's chain and fold its usage (`ChainFold`), reading the next page while
+    the current one is checked on a worker thread (the read waits in SQLite or on the network,
+    which releases the interpreter)."""
+    fold = ChainFold(run_id)
+    reading = asyncio.ensure_future(store.read_rows(run_id, after_seq=-1, limit=REPLAY_PAGE_ROWS))
+    try:
+        while rows := await reading:
+            reading = asyncio.ensure_future(
+                store.read_rows(run_id, after_seq=rows[-1].seq, limit=REPLAY_PAGE_ROWS)
+            )
+            await asyncio.to_thread(fold.feed, rows)
+    finally:
+        if not reading.done():
+            reading.cancel()
+    return fold
 
 
 async def replay_report(
