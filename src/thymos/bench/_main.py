@@ -13,6 +13,9 @@
    (`_model_turns.py`).
 4. End-to-end mock runs per second over real HTTP against a real `thymos serve` process, with
    concurrent clients.
+5. µs per intent with `synchronous=full` at several counts of concurrent runs (`_concurrency.py`),
+   memory per parked run with thousands waiting for approval (`_parked.py`), and the delivery
+   time of a live run's entries to many SSE subscribers (`_sse.py`).
 """
 
 from __future__ import annotations
@@ -79,10 +82,13 @@ from thymos.tools import Sandbox, Workspace, builtin_tools
 from thymos.tools._process import run_process
 
 from ._audit import audit_figures
+from ._concurrency import full_sync_concurrency
 from ._http import BenchConnection
 from ._model_turns import TURNS as MODEL_TURNS
 from ._model_turns import model_turn_costs
+from ._parked import parked_runs as parked_figures
 from ._run_control import recovery_figures
+from ._sse import SSE_STEPS, sse_fan_out
 
 KEY_SPACE = 1000
 """kv_set keys of the fill cycle over this many keys, so the world stays a realistic size."""
@@ -569,7 +575,17 @@ def _authority_costs() -> dict[str, Any]:
     }
 
 
-def main(*, entries: int, runs: int, clients: int, audit_entries: int = 0) -> None:
+def main(
+    *,
+    entries: int,
+    runs: int,
+    clients: int,
+    audit_entries: int = 0,
+    parked_runs: int = 0,
+    subscribers: int = 0,
+    full_sync_counts: tuple[int, ...] = (),
+    sse_steps: int = SSE_STEPS,
+) -> None:
     with tempfile.TemporaryDirectory(prefix="thymos-bench-") as tmp:
         data_dir = Path(tmp)
         figures = _authority_costs()
@@ -652,6 +668,32 @@ def main(*, entries: int, runs: int, clients: int, audit_entries: int = 0) -> No
                 f"audit CSV export of the tenant's entries:  {figures['audit_csv_s']} s "
                 f"({figures['audit_csv_rows_per_s']} rows/s, {figures['audit_csv_mib']} MiB), "
                 f"peak Python memory {figures['audit_csv_peak_mib']} MiB"
+            )
+        if full_sync_counts:
+            figures.update(full_sync_concurrency(data_dir, full_sync_counts))
+            print(
+                "per intent with synchronous=full, "
+                + " / ".join(str(n) for n in full_sync_counts)
+                + " concurrent runs: "
+                + " / ".join(
+                    str(figures[f"full_sync_us_per_intent_{n}_runs"]) for n in full_sync_counts
+                )
+                + " us"
+            )
+        if parked_runs > 0:
+            figures.update(parked_figures(data_dir, parked_runs))
+            print(
+                f"parked runs ({figures['parked_waiting_total']} waiting, no actor): "
+                f"{figures['parked_bytes_per_run']} bytes of memory each "
+                f"(resident {figures['parked_rss_mib']} MiB); a vote to the run's end "
+                f"{figures['parked_wake_to_end_ms']} ms"
+            )
+        if subscribers > 0:
+            figures.update(sse_fan_out(data_dir, subscribers, sse_steps))
+            print(
+                f"SSE, {subscribers} subscribers of one live run ({figures['sse_entries_each']} "
+                f"entries each, {figures['sse_complete_streams']} streams complete): delivery "
+                f"p50 / p99 {figures['sse_delivery_p50_ms']} / {figures['sse_delivery_p99_ms']} ms"
             )
         if runs > 0:
             figures.update(_http_runs(runs, clients, data_dir))

@@ -33,6 +33,8 @@ APPROVE_KV_SET = (
     '@id("kv-set-needs-ops")\n@approval("ops")\n'
     'permit(principal, action, resource == Thymos::Tool::"kv_set");\n'
 )
+SSE_STEPS = 50
+"""Turns of the followed run after its approval."""
 TURN_SLEEP_MS = 20
 """Each later turn takes this long, so entries arrive spread out as a live run's do."""
 

@@ -109,6 +109,20 @@ def bench_command(
             "(storage appends, governance overhead, replay, HTTP runs on one and two nodes)",
         ),
     ] = BenchBackend.SQLITE,
+    parked_runs: Annotated[
+        int, typer.Option(help="Runs left waiting for approval (memory per parked run); 0 skips")
+    ] = 10_000,
+    subscribers: Annotated[
+        int, typer.Option(help="SSE subscribers of one live run (delivery time); 0 skips")
+    ] = 1000,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="Every figure on small sizes (seconds, not minutes): proves the bench works; "
+            "its figures are not the targets' measure",
+        ),
+    ] = False,
     postgres_url: Annotated[
         str | None,
         typer.Option(
@@ -123,10 +137,35 @@ def bench_command(
     if backend is BenchBackend.SQLITE:
         from thymos.bench import main as bench_main
 
-        if audit_entries < 0:
-            typer.echo("thymos: --audit-entries must be 0 or more", err=True)
-            raise typer.Exit(2)
-        bench_main(entries=entries, runs=runs, clients=clients, audit_entries=audit_entries)
+        for name, value in (
+            ("--audit-entries", audit_entries),
+            ("--parked-runs", parked_runs),
+            ("--subscribers", subscribers),
+        ):
+            if value < 0:
+                typer.echo(f"thymos: {name} must be 0 or more", err=True)
+                raise typer.Exit(2)
+        if quick:
+            bench_main(
+                entries=2000,
+                runs=20,
+                clients=4,
+                audit_entries=0,
+                parked_runs=200,
+                subscribers=20,
+                full_sync_counts=(1, 4),
+                sse_steps=5,
+            )
+            return
+        bench_main(
+            entries=entries,
+            runs=runs,
+            clients=clients,
+            audit_entries=audit_entries,
+            parked_runs=parked_runs,
+            subscribers=subscribers,
+            full_sync_counts=(1, 16, 64),
+        )
         return
     for name, value, low in (
         ("--entries", entries, 1000),
