@@ -47,6 +47,10 @@ def _zero() -> Lattice:
     return np.zeros(LANES, dtype=_LANE)
 
 
+ELEMENTS_KEPT = 512
+"""Lanes of recently written resources a world keeps (2 KiB each), so replacing or retracting a
+resource it just wrote does not hash its old form again."""
+
 WORLD_MAX_KEY_CHARS = 512
 """Resource kinds and ids are names, not payloads; a bound keeps indexes and logs sane."""
 
@@ -108,13 +112,15 @@ class Delta:
 class World:
     """A mutable projection of resources with an incrementally maintained hash."""
 
-    __slots__ = ("_lattice", "_resources")
+    __slots__ = ("_elements", "_lattice", "_resources")
 
     def __init__(self, *, lazy_hash: bool = False) -> None:
         """`lazy_hash` skips the per-delta lattice update and computes the hash from the
         resources when asked: cheaper for a fold that needs the hash once, at the end (replay)."""
         self._resources: dict[tuple[str, str], Resource] = {}
         self._lattice: Lattice | None = None if lazy_hash else _zero()
+        self._elements: dict[tuple[str, str], tuple[int, Lattice]] = {}
+        """The lanes of resources this world wrote lately, by key, with their version."""
 
     def __len__(self) -> int:
         return len(self._resources)
@@ -154,6 +160,12 @@ class World:
                 f"{delta.kind}/{delta.id} is at version {current.version}, not {delta.expected_version}"
             )
 
+    def _old_element(self, key: tuple[str, str], current: Resource) -> Lattice:
+        kept = self._elements.pop(key, None)
+        if kept is not None and kept[0] == current.version:
+            return kept[1]
+        return _element(current)
+
     def apply(self, delta: Delta) -> None:
         """Apply one delta, or raise `DeltaConflict` and change nothing."""
         self.check(delta)
@@ -162,7 +174,7 @@ class World:
         if delta.op == "retract":
             assert current is not None
             if self._lattice is not None:
-                _lanes_sub(self._lattice, _element(current))
+                _lanes_sub(self._lattice, self._old_element(key, current))
             del self._resources[key]
             return
         version = 1 if current is None else current.version + 1
@@ -177,11 +189,14 @@ class World:
             raise DeltaConflict(
                 f"the value of {delta.kind}/{delta.id} has no canonical JSON form"
             ) from exc
-        removed = None if current is None else _element(current)
+        removed = None if current is None else self._old_element(key, current)
         self._resources[key] = new
         if removed is not None:
             _lanes_sub(self._lattice, removed)
         _lanes_add(self._lattice, added)
+        if len(self._elements) >= ELEMENTS_KEPT:
+            self._elements.clear()
+        self._elements[key] = (version, added)
 
     def check_all(self, deltas: Iterable[Delta]) -> None:
         """Raise `DeltaConflict` unless all deltas apply in order; the world is not changed."""
@@ -204,11 +219,13 @@ class World:
                 self.apply(delta)
         else:
             self._resources, self._lattice = probe._resources, probe._lattice
+            self._elements = probe._elements
 
     def copy(self) -> World:
         other = World(lazy_hash=self._lattice is None)
         other._resources = dict(self._resources)
         other._lattice = None if self._lattice is None else self._lattice.copy()
+        other._elements = dict(self._elements)
         return other
 
     def snapshot(self) -> bytes:
