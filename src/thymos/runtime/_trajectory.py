@@ -77,6 +77,11 @@ class Trajectory:
         self.persisted_usage = state.summary.usage
         """The usage in the run row as last written (readers add what the live summary has more)."""
         self._last_write: asyncio.Future[None] | None = None
+        self._batch: list[Entry] = []
+        """Entries staged in this turn of the event loop with nothing else to write (no run row,
+        checkpoint or signed head): submitted together as one append at the end of it."""
+        self._batch_settled: list[Callable[[asyncio.Future[None]], None]] = []
+        """What each batched stage does once the batch is durable, in staging order."""
         self.durable_seq = state.summary.head_seq
         """The last seq known to be in storage (readers of the ledger stop there)."""
         self.durable_id = state.summary.head_id
@@ -142,21 +147,42 @@ class Trajectory:
             self._persisted_status = status.value
             self.persisted_usage = self.state.summary.usage
         head = self._sign_if_due(sealed[-1], status, time)
-        write = asyncio.ensure_future(
-            self._store.append(self.run_id, sealed, update, checkpoint, head)
-        )
         status_after = status.value
         # What observers may see once this write is durable: the status and pending approvals
         # as of its last entry (copied: the live ones keep changing).
         pending_after = {key: item.copy() for key, item in self.state.summary.pending.items()}
         submitted = _time.perf_counter()
-        write.add_done_callback(
-            lambda done: self._settled(done, sealed, status_after, pending_after, submitted)
-        )
-        self._last_write = write
+
+        def settled(done: asyncio.Future[None]) -> None:
+            self._settled(done, sealed, status_after, pending_after, submitted)
+
+        if update is None and checkpoint is None and head is None:
+            if not self._batch:
+                asyncio.get_running_loop().call_soon(self._submit_batch)
+            self._batch.extend(sealed)
+            self._batch_settled.append(settled)
+        else:
+            self._submit_batch()  # in order: what was batched goes first
+            write = asyncio.ensure_future(
+                self._store.append(self.run_id, sealed, update, checkpoint, head)
+            )
+            write.add_done_callback(settled)
+            self._last_write = write
         if self._observer is not None:
             self._observer.staged(submitted - started)
         return sealed
+
+    def _submit_batch(self) -> None:
+        """Submit the batch (if any) as one append; each of its stages settles with it, in
+        order."""
+        if not self._batch:
+            return
+        entries, callbacks = self._batch, self._batch_settled
+        self._batch, self._batch_settled = [], []
+        write = asyncio.ensure_future(self._store.append(self.run_id, entries, None))
+        for callback in callbacks:
+            write.add_done_callback(callback)
+        self._last_write = write
 
     def _sign_if_due(self, last: Entry, status: RunStatus, time: str) -> SignedHead | None:
         if self._signer is None:
@@ -193,6 +219,7 @@ class Trajectory:
 
     async def flush(self) -> None:
         """Wait until everything staged is durable (raises the first write failure)."""
+        self._submit_batch()
         write = self._last_write
         if write is not None:
             try:
