@@ -362,12 +362,24 @@ class Marketplace:
     async def uninstall(self, name: str, *, who: KeyRef) -> dict[str, Any]:
         """Take a tool package's tools away from the tenant's runs (409 `package_not_installed`
         when it is not installed); a run already using one is refused its next call."""
+        current, entry = await self._withdraw(name, who, policy=False)
+        return {"uninstalled": current.view(), "recorded": entry_ref(entry)}
+
+    async def _withdraw(
+        self, name: str, who: KeyRef, *, policy: bool
+    ) -> tuple[Installed | Activated, Entry]:
+        """Record that the tenant's installed tool package (or active policy package) `name`
+        is withdrawn; 409 `package_not_installed` when there is none."""
         await self._views.refresh(who.tenant)
-        current = self._views.state(who.tenant).installed.get(name)
+        state = self._views.state(who.tenant)
+        current: Installed | Activated | None = (
+            state.activated.get(name) if policy else state.installed.get(name)
+        )
         if current is None:
+            what = "an active policy package" if policy else "installed"
             raise ThymosError(
                 ErrorCode.PACKAGE_NOT_INSTALLED,
-                f"{name[:200]} is not installed for this tenant",
+                f"{name[:200]} is not {what} for this tenant",
                 {"name": name[:200]},
             )
         body = {
@@ -376,13 +388,13 @@ class Marketplace:
             "content_hash": current.content_hash,
             "by": who.record(),
         }
-        entry = await self._views.record(
-            who.tenant,
-            RegistryKind.PACKAGE_UNINSTALLED,
-            body,
-            change=lambda state: state.installed.pop(current.name, None),
-        )
-        return {"uninstalled": current.view(), "recorded": entry_ref(entry)}
+
+        def change(changed: RegistryState) -> None:
+            (changed.activated if policy else changed.installed).pop(name, None)
+
+        kind = RegistryKind.POLICY_DEACTIVATED if policy else RegistryKind.PACKAGE_UNINSTALLED
+        entry = await self._views.record(who.tenant, kind, body, change=change)
+        return current, entry
 
     async def activate(self, name: str, version: str | None, *, who: KeyRef) -> dict[str, Any]:
         """Add a policy package to the tenant's policy set (replacing the version active
@@ -423,26 +435,7 @@ class Marketplace:
     async def deactivate(self, name: str, *, who: KeyRef) -> dict[str, Any]:
         """Take a policy package out of the tenant's policy set (409 `package_not_installed`
         when it is not active)."""
-        await self._views.refresh(who.tenant)
-        current = self._views.state(who.tenant).activated.get(name)
-        if current is None:
-            raise ThymosError(
-                ErrorCode.PACKAGE_NOT_INSTALLED,
-                f"{name[:200]} is not an active policy package for this tenant",
-                {"name": name[:200]},
-            )
-        body = {
-            "name": current.name,
-            "version": current.version,
-            "content_hash": current.content_hash,
-            "by": who.record(),
-        }
-        entry = await self._views.record(
-            who.tenant,
-            RegistryKind.POLICY_DEACTIVATED,
-            body,
-            change=lambda state: state.activated.pop(current.name, None),
-        )
+        current, entry = await self._withdraw(name, who, policy=True)
         return {
             "deactivated": current.view(),
             "policy_hash": self._views.current(who.tenant).policy.hash,
