@@ -88,7 +88,7 @@ from ._model_turns import TURNS as MODEL_TURNS
 from ._model_turns import model_turn_costs
 from ._parked import parked_runs as parked_figures
 from ._run_control import recovery_figures
-from ._sse import SSE_STEPS, sse_fan_out
+from ._sse import LIVE_AFTER, SSE_STEPS, sse_fan_out
 
 KEY_SPACE = 1000
 """kv_set keys of the fill cycle over this many keys, so the world stays a realistic size."""
@@ -693,7 +693,9 @@ def main(
             print(
                 f"SSE, {subscribers} subscribers of one live run ({figures['sse_entries_each']} "
                 f"entries each, {figures['sse_complete_streams']} streams complete): delivery "
-                f"p50 / p99 {figures['sse_delivery_p50_ms']} / {figures['sse_delivery_p99_ms']} ms"
+                f"p50 / p99 {figures['sse_delivery_p50_ms']} / {figures['sse_delivery_p99_ms']} ms "
+                f"(past the first {LIVE_AFTER} entries after the wake: "
+                f"{figures['sse_live_delivery_p50_ms']} / {figures['sse_live_delivery_p99_ms']} ms)"
             )
         if runs > 0:
             figures.update(_http_runs(runs, clients, data_dir))
