@@ -60,7 +60,6 @@ from thymos.governance import (
     RejectionReason,
     Suspended,
     ToolCatalog,
-    WritRecord,
     compile_intent,
     settle,
 )
@@ -78,6 +77,7 @@ from thymos.tools import (
 
 from ._clock import Clock
 from ._feeds import Feed
+from ._parking import writ_deadline_us
 from ._registry import TenantView, run_entities
 from ._trajectory import EntryTooLarge, Trajectory
 
@@ -247,11 +247,7 @@ class RunActor:
             spent_us += max(0, deps.clock.now_us() - state.segment_started_us)
         self._started_ms = deps.clock.monotonic_ms() - spent_us // 1000
         spec = trajectory.state.spec
-        try:
-            expires_at = WritRecord.of(spec.extra.get("writ")).expires_at
-            self._expires_us: int | None = int(expires_at.timestamp()) * 1_000_000
-        except ValueError:
-            self._expires_us = None  # no writ: every call is refused by the compiler anyway
+        self._expires_us = writ_deadline_us(spec.extra.get("writ"))
         self._view = deps.tenant_view() if deps.tenant_view is not None else None
         self._tool_views = self._views_of_tools()
 

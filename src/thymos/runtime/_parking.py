@@ -15,9 +15,9 @@ import contextlib
 import heapq
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from thymos.governance import WritRecord
-from thymos.storage import RunRecord
 
 from ._clock import Clock
 
@@ -27,10 +27,11 @@ RETRY_WAKE_US = 1_000_000
 """A deadline wake that could not take a slot is tried again this much later."""
 
 
-def writ_deadline_us(record: RunRecord) -> int | None:
-    """When the run's writ expires (microseconds since the epoch), if it names a time."""
+def writ_deadline_us(writ: Any) -> int | None:
+    """When a run's writ (the `writ` of its first entry) expires, in microseconds since the
+    epoch; None when it is not a writ record (every call of such a run is refused anyway)."""
     try:
-        expires_at = WritRecord.of(record.spec.get("writ")).expires_at
+        expires_at = WritRecord.of(writ).expires_at
     except ValueError:
         return None
     return int(expires_at.timestamp()) * 1_000_000

@@ -135,7 +135,7 @@ class Supervision(RuntimeBase):
                 # run whose writ was revoked is loaded below: it decides again, refusing.)
                 self.parking.park(
                     record.run_id,
-                    writ_deadline_us(record),
+                    writ_deadline_us(record.spec.get("writ")),
                     len(record.summary.get("pending") or {}),
                 )
                 continue
